@@ -1,0 +1,67 @@
+# tac2sol — two commands do all the set-up on a fresh machine:
+#   make run    the local tour (CPU, tiny model, real QLoRA training end to end)
+#   make test   the whole suite (installs tools, starts the servers the tests use)
+SHELL := /bin/bash
+# The repository's operator/ directory would shadow the stdlib `operator` module for any
+# `python -m`/`-c` run from here: never put the working directory on sys.path.
+export PYTHONSAFEPATH := 1
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+EXTRAS ?= operator,trainer,dev
+PYTEST_ARGS ?=
+
+.PHONY: venv run test test-fast lint typecheck tools generate check-generated cluster-up cluster-down cluster-demo images bench clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -P -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+run: venv
+	$(BIN)/tac2sol run runs/tiny-local.yaml
+
+# tools: system packages and binaries the suite uses (etcd, kube-*, kwok, training-operator,
+# helm, prometheus), each built or installed once and cached under ~/.cache/tac2sol by version.
+tools:
+	bash hack/install-tools.sh
+
+test: venv tools
+	$(BIN)/ruff check .
+	bash hack/mypy.sh
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/pytest -m "not k8s and not prom and not dist and not slow and not image" $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check . || true
+
+typecheck: venv
+	bash hack/mypy.sh
+
+generate: venv
+	bash hack/generate.sh
+
+cluster-up: venv tools
+	bash hack/cluster.sh up
+
+cluster-down:
+	bash hack/cluster.sh down
+
+cluster-demo: venv tools
+	bash hack/cluster-demo.sh
+
+images:
+	bash hack/images.sh
+
+bench: venv
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info out

@@ -1,0 +1,1 @@
+"""The TrainingRun API, model catalog, memory planner, manifest rendering and the kopf operator."""

@@ -1,0 +1,1 @@
+"""The trainer: config, data preflight and split, QLoRA model, training, evaluation, metrics."""

@@ -1,0 +1,195 @@
+"""The trainer's configuration: one pydantic-settings object, no torch.
+
+Sources, lowest to highest precedence: a YAML/JSON file (what the operator mounts from the
+ConfigMap), environment variables ``TAC2SOL_*`` (nested with ``__``, e.g.
+``TAC2SOL_TRAINING__LEARNING_RATE=1e-4``), then CLI flags (passed as init arguments).
+
+The operator renders this object from a TrainingRun and its plan
+(``tac2sol.operator`` imports this module; this module never imports the operator).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+Precision = Literal["fp16", "bf16", "fp32"]
+Strategy = Literal["single", "ddp", "deepspeed"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSection(_Section):
+    name_or_path: str = Field(description="Hugging Face hub id or a local directory with config + weights.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    family: str | None = Field(None, description="Architecture family from the catalog (llama, qwen2, ...).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="LoRA target module names, or 'all-linear'."
+    )
+    trust_remote_code: bool = False
+    tokenizer: str | None = Field(None, description="Tokenizer path or id when it differs from the model.")
+
+
+class DataSection(_Section):
+    path: Path = Field(description="JSONL file with input (TAC), output (Solidity) and metadata per line.")
+    validation_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of groups held out.")
+    split_seed: int = 42
+    drop_artifact_rows: bool = Field(
+        False, description="Drop rows whose TAC carries lifter artefacts (stack_underflow, ...)."
+    )
+    on_bad_line: Literal["stop", "skip"] = Field(
+        "stop", description="A malformed JSON line stops the run (stop) or goes to rejects (skip)."
+    )
+    max_seq_length: int = Field(2048, ge=16, description="Tokens per example, prompt + completion.")
+    max_rows: int | None = Field(None, ge=1, description="Use at most this many rows (smoke runs).")
+    cache_dir: Path | None = Field(None, description="Tokenization cache; default <output>/cache.")
+
+
+class TrainingSection(_Section):
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1: use epochs.")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    per_device_batch_size: int = Field(1, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    gradient_checkpointing: bool = True
+    seed: int = 42
+    logging_steps: int = Field(10, ge=1)
+    eval_steps: int | None = Field(None, ge=1, description="Evaluate loss every N steps; None: per epoch.")
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int = Field(3, ge=1, description="Keep the last K checkpoints.")
+    dataloader_workers: int = Field(0, ge=0)
+
+
+class LoraSection(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+
+
+class DistributedSection(_Section):
+    """The planner's decisions; the trainer applies them and refuses what it cannot honour."""
+
+    strategy: Strategy = "single"
+    zero_stage: Literal[0, 1, 2, 3] | None = None
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    precision: Precision = "fp32"
+    gpu_type: str | None = Field(None, description="GPU catalog key the plan was made for.")
+    expected_world_size: int | None = Field(None, ge=1)
+    per_gpu_memory_bytes: int | None = Field(None, description="The planner's per-GPU estimate.")
+
+    @model_validator(mode="after")
+    def _stage_only_with_deepspeed(self) -> DistributedSection:
+        if self.strategy == "deepspeed" and self.zero_stage is None:
+            raise ValueError("distributed.zero_stage is required when distributed.strategy is 'deepspeed'")
+        if self.strategy != "deepspeed" and self.zero_stage is not None:
+            raise ValueError("distributed.zero_stage is only allowed with distributed.strategy 'deepspeed'")
+        return self
+
+
+class EvalSection(_Section):
+    enabled: bool = True
+    max_new_tokens: int = Field(512, ge=1)
+    batch_size: int = Field(4, ge=1)
+    max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many held-out rows.")
+    num_beams: int = Field(1, ge=1, description="1: greedy decoding.")
+
+
+class MetricsSection(_Section):
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = Field(9400, ge=0, le=65535, description="Base port; each rank serves on port + local rank.")
+
+
+class TrainConfig(BaseSettings):
+    """Everything ``tac2sol train`` needs; saved beside the run as part of ``run.json``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="TAC2SOL_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    run_name: str = Field("tac2sol", description="Names the run in metrics and manifests.")
+    output_dir: Path = Field(Path("out"), description="Checkpoints, adapter, reports.")
+    resume: str = Field("auto", description="'auto', 'never', 'required', or a checkpoint path.")
+    quantization: Literal["nf4", "none"] = "nf4"
+    model: ModelSection
+    data: DataSection
+    training: TrainingSection = TrainingSection()
+    lora: LoraSection = LoraSection()
+    distributed: DistributedSection = DistributedSection()
+    evaluation: EvalSection = EvalSection()
+    metrics: MetricsSection = MetricsSection()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    @classmethod
+    def from_file(cls, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
+        """Load ``path`` (YAML or JSON), then environment, then ``overrides`` (CLI flags)."""
+        values: dict[str, Any] = {}
+        if path is not None:
+            values = load_config_file(path)
+        token = _FILE_VALUES.set(values)
+        try:
+            return cls(**overrides)
+        finally:
+            _FILE_VALUES.reset(token)
+
+    def dump_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a dict, with a clear error naming the file."""
+    from tac2sol.errors import InvalidInput
+
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"{p}: cannot read config file ({exc.strerror}); check the path") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{p}: not valid YAML/JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"{p}: expected a mapping of config sections at the top level")
+    return data
+
+
+_FILE_VALUES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "_FILE_VALUES", default=None
+)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The lowest-precedence source: values read by ``TrainConfig.from_file``."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        values = _FILE_VALUES.get() or {}
+        return values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE_VALUES.get() or {})
