@@ -88,6 +88,9 @@ class DistributedSection(_Section):
     gpu_type: str | None = Field(None, description="GPU catalog key the plan was made for.")
     expected_world_size: int | None = Field(None, ge=1)
     per_gpu_memory_bytes: int | None = Field(None, description="The planner's per-GPU estimate.")
+    model_hidden_size: int | None = Field(
+        None, ge=1, description="Model hidden size from the catalog; scales DeepSpeed bucket sizes."
+    )
 
     @model_validator(mode="after")
     def _stage_only_with_deepspeed(self) -> DistributedSection:
@@ -109,7 +112,18 @@ class EvalSection(_Section):
 class MetricsSection(_Section):
     enabled: bool = True
     host: str = "0.0.0.0"
-    port: int = Field(9400, ge=0, le=65535, description="Base port; each rank serves on port + local rank.")
+    port: int = Field(
+        9400, ge=0, le=65535, description="Base port; each rank serves on port + local rank; 0: a free port each."
+    )
+    gpu_peak_flops: float | None = Field(
+        None,
+        gt=0,
+        description="Dense peak FLOP/s of one GPU in the training precision (the operator sets it from the "
+        "GPU catalog); enables the MFU estimate. None: no MFU series.",
+    )
+    linger_seconds: float = Field(
+        0.0, ge=0, le=600, description="Keep serving /metrics this long after the run ends (a last scrape)."
+    )
 
 
 class TrainConfig(BaseSettings):
