@@ -1,0 +1,522 @@
+"""The memory planner: per-GPU memory of a QLoRA run, the cheapest layout that fits, and why.
+
+Formula (bytes per device; ``b`` per-device batch, ``s`` sequence length, ``h`` hidden size,
+``I`` MLP width a token passes through, ``L`` layers, ``V`` vocabulary, ``N`` world size,
+``T`` LoRA trainable parameters):
+
+* quantized weights: every linear layer of the decoder in NF4 with double quantization:
+  4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax blocks
+  = 4.127 bits = 0.516 B/param (Dettmers et al. 2023, "QLoRA", section 2; bitsandbytes
+  ``Linear4bit``). ``quantization: none``: 2 B/param (4 on CPU, fp32).
+* embeddings and lm_head stay 16-bit (``V x h`` each, once when tied): QLoRA does not quantize them.
+* LoRA state: A and B add ``r x (in + out)`` per adapted matrix (Hu et al. 2021). With torch AMP
+  (single/DDP) the adapter is fp32: 4 (weight) + 4 (grad) + 8 (Adam m, v) = 16 B/param; DDP adds
+  a 4 B/param gradient bucket. DeepSpeed fp16/bf16 keeps 2 B weights + 2 B grads plus 16 B of fp32
+  master, fp32 grad and Adam state; ZeRO-2 shards the grads and the 16 B over N, ZeRO-3 shards the
+  weights too (Rajbhandari et al. 2020, "ZeRO", figure 1).
+* activations with gradient checkpointing: each layer's input is kept, ``b s h L x 2 B`` (the
+  HF checkpointing boundary), plus one layer's working set while it is recomputed. Without
+  checkpointing every layer keeps its working set. Working set per token ~ (13 h + 5 I) elements:
+  attention inputs/outputs, q/k/v, the gated MLP's gate/up/act/product, the LoRA dropout copies of
+  each adapted input; attention scores are not stored (SDPA memory-efficient kernel, which also
+  runs on Turing) (after Korthikanti et al. 2022, "Reducing activation recomputation", table 2).
+* logits: ``b s V x 4 B x 2`` (the fp32 upcast for the loss and its gradient).
+* ZeRO-3 gathers parameters module by module: two layers' quantized weights (for MoE only the
+  experts one token uses) and the 16-bit lm_head are resident at once
+  (``stage3_prefetch_bucket_size``, ``stage3_max_live_parameters``).
+* overhead: CUDA context, cuBLAS workspaces and the caching allocator's reserve, 1 GiB, plus
+  0.25 GiB NCCL buffers when N > 1, plus 5% fragmentation of everything above.
+
+A layout fits when its estimate is at most 90% of device memory (10% headroom for spikes and the
+driver), and offloaded state fits 90% of ``resources.hostMemory``. Anchors it is checked against
+(``tests/operator/test_planner.py``): Qwen2.5-Coder-32B QLoRA at seq 4096, batch 1: about 30-33 GB
+(design doc's table, ARCHITECTURE.md); Llama-2-70B QLoRA + ZeRO-3 on 2 GPUs, seq 2048, batch 2:
+36.6 GB/GPU measured (PEFT docs, "DeepSpeed ZeRO-3 + QLoRA"); DeepSeek-V3 4-bit weights
+~346 GB (ARCHITECTURE.md).
+
+Order of preference (cheapest first): single process / DDP (40-60% faster than DeepSpeed for
+small LoRA models, per the design doc), ZeRO-2, ZeRO-2 + optimizer offload, ZeRO-3, ZeRO-3 +
+optimizer offload, ZeRO-3 + parameter offload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tac2sol.operator.catalog import (
+    GPUS,
+    MODELS,
+    GpuType,
+    ModelFacts,
+    embedding_params,
+    linear_shapes,
+    lora_trainable_params,
+)
+from tac2sol.operator.catalog import resolve_model as _resolve
+from tac2sol.operator.plan import Candidate, Plan, PlanPrecision, PlanStrategy
+from tac2sol.operator.spec import TrainingRun, resolved_lora_targets
+
+from tac2sol.errors import InvalidInput
+
+__all__ = ["Plan", "estimate", "format_bytes", "make_plan", "precision_for"]
+
+GiB = 1024**3
+NF4_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 0.516
+HEADROOM = 0.90
+CUDA_CONTEXT = 1.0 * GiB
+NCCL_BUFFERS = 0.25 * GiB
+CPU_RUNTIME = 0.5 * GiB
+FRAGMENTATION = 0.05
+LOGITS_FACTOR = 2.0
+ZERO_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce/allgather bucket size
+
+
+@dataclass(frozen=True)
+class Layout:
+    strategy: PlanStrategy
+    zero_stage: int | None = None
+    offload_optimizer: bool = False
+    offload_params: bool = False
+
+    def describe(self) -> str:
+        if self.strategy != "deepspeed":
+            return self.strategy
+        extra = " + optimizer offload" if self.offload_optimizer else ""
+        extra += " + parameter offload" if self.offload_params else ""
+        return f"DeepSpeed ZeRO-{self.zero_stage}{extra}"
+
+
+@dataclass(frozen=True)
+class Estimate:
+    per_gpu: int
+    host_per_node: int
+    breakdown: dict[str, int]
+
+
+def precision_for(gpu: GpuType) -> PlanPrecision:
+    """bf16 on sm_80+, fp16 (+ dynamic loss scaling) on Volta/Turing, fp32 on CPU."""
+    if gpu.is_cpu:
+        return "fp32"
+    return "bf16" if gpu.bf16 else "fp16"
+
+
+def estimate(
+    facts: ModelFacts,
+    *,
+    layout: Layout,
+    gpu: GpuType,
+    world: int,
+    gpus_per_node: int,
+    batch: int,
+    seq: int,
+    trainable: int,
+    quantized: bool,
+    checkpointing: bool,
+) -> Estimate:
+    """Per-device bytes by component (see the module docstring for the formula)."""
+    half = 4 if gpu.is_cpu else 2  # bytes of a "16-bit" tensor; fp32 on CPU
+    linear = sum(s.params for s in linear_shapes(facts))
+    emb = embedding_params(facts)
+    w_bytes = linear * (NF4_BYTES_PER_PARAM if quantized else half)
+    e_bytes = emb * half
+    n = world
+    ds = layout.strategy == "deepspeed"
+    stage = layout.zero_stage or 0
+    b: dict[str, float] = {}
+    host = 0.0
+
+    # Base weights.
+    if ds and stage == 3:
+        shard = (w_bytes + e_bytes) / n
+        if layout.offload_params:
+            host += shard * gpus_per_node
+        else:
+            b["quantizedWeights"] = w_bytes / n
+            b["embeddings16bit"] = e_bytes / n
+        b["zero3GatheredParams"] = (
+            2 * _layer_working_params(facts) * (w_bytes / linear) + facts.vocab * facts.hidden * half
+        )
+    else:
+        b["quantizedWeights"] = w_bytes
+        b["embeddings16bit"] = e_bytes
+
+    # LoRA weights, grads, optimizer.
+    if not ds:
+        b["loraWeightsGradsOptimizer"] = trainable * 16
+        if n > 1:
+            b["ddpGradientBuckets"] = trainable * 4
+    else:
+        fp32_state = 16 * trainable  # master weights 4 + fp32 grads 4 + Adam 8
+        weights16 = 2 * trainable / (n if stage == 3 else 1)
+        grads16 = 2 * trainable / (n if stage >= 2 else 1)
+        state = fp32_state / (n if stage >= 1 else 1)
+        if layout.offload_optimizer:
+            host += state * gpus_per_node
+            state = 0
+        b["loraWeightsGradsOptimizer"] = weights16 + grads16 + state
+        if stage >= 2:
+            b["zeroCommBuckets"] = 2 * min(ZERO_BUCKET_ELEMENTS, trainable) * half
+
+    # Activations and logits.
+    act = 4 if gpu.is_cpu else 2
+    working = batch * seq * (13 * facts.hidden + 5 * facts.mlp_width_per_token) * act
+    if checkpointing:
+        b["activationsCheckpointed"] = batch * seq * facts.hidden * act * facts.layers
+        b["activationsRecomputedLayer"] = working
+    else:
+        b["activations"] = working * facts.layers
+    b["logits"] = batch * seq * facts.vocab * 4 * LOGITS_FACTOR
+
+    # Runtime overhead.
+    tensors = sum(b.values())
+    if gpu.is_cpu:
+        b["runtimeOverhead"] = CPU_RUNTIME
+    else:
+        b["cudaContext"] = CUDA_CONTEXT + (NCCL_BUFFERS if n > 1 else 0)
+    b["allocatorFragmentation"] = FRAGMENTATION * tensors
+    breakdown = {k: round(v) for k, v in b.items()}
+    return Estimate(per_gpu=sum(breakdown.values()), host_per_node=round(host), breakdown=breakdown)
+
+
+def _layer_working_params(f: ModelFacts) -> float:
+    """Linear parameters one token's pass through a layer touches (MoE: routed + shared experts only).
+
+    ZeRO-3 gathers module by module, so an MoE layer's 256 experts are never resident together.
+    """
+    attention = sum(
+        s.params
+        for s in linear_shapes(f)
+        if s.name not in ("gate_proj", "up_proj", "down_proj", "c_fc", "c_proj", "gate_up_proj")
+    )
+    return attention / f.layers + 3 * f.hidden * f.mlp_width_per_token
+
+
+def _layouts(run: TrainingRun, gpu: GpuType) -> list[Layout]:
+    """Layouts the spec allows, cheapest first."""
+    s = run.spec
+    world = s.resources.world_size
+    plain = Layout("single" if world == 1 else "ddp")
+    if s.strategy == "ddp" or gpu.is_cpu:
+        return [plain]
+    ds = s.deepspeed
+    stages = [0, 2, 3] if ds.stage == "auto" else [int(ds.stage)]
+    out: list[Layout] = [plain] if s.strategy == "auto" else []
+    for stage in stages:
+        if s.strategy == "auto" and stage == 0:
+            continue  # ZeRO-0 is DDP with more overhead: never chosen on its own
+        opt = [False, True] if ds.offload_optimizer is None else [ds.offload_optimizer]
+        par = ([False, True] if ds.offload_params is None else [ds.offload_params]) if stage == 3 else [False]
+        for p in par:
+            for o in opt:
+                if p and not o and ds.offload_optimizer is None:
+                    continue  # offload parameters only after the optimizer state
+                out.append(Layout("deepspeed", stage, o, p))
+    return out
+
+
+def _world_reason(run: TrainingRun, gpu: GpuType, layout: Layout) -> str | None:
+    world = run.spec.resources.world_size
+    if layout.strategy == "single" or gpu.is_cpu:
+        return None
+    if gpu.nvlink_group >= run.spec.resources.gpus_per_node:
+        return f"{run.spec.resources.gpus_per_node} x {gpu.name} per node talk over NVLink"
+    if gpu.nvlink_group > 1:
+        return (
+            f"{world} GPUs: NVLink joins {gpu.nvlink_group} GPUs at most on {gpu.name}, "
+            "the rest talk over PCIe; "
+            "set NCCL_P2P_LEVEL accordingly and size /dev/shm (resources.shmSize)"
+        )
+    return f"{world} GPUs talk over PCIe (no NVLink on {gpu.name}); size /dev/shm (resources.shmSize)"
+
+
+def make_plan(run: TrainingRun) -> Plan:
+    """The cheapest layout that fits, with reasons; ``fits=False`` and ``waysOut`` when none does."""
+    plan = _plan(run)
+    if not plan.fits:
+        plan.ways_out = _ways_out(run, plan)
+    return plan
+
+
+def _plan(run: TrainingRun) -> Plan:
+    s = run.spec
+    r = s.resources
+    gpu = GPUS[r.gpu_type]
+    facts = _resolve(s)
+    world = r.world_size
+    t = s.training
+    per_step = t.per_device_batch_size * world
+    global_batch = t.global_batch_size or per_step
+    if global_batch % per_step:
+        raise InvalidInput(
+            f"spec.training.globalBatchSize: {global_batch} is not a multiple of "
+            "perDeviceBatchSize x nodes x "
+            f"gpusPerNode = {per_step}"
+        )
+    accumulation = global_batch // per_step
+    targets = resolved_lora_targets(s)
+    trainable = lora_trainable_params(facts, targets, s.lora.r)
+    quantized = s.quantization == "nf4"
+    precision = precision_for(gpu)
+    usable = int((r.host_memory_bytes if gpu.is_cpu else gpu.memory_bytes) * HEADROOM)
+    device_memory = r.host_memory_bytes if gpu.is_cpu else gpu.memory_bytes
+    host_usable = int(r.host_memory_bytes * HEADROOM)
+
+    candidates: list[tuple[Layout, Estimate, bool]] = []
+    for layout in _layouts(run, gpu):
+        est = estimate(
+            facts,
+            layout=layout,
+            gpu=gpu,
+            world=world,
+            gpus_per_node=r.gpus_per_node,
+            batch=t.per_device_batch_size,
+            seq=t.max_seq_length,
+            trainable=trainable,
+            quantized=quantized,
+            checkpointing=t.gradient_checkpointing,
+        )
+        fits = est.per_gpu <= usable and (gpu.is_cpu or est.host_per_node <= host_usable)
+        candidates.append((layout, est, fits))
+    chosen = next((c for c in candidates if c[2]), None)
+    layout, est, fits = chosen or min(candidates, key=lambda c: c[1].per_gpu)
+
+    total = facts.total_params
+    reasons = [
+        _precision_reason(gpu, precision),
+        f"LoRA r={s.lora.r} on {', '.join(targets)}: {trainable / 1e6:.1f}M trainable parameters "
+        f"({100 * trainable / total:.2f}% of {total / 1e9:.1f}B)",
+        f"gradient accumulation {accumulation} = globalBatchSize {global_batch} / (perDeviceBatchSize "
+        f"{t.per_device_batch_size} x {world} process{'es' if world > 1 else ''})",
+    ]
+    tried = [c for c in candidates if c[0] != layout]
+    if fits:
+        skipped = [c for c in candidates[: candidates.index(chosen)]] if chosen else []
+        why_not = "; ".join(f"{c[0].describe()} needs {format_bytes(c[1].per_gpu)}" for c in skipped)
+        reasons.append(
+            f"{layout.describe()}: {format_bytes(est.per_gpu)} per {'process' if gpu.is_cpu else 'GPU'} fits "
+            f"{int(HEADROOM * 100)}% of {format_bytes(device_memory)}"
+            + (f" (cheaper layouts do not fit: {why_not})" if why_not else "")
+        )
+        if layout.strategy == "ddp":
+            reasons.append(
+                "DDP over ZeRO: every GPU holds the whole quantized model and DDP is 40-60% faster "
+                "than DeepSpeed for LoRA (design doc); ZeRO only when memory needs it"
+            )
+        if layout.offload_optimizer or layout.offload_params:
+            reasons.append(
+                f"offload uses {format_bytes(est.host_per_node)} of host memory per node "
+                f"(resources.hostMemory {r.host_memory})"
+            )
+    else:
+        reasons.append(
+            "nothing fits: "
+            + "; ".join(
+                f"{c[0].describe()} needs {format_bytes(c[1].per_gpu)}"
+                + (f" + {format_bytes(c[1].host_per_node)} host" if c[1].host_per_node else "")
+                for c in candidates
+            )
+            + f" > usable {format_bytes(usable)} per GPU"
+        )
+        reasons.append(_weights_arithmetic(facts, quantized, gpu, world))
+    world_reason = _world_reason(run, gpu, layout)
+    if world_reason:
+        reasons.append(world_reason)
+    del tried
+    return Plan(
+        model=facts.id or s.model.name,
+        strategy=layout.strategy,
+        zero_stage=layout.zero_stage,
+        offload_optimizer=layout.offload_optimizer,
+        offload_params=layout.offload_params,
+        precision=precision,
+        gradient_accumulation_steps=accumulation,
+        per_device_batch_size=t.per_device_batch_size,
+        global_batch_size=global_batch,
+        world_size=world,
+        nodes=r.nodes,
+        gpus_per_node=r.gpus_per_node,
+        gpu_type=r.gpu_type,
+        max_seq_length=t.max_seq_length,
+        trainable_params=trainable,
+        total_params=total,
+        per_gpu_memory_bytes=est.per_gpu,
+        gpu_memory_bytes=device_memory,
+        usable_memory_bytes=usable,
+        host_memory_bytes=est.host_per_node,
+        breakdown=est.breakdown,
+        fits=fits,
+        reasons=reasons,
+        candidates=[
+            Candidate(
+                strategy=c[0].strategy,
+                zero_stage=c[0].zero_stage,
+                offload_optimizer=c[0].offload_optimizer,
+                offload_params=c[0].offload_params,
+                per_gpu_memory_bytes=c[1].per_gpu,
+                host_memory_bytes=c[1].host_per_node,
+                fits=c[2],
+            )
+            for c in candidates
+        ],
+    )
+
+
+def _precision_reason(gpu: GpuType, precision: str) -> str:
+    if gpu.is_cpu:
+        return "precision fp32: no accelerator (CPU run)"
+    if precision == "bf16":
+        return f"precision bf16: {gpu.name} is sm_{gpu.compute_capability} with bf16 tensor cores"
+    return (
+        f"precision fp16 with dynamic loss scaling: {gpu.name} is sm_{gpu.compute_capability}, "
+        "which has no bf16 tensor cores (bitsandbytes compute dtype float16, SDPA attention)"
+    )
+
+
+def _weights_arithmetic(facts: ModelFacts, quantized: bool, gpu: GpuType, world: int) -> str:
+    linear = sum(s.params for s in linear_shapes(facts))
+    emb = embedding_params(facts)
+    per = NF4_BYTES_PER_PARAM if quantized else 2
+    weights = linear * per + emb * 2
+    label = "4-bit" if quantized else "16-bit"
+    return (
+        f"{label} weights alone: {linear / 1e9:.1f}B linear params x {per:.3f} B + "
+        f"{emb / 1e9:.2f}B embedding params x 2 B = {weights / 1e9:.0f} GB; "
+        f"{world} x {gpu.name} hold {world} x {format_bytes(gpu.memory_bytes)}"
+        f" = {format_bytes(world * gpu.memory_bytes)}, so even ZeRO-3 sharding over all {world} needs "
+        f"{format_bytes(weights / world)} of weights per GPU before activations"
+    )
+
+
+def _variant(run: TrainingRun, **changes: object) -> TrainingRun:
+    """A copy of ``run`` with dotted spec fields changed (``resources.nodes=2``)."""
+    data = run.model_dump(by_alias=False, exclude={"status"})
+    for dotted, value in changes.items():
+        node = data["spec"]
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return TrainingRun.model_validate(data)
+
+
+def _ways_out(run: TrainingRun, plan: Plan) -> list[str]:
+    """Concrete changes that make the run fit, each checked by planning it."""
+    s = run.spec
+    r = s.resources
+    gpu = GPUS[r.gpu_type]
+    out: list[str] = []
+    auto = {"strategy": "auto", "deepspeed__stage": "auto", "deepspeed__offload_optimizer": None,
+            "deepspeed__offload_params": None}  # fmt: skip
+
+    if s.strategy != "auto" or s.deepspeed.stage != "auto" or s.deepspeed.offload_optimizer is False:
+        alt = _plan(_variant(run, **auto))
+        if alt.fits:
+            out.append(
+                f"let the planner choose (strategy auto, deepspeed.stage auto, offload unset): {_short(alt)}"
+            )
+    # More GPUs of the same type (whole nodes once one node is full).
+    if not gpu.is_cpu:
+        for total in sorted({2**k for k in range(0, 11)} | {gpu.max_per_node * n for n in range(1, 257)}):
+            if total <= r.world_size:
+                continue
+            per_node = min(total, gpu.max_per_node)
+            if total % per_node:
+                continue
+            nodes = total // per_node
+            if nodes > 256:
+                break
+            alt = _plan(
+                _variant(
+                    run,
+                    resources__gpus_per_node=per_node,
+                    resources__nodes=nodes,
+                    training__global_batch_size=None,
+                    **auto,
+                )
+            )
+            if alt.fits:
+                out.append(
+                    f"more GPUs: {total} x {r.gpu_type} "
+                    f"({nodes} node{'s' if nodes > 1 else ''} x {per_node}): "
+                    f"{_short(alt)}"
+                )
+                break
+        else:
+            out.append(f"more GPUs: not even 256 nodes x {gpu.max_per_node} {r.gpu_type} fit this model")
+    # Shorter sequences.
+    seq = s.training.max_seq_length // 2
+    while seq >= 256:
+        alt = _plan(_variant(run, training__max_seq_length=seq, **auto))
+        if alt.fits:
+            out.append(f"shorter sequences: training.maxSeqLength {seq}: {_short(alt)}")
+            break
+        seq //= 2
+    if s.training.per_device_batch_size > 1:
+        alt = _plan(
+            _variant(run, training__per_device_batch_size=1, training__global_batch_size=None, **auto)
+        )
+        if alt.fits:
+            out.append(
+                f"training.perDeviceBatchSize 1 (keep the global batch through accumulation): {_short(alt)}"
+            )
+    if not s.training.gradient_checkpointing:
+        alt = _plan(_variant(run, training__gradient_checkpointing=True, **auto))
+        if alt.fits:
+            out.append(f"training.gradientCheckpointing true: {_short(alt)}")
+    # Offload, if only host memory is short.
+    offload = next((c for c in plan.candidates if c.offload_params), None)
+    if offload and offload.per_gpu_memory_bytes <= plan.usable_memory_bytes:
+        need = offload.host_memory_bytes / HEADROOM
+        out.append(
+            f"ZeRO-3 with parameter offload fits the GPUs ({format_bytes(offload.per_gpu_memory_bytes)}/GPU) "
+            f"but needs resources.hostMemory >= {format_bytes(need)} per node (have {r.host_memory}); slow"
+        )
+    # Bigger GPUs, same count.
+    bigger = []
+    for key, other in GPUS.items():
+        if other.is_cpu or key == r.gpu_type or other.memory_bytes <= gpu.memory_bytes:
+            continue
+        if r.gpus_per_node > other.max_per_node:
+            continue
+        alt = _plan(_variant(run, resources__gpu_type=key, **auto))
+        if alt.fits:
+            bigger.append(f"{key} ({_short(alt)})")
+    if bigger:
+        out.append(f"bigger GPUs, same count: {'; '.join(bigger)}")
+    # Smaller models that fit as configured.
+    smaller = []
+    for key, facts in MODELS.items():
+        if facts.id == plan.model:
+            continue
+        seq_ok = min(s.training.max_seq_length, facts.context)
+        try:
+            alt = _plan(
+                _variant(
+                    run,
+                    model={"name": key},
+                    lora={
+                        "r": s.lora.r,
+                        "alpha": s.lora.alpha,
+                        "dropout": s.lora.dropout,
+                        "target_modules": ["auto"],
+                    },
+                    training__max_seq_length=seq_ok,
+                    **auto,
+                )
+            )
+        except InvalidInput:
+            continue
+        if alt.fits:
+            smaller.append(key)
+    if smaller:
+        out.append(f"a smaller model on these GPUs: {', '.join(smaller)}")
+    return out
+
+
+def _short(p: Plan) -> str:
+    layout = Layout(p.strategy, p.zero_stage, p.offload_optimizer, p.offload_params).describe()
+    return f"{layout}, {format_bytes(p.per_gpu_memory_bytes)}/GPU"
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"

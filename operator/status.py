@@ -1,0 +1,94 @@
+"""``TrainingRun.status``: what the operator records (phase, conditions, plan, progress, results)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+from tac2sol.operator.apimodel import ApiModel
+from tac2sol.operator.plan import Plan
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    PLANNING = "Planning"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+PHASES: tuple[str, ...] = tuple(p.value for p in Phase)
+
+
+class Condition(ApiModel):
+    """A Kubernetes-style condition (metav1.Condition)."""
+
+    type: str = Field(
+        max_length=316, description="CamelCase condition type (Planned, JobCreated, Running, ...)."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field("", max_length=1024, description="CamelCase machine-readable reason.")
+    message: str = Field("", max_length=32768, description="One human sentence.")
+    last_transition_time: str | None = Field(None, description="RFC 3339 time of the last status change.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation this was computed for."
+    )
+
+
+class JobRef(ApiModel):
+    """The Kubeflow job (PyTorchJob or MPIJob) that trains this run."""
+
+    api_version: str = Field(description="e.g. kubeflow.org/v1")
+    kind: str = Field(description="PyTorchJob or MPIJob.")
+    name: str = Field(description="Job name (derived from the run's name).")
+    namespace: str | None = Field(None, description="Job namespace (the run's).")
+    uid: str | None = Field(None, description="Job uid.")
+
+
+class Progress(ApiModel):
+    """Training progress read from the master pod's /metrics."""
+
+    step: int | None = Field(None, ge=0, description="Optimizer steps done.")
+    total_steps: int | None = Field(None, ge=0, description="Optimizer steps planned.")
+    percent: int | None = Field(
+        None, ge=0, le=100, description="step / totalSteps, in percent (printer column)."
+    )
+    epoch: float | None = Field(None, ge=0, description="Epochs done (fractional).")
+    loss: float | None = Field(None, description="Latest training loss.")
+    tokens_per_second: float | None = Field(None, ge=0, description="Training throughput, all ranks.")
+    eta_seconds: float | None = Field(None, ge=0, description="Estimated seconds left.")
+    updated_at: str | None = Field(None, description="RFC 3339 time of the last reading.")
+
+
+class EvaluationSummary(ApiModel):
+    """Held-out evaluation of the trained adapter (from the eval report on the output volume)."""
+
+    semantic_similarity_mean: float | None = Field(None, description="Mean embedding cosine similarity.")
+    edit_distance_mean: float | None = Field(None, ge=0, description="Mean normalised edit distance.")
+    exact_match: float | None = Field(None, ge=0, le=1, description="Share of exact matches.")
+    share_above08: float | None = Field(None, ge=0, le=1, description="Share with similarity above 0.8.")
+    share_above09: float | None = Field(None, ge=0, le=1, description="Share with similarity above 0.9.")
+    samples: int | None = Field(None, ge=0, description="Held-out rows evaluated.")
+
+
+class TrainingRunStatus(ApiModel):
+    """Observed state. Unknown fields are kept (kopf stores its own bookkeeping here)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    phase: Phase | None = Field(
+        None, description="Pending, Planning, Running, Succeeded, Failed or Suspended."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Latest observations, one per type."
+    )
+    observed_generation: int | None = Field(None, ge=0, description="metadata.generation last acted on.")
+    plan: Plan | None = Field(None, description="The memory plan the job was made from.")
+    job_ref: JobRef | None = Field(None, description="The training job.")
+    progress: Progress | None = Field(None, description="Training progress.")
+    evaluation: EvaluationSummary | None = Field(None, description="Evaluation summary once finished.")
+    message: str | None = Field(None, description="Why the run is in its phase (one sentence).")
+    start_time: str | None = Field(None, description="RFC 3339 time the job started.")
+    completion_time: str | None = Field(None, description="RFC 3339 time the run finished.")
