@@ -49,6 +49,11 @@ class DataSection(_Section):
     )
     max_seq_length: int = Field(2048, ge=16, description="Tokens per example, prompt + completion.")
     max_rows: int | None = Field(None, ge=1, description="Use at most this many rows (smoke runs).")
+    truncation: Literal["drop", "truncate_input"] = Field(
+        "drop",
+        description="A row longer than max_seq_length is rejected (drop) or its TAC end is cut "
+        "(truncate_input); the Solidity completion is never cut.",
+    )
     cache_dir: Path | None = Field(None, description="Tokenization cache; default <output>/cache.")
 
 
@@ -69,6 +74,9 @@ class TrainingSection(_Section):
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(3, ge=1, description="Keep the last K checkpoints.")
     dataloader_workers: int = Field(0, ge=0)
+    save_merged_model: bool = Field(
+        False, description="Also save base + LoRA merged into one model (only with quantization 'none')."
+    )
 
 
 class LoraSection(_Section):
