@@ -363,7 +363,7 @@ def training_arguments_kwargs(cfg: TrainConfig, env: DistEnv, run_dir: Path) -> 
     }
     if cfg.training.gradient_checkpointing:
         # Re-entrant checkpointing breaks DDP with LoRA (frozen inputs) and ZeRO-3 hooks.
-        kwargs["gradient_checkpointing_kwargs"] = {"use_reentrant": False}
+        kwargs[_checkpointing_kwargs_name()] = {"use_reentrant": False}
     if env.world_size > 1 and dist.strategy == "ddp":
         kwargs["ddp_backend"] = env.backend
         # Every LoRA parameter gets a gradient each step: skip DDP's unused-parameter scan.
@@ -372,6 +372,18 @@ def training_arguments_kwargs(cfg: TrainConfig, env: DistEnv, run_dir: Path) -> 
         path = write_deepspeed_config(cfg, run_dir, on_gpu=env.device != "cpu")
         kwargs["deepspeed"] = str(path)
     return kwargs
+
+
+def _checkpointing_kwargs_name() -> str:
+    """transformers 5 renamed gradient_checkpointing_kwargs (the old name still works, warning)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in names else (
+        "gradient_checkpointing_kwargs"
+    )
 
 
 def _plan_dtype(cfg: TrainConfig, env: DistEnv) -> torch.dtype:
