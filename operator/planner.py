@@ -58,7 +58,7 @@ from tac2sol.operator.spec import TrainingRun, resolved_lora_targets
 
 from tac2sol.errors import InvalidInput
 
-__all__ = ["Plan", "estimate", "format_bytes", "make_plan", "precision_for"]
+__all__ = ["Plan", "estimate", "format_bytes", "format_count", "make_plan", "precision_for"]
 
 GiB = 1024**3
 NF4_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 0.516
@@ -278,19 +278,21 @@ def _plan(run: TrainingRun) -> Plan:
         fits = est.per_gpu <= usable and (gpu.is_cpu or est.host_per_node <= host_usable)
         candidates.append((layout, est, fits))
     chosen = next((c for c in candidates if c[2]), None)
-    layout, est, fits = chosen or min(candidates, key=lambda c: c[1].per_gpu)
+    if chosen is None:  # report the smallest GPU need among layouts whose host memory suffices
+        host_ok = [c for c in candidates if c[1].host_per_node <= host_usable] or candidates
+        chosen = min(host_ok, key=lambda c: c[1].per_gpu)
+    layout, est, fits = chosen
 
     total = facts.total_params
     reasons = [
         _precision_reason(gpu, precision),
-        f"LoRA r={s.lora.r} on {', '.join(targets)}: {trainable / 1e6:.1f}M trainable parameters "
-        f"({100 * trainable / total:.2f}% of {total / 1e9:.1f}B)",
+        f"LoRA r={s.lora.r} on {', '.join(targets)}: {format_count(trainable)} trainable parameters "
+        f"({100 * trainable / total:.2f}% of {format_count(total)})",
         f"gradient accumulation {accumulation} = globalBatchSize {global_batch} / (perDeviceBatchSize "
         f"{t.per_device_batch_size} x {world} process{'es' if world > 1 else ''})",
     ]
-    tried = [c for c in candidates if c[0] != layout]
     if fits:
-        skipped = [c for c in candidates[: candidates.index(chosen)]] if chosen else []
+        skipped = candidates[: candidates.index(chosen)]
         why_not = "; ".join(f"{c[0].describe()} needs {format_bytes(c[1].per_gpu)}" for c in skipped)
         reasons.append(
             f"{layout.describe()}: {format_bytes(est.per_gpu)} per {'process' if gpu.is_cpu else 'GPU'} fits "
@@ -308,20 +310,19 @@ def _plan(run: TrainingRun) -> Plan:
                 f"(resources.hostMemory {r.host_memory})"
             )
     else:
+        tried = "; ".join(
+            f"{c[0].describe()} needs {format_bytes(c[1].per_gpu)}"
+            + (f" + {format_bytes(c[1].host_per_node)} host" if c[1].host_per_node else "")
+            for c in candidates
+        )
         reasons.append(
-            "nothing fits: "
-            + "; ".join(
-                f"{c[0].describe()} needs {format_bytes(c[1].per_gpu)}"
-                + (f" + {format_bytes(c[1].host_per_node)} host" if c[1].host_per_node else "")
-                for c in candidates
-            )
-            + f" > usable {format_bytes(usable)} per GPU"
+            f"nothing fits {format_bytes(usable)} per GPU and {format_bytes(host_usable)} host memory "
+            f"per node (90% of each): {tried}"
         )
         reasons.append(_weights_arithmetic(facts, quantized, gpu, world))
     world_reason = _world_reason(run, gpu, layout)
     if world_reason:
         reasons.append(world_reason)
-    del tried
     return Plan(
         model=facts.id or s.model.name,
         strategy=layout.strategy,
@@ -516,6 +517,14 @@ def _ways_out(run: TrainingRun, plan: Plan) -> list[str]:
 def _short(p: Plan) -> str:
     layout = Layout(p.strategy, p.zero_stage, p.offload_optimizer, p.offload_params).describe()
     return f"{layout}, {format_bytes(p.per_gpu_memory_bytes)}/GPU"
+
+
+def format_count(n: float) -> str:
+    """1234567 -> 1.2M; parameter counts from tiny to trillions."""
+    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(int(n))
 
 
 def format_bytes(n: float) -> str:

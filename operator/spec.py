@@ -440,7 +440,9 @@ class ObjectMeta(ApiModel):
 class TrainingRun(ApiModel):
     """A fine-tuning run: ``kubectl apply -f runs/qwen32b.yaml``."""
 
-    api_version: Literal["tac2sol.dev/v1alpha1"] = Field("tac2sol.dev/v1alpha1", description="tac2sol.dev/v1alpha1")
+    api_version: Literal["tac2sol.dev/v1alpha1"] = Field(
+        "tac2sol.dev/v1alpha1", description="tac2sol.dev/v1alpha1"
+    )
     kind: Literal["TrainingRun"] = Field("TrainingRun", description="TrainingRun")
     metadata: ObjectMeta
     spec: TrainingRunSpec

@@ -109,6 +109,7 @@ def train_config_values(run: TrainingRun, plan: Plan) -> dict[str, Any]:
             "gpu_type": plan.gpu_type,
             "expected_world_size": plan.world_size,
             "per_gpu_memory_bytes": plan.per_gpu_memory_bytes,
+            "model_hidden_size": facts.hidden,
         },
         "evaluation": {
             "enabled": s.evaluation.enabled,
