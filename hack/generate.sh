@@ -18,7 +18,12 @@ crd() {
   echo "generate: manifests/crds/$file, charts/tac2sol/crds/$file"
 }
 
-STEPS=(crd)
+# Grafana dashboards (chart) and alert rules (chart + plain rules file), from observability/.
+observability() {
+  .venv/bin/python -m tac2sol.observability.generate --root .
+}
+
+STEPS=(crd observability)
 
 if [[ $# -gt 0 ]]; then
   for step in "$@"; do "$step"; done

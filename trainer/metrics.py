@@ -104,6 +104,20 @@ def _version(dist: str) -> str:
         return "none"
 
 
+class _LazyGauge:
+    """A gauge child created on its first ``set``: a value never measured is absent, not 0."""
+
+    def __init__(self, family: Gauge, labels: tuple[str, ...]) -> None:
+        self._family = family
+        self._labels = labels
+        self._child: Any = None
+
+    def set(self, value: float) -> None:
+        if self._child is None:
+            self._child = self._family.labels(*self._labels)
+        self._child.set(value)
+
+
 class TrainerMetrics:
     """The metric objects of one training process, bound to its ``run``/``rank``/``device``."""
 
@@ -112,8 +126,8 @@ class TrainerMetrics:
         self.labels = (run, str(rank), device)
         label_names = names.TRAINER_LABELS
 
-        def gauge(name: str, doc: str) -> Any:
-            return Gauge(name, doc, label_names, registry=r).labels(*self.labels)
+        def gauge(name: str, doc: str) -> _LazyGauge:
+            return _LazyGauge(Gauge(name, doc, label_names, registry=r), self.labels)
 
         def counter(name: str, doc: str) -> Any:
             return Counter(names.base(name), doc, label_names, registry=r).labels(*self.labels)
