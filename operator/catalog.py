@@ -68,6 +68,7 @@ class ModelFacts(ApiModel):
         None,
         max_length=32,
         description="Default LoRA target modules ('auto'); default: every linear module of the family.",
+        json_schema_extra={"items": {"type": "string", "minLength": 1, "maxLength": 64}},
     )
     trust_remote_code: bool = Field(False, description="Loading needs the model repository's own code.")
     # Mixture of experts (DeepSeek-V2/V3 style): the first `dense_layers` layers have a dense MLP.

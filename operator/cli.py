@@ -71,11 +71,10 @@ def plan(
 
 
 def _print_plan(p: Any, source: str) -> None:
-    from rich.console import Console
     from rich.table import Table
     from tac2sol.operator.planner import format_bytes, format_count
 
-    console = Console(highlight=False, soft_wrap=True)
+    console = _console()
     layout = p.strategy + (f" (ZeRO-{p.zero_stage})" if p.zero_stage is not None else "")
     if p.offload_optimizer or p.offload_params:
         layout += " + offload " + "/".join(
@@ -115,6 +114,15 @@ def _print_plan(p: Any, source: str) -> None:
         console.print("[bold]ways out[/]")
         for way in p.ways_out:
             console.print(f"  - {way}")
+
+
+def _console() -> Any:
+    """A console that does not cut tables at 80 columns when the output is a pipe or a file."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def crd(
@@ -172,10 +180,9 @@ def catalog(
             }
         typer.echo(json.dumps(data if kind == CatalogKind.all else data[kind.value], indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    console = _console()
     if kind in (CatalogKind.models, CatalogKind.all):
         t = Table(title="models", title_justify="left")
         for col in ("key", "hub id", "params", "layers", "hidden", "heads/kv", "context", "licence"):

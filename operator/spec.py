@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, StringConstraints, ValidationError, field_validator
 from tac2sol.operator.apimodel import ApiModel
 from tac2sol.operator.catalog import GPUS, MODELS, ModelFacts, find_model, resolve_model
 from tac2sol.operator.status import TrainingRunStatus
@@ -61,7 +61,9 @@ def _validations(*rules: dict[str, str]) -> ConfigDict:
     return ConfigDict(json_schema_extra=extra)
 
 
-_StrMap = dict[str, str]
+# Label values are at most 63 characters; annotation values are bounded for CEL's cost estimate.
+_LabelMap = dict[str, Annotated[str, StringConstraints(max_length=63)]]
+_AnnotationMap = dict[str, Annotated[str, StringConstraints(max_length=65536)]]
 
 
 class ModelSpec(ApiModel):
@@ -246,7 +248,7 @@ class ResourcesSpec(ApiModel):
         None, max_length=32, pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request per pod."
     )
     memory: str | None = Field(None, max_length=32, pattern=QUANTITY, description="Memory request per pod.")
-    node_selector: _StrMap = Field(
+    node_selector: _LabelMap = Field(
         default_factory=dict, max_length=64, description="Node labels the pods require."
     )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=32, description="Pod tolerations.")
@@ -257,10 +259,10 @@ class ResourcesSpec(ApiModel):
         pattern=DNS_LABEL,
         description="Kueue LocalQueue (label kueue.x-k8s.io/queue-name).",
     )
-    pod_labels: _StrMap = Field(
+    pod_labels: _LabelMap = Field(
         default_factory=dict, max_length=64, description="Labels copied onto every trainer pod."
     )
-    pod_annotations: _StrMap = Field(
+    pod_annotations: _AnnotationMap = Field(
         default_factory=dict, max_length=64, description="Annotations copied onto every trainer pod."
     )
 
@@ -431,8 +433,8 @@ class ObjectMeta(ApiModel):
         description="Run name (DNS label, at most 50 characters).",
     )
     namespace: str | None = Field(None, max_length=63, pattern=DNS_LABEL)
-    labels: _StrMap = Field(default_factory=dict)
-    annotations: _StrMap = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
     generation: int | None = None
     uid: str | None = None
 
