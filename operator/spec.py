@@ -217,7 +217,8 @@ class ResourcesSpec(ApiModel):
 
     model_config = _validations(
         _cel(
-            "self.gpusPerNode <= "
+            # has(): the apiserver checks the `default: {}` of resources against this rule as it is.
+            "!has(self.gpusPerNode) || !has(self.gpuType) || self.gpusPerNode <= "
             + "{"
             + ", ".join(f"'{k}': {g.max_per_node}" for k, g in GPUS.items())
             + "}"
