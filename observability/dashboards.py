@@ -184,13 +184,17 @@ TRAINING_ROWS = (
                 unit="s",
             ),
             PanelSpec(
+                "Optimizer steps/s",
+                "timeseries",
+                (_q(f"max by (run) (rate({n.TRAIN_STEPS}{{{RUN_SEL}}}[{RATE}]))", "{{run}}"),),
+            ),
+            PanelSpec(
                 "Model FLOPs utilisation",
                 "timeseries",
                 (_q(f"avg by (run) ({n.TRAIN_MFU}{{{RUN_SEL}}})", "{{run}}"),),
                 unit="percentunit",
                 gpu=True,
                 description="6 x parameters x tokens/s / the GPU's peak; needs metrics.gpu_peak_flops.",
-                width=24,
             ),
         ),
     ),

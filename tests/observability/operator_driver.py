@@ -1,0 +1,54 @@
+"""Serves the operator's metrics and exercises them the way the kopf handlers do, until killed.
+
+Prints the port on the first line. Uses kopf's real exceptions, so the result classification
+(retry / failed / error) is the one the operator will get.
+
+    operator_driver.py [--port N] [--unhealthy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import kopf
+from tac2sol.operator import metrics
+
+
+def reconcile(outcome: str) -> None:
+    try:
+        with metrics.reconcile_timer():
+            time.sleep(0.002)
+            if outcome == "retry":
+                raise kopf.TemporaryError("job not created yet", delay=5)
+            if outcome == "failed":
+                raise kopf.PermanentError("spec.model.name is not in the catalog")
+            if outcome == "error":
+                raise RuntimeError("a bug")
+    except (kopf.TemporaryError, kopf.PermanentError, RuntimeError):
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--unhealthy", action="store_true")
+    a = parser.parse_args()
+    server = metrics.serve(a.port, host="127.0.0.1", healthy=lambda: not a.unhealthy)
+    print(server.server_port, flush=True)
+    metrics.declare_phases(["Pending", "Planning", "Running", "Succeeded", "Failed", "Suspended"])
+    i = 0
+    while True:
+        i += 1
+        for outcome in ("success", "success", "retry", "failed", "error"):
+            reconcile(outcome)
+        metrics.set_run_phase("ml", f"run-{i % 7}", ("Pending", "Running", "Succeeded")[i % 3])
+        if i % 5 == 0:
+            metrics.forget_run("ml", f"run-{i % 7}")
+        metrics.job_created("PyTorchJob" if i % 2 else "MPIJob")
+        metrics.record_error("ApplyConflict")
+        time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()
