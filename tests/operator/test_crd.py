@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,12 +56,8 @@ def test_generate_script_reproduces_the_files(tmp_path: Path) -> None:
     for rel in ("hack/generate.sh",):
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text((REPO / rel).read_text())
-    tac2sol = Path(os.environ.get("VIRTUAL_ENV", REPO / ".venv")) / "bin" / "tac2sol"
-    env = {
-        **os.environ,
-        "PYTHONSAFEPATH": "1",
-        "TAC2SOL": str(tac2sol if tac2sol.exists() else REPO / ".venv/bin/tac2sol"),
-    }
+    tac2sol = Path(sys.executable).parent / "tac2sol"  # the venv's script, as the CLI tests use
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "TAC2SOL": str(tac2sol)}
     subprocess.run(
         ["bash", "hack/generate.sh", "crd"], cwd=tmp_path, env=env, check=True, capture_output=True
     )
