@@ -1,0 +1,111 @@
+# syntax=docker/dockerfile:1.7
+# tac2sol images, one file, two targets (hack/images.sh builds both; `make images`):
+#   --target operator  slim Python base, only the `operator` extra, non-root, read-only-rootfs friendly
+#   --target trainer   CUDA 12 runtime base, torch + bitsandbytes + peft + transformers + DeepSpeed
+#                      (ops prebuilt for sm_75 and sm_80+), non-root, HF_HOME on a volume
+# Base images are build arguments, so a mirror or a local base (tests use one made with mmdebstrap)
+# can stand in. Behind a TLS-intercepting proxy, pass its CA bundle as the build secret `pip_cert`
+# (buildah/podman/docker: --secret id=pip_cert,src=/path/to/ca.pem); without it pip uses its own.
+
+ARG PYTHON_BASE=docker.io/library/python:3.12-slim-bookworm
+ARG CUDA_DEVEL_BASE=docker.io/nvidia/cuda:12.6.3-cudnn-devel-ubuntu24.04
+ARG CUDA_RUNTIME_BASE=docker.io/nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+
+# ---- wheel: the tac2sol wheel, built once for both targets ---------------------------------------
+FROM ${PYTHON_BASE} AS wheel
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY tac2sol/ tac2sol/
+COPY operator/ operator/
+COPY trainer/ trainer/
+COPY observability/ observability/
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python3 -m venv /tmp/build-venv \
+    && /tmp/build-venv/bin/pip wheel --no-deps --wheel-dir /wheels .
+
+# ---- operator ----------------------------------------------------------------------------------------
+FROM ${PYTHON_BASE} AS operator-venv
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+COPY --from=wheel /wheels/ /wheels/
+# Byte-compiled at install time (pip's default), so nothing needs to write .pyc files at run time.
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python3 -m venv /opt/tac2sol \
+    && set -- /wheels/tac2sol-*.whl \
+    && /opt/tac2sol/bin/pip install "$1[operator]" \
+    && /opt/tac2sol/bin/pip uninstall --yes pip
+
+FROM ${PYTHON_BASE} AS operator
+ARG UID=10001
+LABEL org.opencontainers.image.title="tac2sol-operator" \
+      org.opencontainers.image.description="tac2sol operator: TrainingRun -> PyTorchJob/MPIJob" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN useradd --uid "${UID}" --user-group --no-create-home --home-dir /tmp --shell /usr/sbin/nologin tac2sol
+COPY --from=operator-venv /opt/tac2sol /opt/tac2sol
+# Read-only root filesystem: no .pyc writes, HOME in /tmp (an emptyDir in the chart), logs to stdout.
+ENV PATH=/opt/tac2sol/bin:${PATH} \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONSAFEPATH=1 \
+    HOME=/tmp \
+    TAC2SOL_LOG_FORMAT=json
+USER ${UID}:${UID}
+WORKDIR /tmp
+EXPOSE 8080
+ENTRYPOINT ["tac2sol"]
+CMD ["operator"]
+
+# ---- trainer ---------------------------------------------------------------------------------------
+# Built on the CUDA *devel* image (nvcc compiles DeepSpeed's ops), run on the *runtime* image.
+FROM ${CUDA_DEVEL_BASE} AS trainer-venv
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126
+# sm_75 (Turing, the RTX 8000 reference card) and sm_80+ (Ampere, Ada, Hopper; PTX for newer).
+ARG TORCH_CUDA_ARCH_LIST="7.5;8.0;8.6;8.9;9.0+PTX"
+ENV DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 \
+    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST}
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-dev python3-venv ninja-build g++ libaio-dev \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=wheel /wheels/ /wheels/
+# torch first, from the CUDA 12 index; then the trainer extra. DeepSpeed's ops are compiled at install
+# time (DS_BUILD_*), so no rank JIT-compiles them: fused Adam (GPU), CPU Adam (ZeRO offload), async I/O
+# (ZeRO-Infinity NVMe), and the utils op (flatten/unflatten).
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python3 -m venv /opt/tac2sol \
+    && /opt/tac2sol/bin/pip install --index-url "${TORCH_INDEX_URL}" "torch>=2.4" \
+    && /opt/tac2sol/bin/pip install "setuptools>=69" "wheel>=0.43" \
+    && set -- /wheels/tac2sol-*.whl \
+    && DS_BUILD_OPS=0 DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 DS_BUILD_AIO=1 DS_BUILD_UTILS=1 \
+       /opt/tac2sol/bin/pip install --no-build-isolation "$1[trainer]" \
+    && /opt/tac2sol/bin/ds_report
+
+FROM ${CUDA_RUNTIME_BASE} AS trainer
+ARG UID=10001
+LABEL org.opencontainers.image.title="tac2sol-trainer" \
+      org.opencontainers.image.description="tac2sol trainer: QLoRA (bitsandbytes NF4 + peft) with DDP or DeepSpeed ZeRO" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV DEBIAN_FRONTEND=noninteractive
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 libaio1t64 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --uid "${UID}" --user-group --create-home --home-dir /home/tac2sol --shell /usr/sbin/nologin tac2sol \
+    && mkdir -p /var/cache/huggingface \
+    && chown "${UID}:${UID}" /var/cache/huggingface
+COPY --from=trainer-venv /opt/tac2sol /opt/tac2sol
+ENV PATH=/opt/tac2sol/bin:${PATH} \
+    PYTHONUNBUFFERED=1 \
+    PYTHONSAFEPATH=1 \
+    HF_HOME=/var/cache/huggingface \
+    TAC2SOL_LOG_FORMAT=json
+# Model downloads go to a volume (a PVC in the TrainingRun's pods), never into the image layer.
+VOLUME ["/var/cache/huggingface"]
+USER ${UID}:${UID}
+WORKDIR /home/tac2sol
+EXPOSE 9400
+ENTRYPOINT ["tac2sol"]
+CMD ["train", "--help"]
