@@ -428,6 +428,131 @@ def bnb_config_kwargs(cfg: TrainConfig, env: DistEnv) -> dict[str, Any]:
     return kwargs
 
 
+DEBUG_PARTITION_ENV = "TAC2SOL_DEBUG_PARTITION"
+RANK_REPORT_DIR = "rank-report"
+
+
+def _innermost_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer under accelerate's and DeepSpeed's wrappers (ZeRO's flat partitions)."""
+    seen = set()
+    while getattr(optimizer, "optimizer", None) is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
+def partition_stats(model: Any, optimizer: Any) -> dict[str, int]:
+    """What this rank holds: parameter and optimizer-state elements, local against full.
+
+    Under ZeRO-3 a parameter's local shard is ``ds_tensor`` (``ds_numel`` is its full size); under
+    ZeRO-1/2 the optimizer steps flat fp32 partitions of the trainable parameters.
+    """
+    import torch
+
+    stats = {
+        "param_numel_local": 0,
+        "param_numel_full": 0,
+        "trainable_numel_full": 0,
+        "trainable_numel_local": 0,
+        "optimizer_state_numel_local": 0,
+    }
+    for p in model.parameters():
+        full = int(getattr(p, "ds_numel", p.numel()))
+        local = int(p.ds_tensor.numel()) if hasattr(p, "ds_tensor") else int(p.numel())
+        stats["param_numel_full"] += full
+        stats["param_numel_local"] += local
+        if p.requires_grad:
+            stats["trainable_numel_full"] += full
+            stats["trainable_numel_local"] += local
+    inner = _innermost_optimizer(optimizer)
+    for state in getattr(inner, "state", {}).values():
+        for value in state.values():
+            if torch.is_tensor(value) and value.dim() > 0:
+                stats["optimizer_state_numel_local"] += int(value.numel())
+    return stats
+
+
+def _trainable_fingerprint(model: Any) -> list[float]:
+    """Sum and sum of squares of the trainable weights (gathered under ZeRO-3), in float64."""
+    import contextlib
+
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    gather: Any = contextlib.nullcontext()
+    if any(hasattr(p, "ds_tensor") for p in params):
+        import deepspeed
+
+        gather = deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+    with gather, torch.no_grad():
+        flat = torch.cat([p.detach().reshape(-1).double() for p in params])
+        return [float(flat.sum()), float((flat * flat).sum())]
+
+
+PROBE_TOKENS = 32
+
+
+def rank_report_callback(env: DistEnv, run_dir: Path) -> Any:
+    """With ``TAC2SOL_DEBUG_PARTITION=1``, a Trainer callback that writes
+    ``run_dir/rank-report/rank-<r>.json`` per rank: the step training started from, the losses
+    it logged, what it holds after its first optimizer step (``partition_stats``) and a
+    fingerprint of the trained weights; rank 0 also saves the trained model's logits on a fixed
+    probe (``probe-logits.pt``), so an adapter reload can be compared. None otherwise.
+    """
+    if os.environ.get(DEBUG_PARTITION_ENV, "0") not in ("1", "true", "yes"):
+        return None
+    import json
+
+    import torch
+    from transformers import TrainerCallback
+
+    out_dir = Path(run_dir) / RANK_REPORT_DIR
+
+    class RankReport(TrainerCallback):
+        def __init__(self) -> None:
+            self.report: dict[str, Any] = {
+                "rank": env.rank,
+                "world_size": env.world_size,
+                "launcher": env.launcher,
+                "losses": [],
+            }
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self.report["start_step"] = int(state.global_step)
+
+        def on_step_end(
+            self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **_: Any
+        ) -> None:
+            if "partition" not in self.report and model is not None:
+                self.report["partition"] = partition_stats(model, optimizer)
+                self.report["partition_step"] = int(state.global_step)
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
+        ) -> None:
+            if logs and "loss" in logs:
+                self.report["losses"].append([int(state.global_step), float(logs["loss"])])
+
+        def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
+            self.report["end_step"] = int(state.global_step)
+            if model is not None:
+                self.report["trainable_fingerprint"] = _trainable_fingerprint(model)
+                vocab = int(model.config.vocab_size)
+                ids = (torch.arange(PROBE_TOKENS) * 7 + 5).remainder(vocab).unsqueeze(0)
+                was_training = model.training
+                model.eval()
+                with torch.no_grad():  # every rank runs it: ZeRO-3 gathers weights collectively
+                    logits = model(input_ids=ids.to(env.device)).logits.float().cpu()
+                model.train(was_training)
+                if env.is_main:
+                    out_dir.mkdir(parents=True, exist_ok=True)
+                    torch.save({"input_ids": ids, "logits": logits}, out_dir / "probe-logits.pt")
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"rank-{env.rank}.json").write_text(json.dumps(self.report, indent=1) + "\n")
+
+    return RankReport()
+
+
 def finalize_distributed() -> None:
     """Tear the process group down at the end of ``train`` (quiet exit, no hang on NCCL)."""
     import torch
