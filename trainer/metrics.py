@@ -321,6 +321,14 @@ class GpuProbe:
             return None
 
 
+def cuda_uuid(index: int) -> str | None:
+    """``GPU-<uuid>`` of CUDA device ``index``, as NVML and nvidia-smi name it."""
+    import torch
+
+    match = _UUID.search(str(torch.cuda.get_device_properties(index).uuid))
+    return f"GPU-{match.group(0)}" if match else None
+
+
 def _nvml_handle(index: int) -> Any:
     """The NVML handle of CUDA device ``index`` (matched by UUID: CUDA_VISIBLE_DEVICES reorders)."""
     try:
@@ -330,12 +338,10 @@ def _nvml_handle(index: int) -> Any:
     except Exception as exc:  # no driver library, no device: NVML series stay absent
         log.info("NVML unavailable (%s); GPU utilisation, temperature and power are not exported", exc)
         return None
-    import torch
-
-    match = _UUID.search(str(torch.cuda.get_device_properties(index).uuid))
+    uuid = cuda_uuid(index)
     try:
-        if match:
-            return pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{match.group(0)}")
+        if uuid:
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid)
         if "CUDA_VISIBLE_DEVICES" not in os.environ:
             return pynvml.nvmlDeviceGetHandleByIndex(index)
     except pynvml.NVMLError as exc:
