@@ -1,0 +1,202 @@
+"""Every Kubernetes API call the operator makes (lightkube, async), conflict-tolerant.
+
+* children are written with server-side apply, field manager ``tac2sol-operator``, forced: the
+  operator owns the fields it renders, so re-applying the same objects changes nothing and a
+  retry after a crash creates nothing twice;
+* the run's status is changed read-modify-write with the read ``resourceVersion`` as a
+  precondition, retried on 409, so two writers (the run's handler and the job watcher) never
+  overwrite each other's conditions;
+* Events go through kopf's poster (``kopf.event``), which batches them off the handler's path.
+
+The verbs used here are listed in ``tac2sol.operator.rbac`` (the ClusterRole's source).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import httpx2
+from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.core_v1 import ConfigMap, Pod
+from lightkube.types import PatchType
+from tac2sol.operator.settings import FIELD_MANAGER
+from tac2sol.operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
+
+log = logging.getLogger(__name__)
+
+TrainingRunResource = create_namespaced_resource(API_GROUP, API_VERSION, KIND, PLURAL)
+PyTorchJobResource = create_namespaced_resource("kubeflow.org", "v1", "PyTorchJob", "pytorchjobs")
+MPIJobResource = create_namespaced_resource("kubeflow.org", "v1", "MPIJob", "mpijobs")
+
+_RESOURCES: dict[tuple[str, str], Any] = {
+    ("v1", "ConfigMap"): ConfigMap,
+    ("kubeflow.org/v1", "PyTorchJob"): PyTorchJobResource,
+    ("kubeflow.org/v1", "MPIJob"): MPIJobResource,
+    (f"{API_GROUP}/{API_VERSION}", KIND): TrainingRunResource,
+}
+STATUS_RETRIES = 8
+
+# Transport trouble (apiserver restarting, a dropped connection): worth a retry, not a bug.
+TransientError = (httpx2.TransportError,)
+
+
+def status_code(exc: BaseException) -> int | None:
+    return exc.status.code if isinstance(exc, ApiError) and exc.status is not None else None
+
+
+def is_not_found(exc: BaseException) -> bool:
+    return status_code(exc) == 404
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    return dict(obj) if isinstance(obj, dict) else obj.to_dict()
+
+
+def resource_for(api_version: str, kind: str) -> Any:
+    try:
+        return _RESOURCES[(api_version, kind)]
+    except KeyError:
+        raise ValueError(f"the operator does not manage {kind} ({api_version})") from None
+
+
+class Kube:
+    """The operator's API client; one per process (``connect``), closed at cleanup."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    @classmethod
+    def connect(cls, timeout_seconds: float = 30.0) -> Kube:
+        """In a pod: the service account; outside: ``$KUBECONFIG`` / ``~/.kube/config``."""
+        config = KubeConfig.from_env()
+        return cls(AsyncClient(config, field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(timeout_seconds)))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    # --- children -------------------------------------------------------------------------------
+
+    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Server-side apply ``obj`` (create or update) and return the stored object."""
+        res = resource_for(obj["apiVersion"], obj["kind"])
+        meta = obj["metadata"]
+        stored = await self._client.patch(
+            res,
+            meta["name"],
+            obj,
+            namespace=meta.get("namespace"),
+            patch_type=PatchType.APPLY,
+            field_manager=FIELD_MANAGER,
+            force=True,
+        )
+        return _plain(stored)
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """The object, or None when it does not exist."""
+        try:
+            return _plain(await self._client.get(resource_for(api_version, kind), name, namespace=namespace))
+        except ApiError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
+        selector: dict[str, Any] = dict(labels)
+        pods = self._client.list(Pod, namespace=namespace, labels=selector)
+        return [_plain(p) async for p in pods]
+
+    # --- the run's status ---------------------------------------------------------------------
+
+    async def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return _plain(await self._client.get(TrainingRunResource, name, namespace=namespace))
+        except ApiError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+
+    async def update_run_status(
+        self,
+        namespace: str,
+        name: str,
+        change: Callable[[dict[str, Any]], dict[str, Any] | None],
+        body: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """Read-modify-write ``status``: ``change(run)`` returns the new status (None: no change).
+
+        Starts from ``body`` when given (saves a GET), re-reads on 409. Returns (run as read, new
+        status) when it wrote, None when nothing changed or the run is gone.
+        """
+        run = body
+        for _attempt in range(STATUS_RETRIES):
+            if run is None:
+                run = await self.get_run(namespace, name)
+                if run is None:
+                    return None
+            new = change(run)
+            if new is None or new == (run.get("status") or {}):
+                return None
+            patch = {
+                "metadata": {"resourceVersion": run["metadata"]["resourceVersion"]},
+                "status": _merge_patch(run.get("status") or {}, new),
+            }
+            try:
+                await self._client.patch(
+                    TrainingRunResource.Status,
+                    name,
+                    patch,
+                    namespace=namespace,
+                    patch_type=PatchType.MERGE,
+                    field_manager=FIELD_MANAGER,
+                )
+                return run, new
+            except ApiError as exc:
+                if is_not_found(exc):
+                    return None
+                if status_code(exc) != 409:
+                    raise
+                log.debug("status of %s/%s changed under us; reading it again", namespace, name)
+                run = None
+        raise RuntimeError(
+            f"status of TrainingRun {namespace}/{name}: still conflicting after {STATUS_RETRIES} tries"
+        )
+
+    async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """A merge patch of fields only one writer touches (``progress``, ``evaluation``)."""
+        try:
+            await self._client.patch(
+                TrainingRunResource.Status,
+                name,
+                {"status": status},
+                namespace=namespace,
+                patch_type=PatchType.MERGE,
+                field_manager=FIELD_MANAGER,
+            )
+        except ApiError as exc:
+            if not is_not_found(exc):
+                raise
+
+
+def _merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: removed keys become null."""
+    patch: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        patch[key] = None
+    for key, value in new.items():
+        if key in old and isinstance(value, dict) and isinstance(old[key], dict):
+            sub = _merge_patch(old[key], value)
+            if sub:
+                patch[key] = sub
+        elif old.get(key, object()) != value:
+            patch[key] = value
+    return patch
+
+
+def post_event(run: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
+    """A Kubernetes Event on the run (kopf posts it in the background; never blocks a handler)."""
+    import kopf
+
+    kopf.event(cast(kopf.Body, run), type=type_, reason=reason, message=message[:1024])

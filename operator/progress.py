@@ -1,0 +1,142 @@
+"""Training progress for ``status.progress``: read the trainer pods' ``/metrics``.
+
+Each trainer pod (label ``tac2sol.dev/metrics``) serves one registry per local rank on
+``spec.metricsPort + local rank``. Rank 0 (in the PyTorchJob's Master, or the MPIJob's first
+Worker) gives step, total, epoch, loss and ETA; throughput is summed over every rank. The parse
+is ``tac2sol.operator.metrics.parse_trainer_progress``; names are ``tac2sol.observability.names``.
+A figure missing from the text is left out of the status, never made up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+from tac2sol.observability import names
+from tac2sol.operator.kube import Kube
+from tac2sol.operator.metrics import parse_trainer_progress
+from tac2sol.operator.render import METRICS_LABEL
+
+log = logging.getLogger(__name__)
+
+# Labels the training-operator puts on the pods it creates.
+JOB_NAME_LABEL = "training.kubeflow.org/job-name"
+RANK0_REPLICA = {"PyTorchJob": "Master", "MPIJob": "Worker 0"}  # the job kinds this reads
+
+# tac2sol_eval_result{metric=...} (the trainer exports summary["overall"]) -> status.evaluation.
+EVALUATION_FIELDS = {
+    "semanticSimilarityMean": "semanticSimilarityMean",
+    "editDistanceMean": "editDistanceMean",
+    "exactMatchRate": "exactMatch",
+    "similarityAbove08": "shareAbove08",
+    "similarityAbove09": "shareAbove09",
+    "samples": "samples",
+}
+
+
+def progress_from_metrics(text: str, now: str) -> dict[str, Any]:
+    """``status.progress`` (camelCase) from rank 0's metrics text; only the figures present."""
+    found = parse_trainer_progress(text, rank="0")
+    progress: dict[str, Any] = {}
+    if "global_step" in found:
+        progress["step"] = int(found["global_step"])
+    if found.get("max_steps", 0) > 0:
+        progress["totalSteps"] = int(found["max_steps"])
+    if "progress_ratio" in found:
+        progress["percent"] = max(0, min(100, int(found["progress_ratio"] * 100)))
+    elif "step" in progress and "totalSteps" in progress:
+        progress["percent"] = min(100, progress["step"] * 100 // progress["totalSteps"])
+    for key, field in (("epoch", "epoch"), ("loss", "loss"), ("tokens_per_second", "tokensPerSecond")):
+        if key in found:
+            progress[field] = round(found[key], 6)
+    if "eta_seconds" in found and found["eta_seconds"] >= 0:
+        progress["etaSeconds"] = round(found["eta_seconds"], 1)
+    if progress:
+        progress["updatedAt"] = now
+    return progress
+
+
+def evaluation_from_metrics(text: str, rank: str = "0") -> dict[str, Any]:
+    """``status.evaluation`` from ``tac2sol_eval_result{metric=...}``; empty before evaluation ran."""
+    out: dict[str, Any] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != names.EVAL_RESULT or sample.labels.get("rank", rank) != rank:
+                continue
+            field = EVALUATION_FIELDS.get(sample.labels.get("metric", ""))
+            if field is not None:
+                out[field] = int(sample.value) if field == "samples" else round(float(sample.value), 6)
+    return out
+
+
+async def fetch_metrics(url: str, timeout: float) -> str | None:
+    """The text at ``url``, or None when the pod does not answer (not started, gone, no network)."""
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+            session.get(url) as response,
+        ):
+            if response.status != 200:
+                log.debug("%s answered %d", url, response.status)
+                return None
+            return await response.text()
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        log.debug("cannot read %s: %s", url, exc)
+        return None
+
+
+def tokens_per_second(text: str) -> float | None:
+    """Sum of ``tac2sol_train_tokens_per_second`` in one rank's text (None: not reported yet)."""
+    values = [
+        float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == names.TRAIN_TOKENS_PER_SECOND
+    ]
+    return sum(values) if values else None
+
+
+def trainer_urls(pods: list[dict[str, Any]], base_port: int, ranks_per_pod: int) -> list[str]:
+    """``/metrics`` of every local rank (port ``base + local rank``) of the Running trainer pods."""
+    urls: list[str] = []
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        status = pod.get("status") or {}
+        ip = status.get("podIP")
+        if status.get("phase") != "Running" or not ip:
+            continue
+        host = f"[{ip}]" if ":" in ip else ip
+        urls.extend(f"http://{host}:{base_port + i}/metrics" for i in range(ranks_per_pod))
+    return urls
+
+
+async def read_progress(
+    kube: Kube, run: dict[str, Any], *, timeout: float, now: str
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """(progress, evaluation) of a running run, or None when rank 0 does not answer yet.
+
+    Step, epoch, loss and ETA are rank 0's; tokens/s is the sum over all ranks, and only when
+    every rank answered (a partial sum would understate it).
+    """
+    status = run.get("status") or {}
+    ref, plan = status.get("jobRef") or {}, status.get("plan") or {}
+    if ref.get("kind") not in RANK0_REPLICA or not ref.get("name"):
+        return None
+    selector = {JOB_NAME_LABEL: ref["name"], METRICS_LABEL: "true"}
+    pods = await kube.list_pods(run["metadata"]["namespace"], selector)
+    port = (run.get("spec") or {}).get("metricsPort", 9400)
+    urls = trainer_urls(pods, port, int(plan.get("gpusPerNode", 1)))
+    texts = await asyncio.gather(*(fetch_metrics(url, timeout) for url in urls))
+    answered = [t for t in texts if t is not None]
+    rank0 = next((t for t in answered if parse_trainer_progress(t, rank="0")), None)
+    if rank0 is None:
+        return None
+    progress = progress_from_metrics(rank0, now)
+    rates = [tokens_per_second(t) for t in answered]
+    if len(answered) == int(plan.get("worldSize", 1)) and all(r is not None for r in rates):
+        progress["tokensPerSecond"] = round(sum(r for r in rates if r is not None), 3)
+    else:
+        progress.pop("tokensPerSecond", None)
+    return progress, evaluation_from_metrics(rank0)

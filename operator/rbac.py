@@ -1,0 +1,93 @@
+"""The operator's permissions: ONE list of rules, the source of the chart's ClusterRole.
+
+Every verb here is used by ``tac2sol.operator.kube`` or by kopf itself, and nothing more; the
+end-to-end tests run the operator as a ServiceAccount bound to exactly these rules. A chart or
+manifest test compares its ClusterRole with :func:`cluster_role`.
+
+Namespaced mode (``tac2sol operator --namespace NS``): bind the ClusterRole with a RoleBinding in
+NS. The cluster-scoped rule (CRD discovery) is then not granted, so the operator turns kopf's CRD
+scanning off in that mode and reads the API's resources once at start.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from tac2sol.operator.spec import API_GROUP, PLURAL
+
+CLUSTER_ROLE_NAME = "tac2sol-operator"
+
+
+@dataclass(frozen=True)
+class Rule:
+    api_groups: tuple[str, ...]
+    resources: tuple[str, ...]
+    verbs: tuple[str, ...]
+    why: str
+    cluster_scoped: bool = False
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "apiGroups": list(self.api_groups),
+            "resources": list(self.resources),
+            "verbs": list(self.verbs),
+        }
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        (API_GROUP,),
+        (PLURAL,),
+        ("get", "list", "watch", "patch"),
+        "kopf watches TrainingRuns and keeps its progress/diff-base annotations (prefix tac2sol.dev) on them",
+    ),
+    Rule(
+        (API_GROUP,),
+        (f"{PLURAL}/status",),
+        ("patch",),
+        "status: phase, conditions, plan, job reference, progress",
+    ),
+    Rule(
+        (API_GROUP,),
+        (f"{PLURAL}/finalizers",),
+        ("update",),
+        "children carry blockOwnerDeletion owner references (OwnerReferencesPermissionEnforcement)",
+    ),
+    Rule(
+        ("kubeflow.org",),
+        ("pytorchjobs", "mpijobs"),
+        ("get", "list", "watch", "create", "patch"),
+        "server-side apply of the job (create when new, patch after); watch its conditions",
+    ),
+    Rule(("",), ("configmaps",), ("get", "create", "patch"), "server-side apply of the trainer config"),
+    Rule(
+        ("",), ("pods",), ("list",), "find the master pod (progress) and failed containers (failure reasons)"
+    ),
+    Rule(("",), ("events",), ("create",), "an Event per phase transition (kopf's poster)"),
+    Rule(
+        ("apiextensions.k8s.io",),
+        ("customresourcedefinitions",),
+        ("list", "watch"),
+        "kopf notices CRDs installed after the operator started (cluster-wide mode only)",
+        cluster_scoped=True,
+    ),
+)
+
+
+def rules(*, namespaced: bool = False) -> list[dict[str, Any]]:
+    """PolicyRules; ``namespaced`` leaves out the cluster-scoped ones."""
+    return [r.to_api() for r in RULES if not (namespaced and r.cluster_scoped)]
+
+
+def cluster_role(name: str = CLUSTER_ROLE_NAME, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """The ClusterRole object (the chart renders the same rules)."""
+    meta: dict[str, Any] = {"name": name}
+    if labels:
+        meta["labels"] = dict(labels)
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": meta,
+        "rules": rules(),
+    }

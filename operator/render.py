@@ -1,0 +1,487 @@
+"""Pure builders of a TrainingRun's children: the ConfigMap and the PyTorchJob or MPIJob.
+
+Everything here takes plain values and returns complete dicts ready for server-side apply: no
+I/O, clock, randomness or environment. Names derive from the run, so a retry (or a restarted
+operator) finds what the last attempt made. Arguments are never mutated.
+
+Layout of a trainer pod (both kinds)::
+
+    /etc/tac2sol/train.yaml      the trainer config (TrainConfig) rendered from the run and its plan
+    /etc/tac2sol/ds_config.json  the DeepSpeed config (DeepSpeed plans only; same generator as the trainer)
+    /data                        spec.dataset.pvc (read-only)
+    /output                      spec.output.pvc (or an emptyDir); checkpoints, adapter, reports
+    /var/cache/huggingface       HF_HOME: the output claim's .cache/huggingface (downloads survive restarts)
+    /dev/shm                     memory-backed emptyDir of spec.resources.shmSize (NCCL, dataloaders)
+
+The Hugging Face token comes from the Secret named in ``spec.hfTokenSecret`` through an env
+``valueFrom``; it is never copied into the ConfigMap.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+from tac2sol.operator.catalog import GPUS
+from tac2sol.operator.metrics import trainer_metrics_ports, trainer_scrape_annotations
+from tac2sol.operator.plan import Plan
+from tac2sol.operator.spec import GROUP_VERSION, KIND, TrainingRun, parse_quantity
+from tac2sol.operator.trainconfig import to_train_config
+from tac2sol.trainer.config import TrainConfig
+from tac2sol.trainer.deepspeed_config import DS_CONFIG_FILENAME, build_deepspeed_config
+
+KUBEFLOW_API_VERSION = "kubeflow.org/v1"
+PYTORCHJOB = "PyTorchJob"
+MPIJOB = "MPIJob"
+PYTORCH_CONTAINER = "pytorch"  # the name the training-operator looks for in a PyTorchJob
+MPI_CONTAINER = "mpi"
+MANAGED_BY = "tac2sol-operator"
+RUN_LABEL = "tac2sol.dev/run"
+METRICS_LABEL = "tac2sol.dev/metrics"  # trainer pods serving /metrics (the chart's PodMonitor selects it)
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+SPEC_ANNOTATION = "tac2sol.dev/spec"  # the spec (suspend aside) the job was made from
+CONFIG_HASH_ANNOTATION = "tac2sol.dev/config-hash"
+
+CONFIG_DIR = "/etc/tac2sol"
+CONFIG_FILE = "train.yaml"
+DATA_DIR = "/data"
+OUTPUT_DIR = "/output"
+HF_HOME = "/var/cache/huggingface"
+TRAIN_COMMAND = ["tac2sol", "train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
+# torchrun reads PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE, PET_MASTER_ADDR/PORT, which the
+# training-operator sets on every PyTorchJob pod, and starts one process per GPU.
+TORCHRUN = ["torchrun", "--no-python"]
+LAUNCHER_REQUESTS = {"cpu": "1", "memory": "1Gi"}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Operator settings that shape the children (from ``OperatorSettings``)."""
+
+    trainer_image: str
+    image_pull_policy: str = "IfNotPresent"
+    nccl_debug: str = "WARN"
+    memory_per_process: str = "8Gi"
+    cpu_per_process: int = 4
+    select_gpu_product: bool = True
+    # The trainer keeps serving /metrics this long after it ends, so a last progress read sees
+    # the final step and the evaluation summary.
+    metrics_linger_seconds: float = 60.0
+
+
+@dataclass(frozen=True)
+class ChildNames:
+    config_map: str
+    job: str
+
+
+def child_names(run_name: str) -> ChildNames:
+    return ChildNames(config_map=f"{run_name}-config", job=run_name)
+
+
+def job_kind(run: TrainingRun) -> str:
+    return MPIJOB if run.spec.launcher == "mpijob" else PYTORCHJOB
+
+
+def common_labels(run_name: str) -> dict[str, str]:
+    """Labels on every child: the app.kubernetes.io set and ``tac2sol.dev/run``."""
+    return {
+        "app.kubernetes.io/name": "tac2sol",
+        "app.kubernetes.io/instance": run_name,
+        "app.kubernetes.io/part-of": "tac2sol",
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        RUN_LABEL: run_name,
+    }
+
+
+def owner_reference(run: TrainingRun) -> dict[str, Any]:
+    """The controller reference to the run: garbage collection deletes the children with it."""
+    if not run.metadata.uid:
+        raise ValueError(f"TrainingRun {run.metadata.name} has no metadata.uid: read it from the apiserver")
+    return {
+        "apiVersion": GROUP_VERSION,
+        "kind": KIND,
+        "name": run.metadata.name,
+        "uid": run.metadata.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(
+    run: TrainingRun, name: str, *, labels: dict[str, str], annotations: dict[str, str] | None = None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if run.metadata.namespace:
+        meta["namespace"] = run.metadata.namespace
+    meta["labels"] = labels
+    if annotations:
+        meta["annotations"] = annotations
+    meta["ownerReferences"] = [owner_reference(run)]
+    return meta
+
+
+def spec_fingerprint(run: TrainingRun) -> str:
+    """The spec without ``suspend``, as canonical JSON: what a running job may not change."""
+    spec = run.spec.to_api()
+    spec.pop("suspend", None)
+    return json.dumps(spec, sort_keys=True, separators=(",", ":"))
+
+
+# --- the trainer config ---------------------------------------------------------------------------
+
+
+def _in_dir(root: str, path: str) -> str:
+    return posixpath.normpath(posixpath.join(root, path.lstrip("/")))
+
+
+def train_config(run: TrainingRun, plan: Plan, opts: RenderOptions) -> TrainConfig:
+    """The trainer config with the pod's mount paths and the GPU's peak FLOP/s (for MFU)."""
+    s = run.spec
+    overrides: dict[str, Any] = {
+        "output_dir": _in_dir(OUTPUT_DIR, s.output.path),
+        "metrics": {"linger_seconds": opts.metrics_linger_seconds},
+    }
+    if s.dataset.path is not None:
+        path = _in_dir(DATA_DIR, s.dataset.path) if s.dataset.pvc else s.dataset.path
+        overrides["data"] = {"path": path}
+    gpu = GPUS[plan.gpu_type]
+    if gpu.peak_fp16_tflops and plan.precision in ("fp16", "bf16"):
+        overrides["metrics"]["gpu_peak_flops"] = gpu.peak_fp16_tflops * 1e12
+    return to_train_config(run, plan, **overrides)
+
+
+def config_data(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, str]:
+    """The ConfigMap's files: ``train.yaml`` and, for DeepSpeed plans, ``ds_config.json``."""
+    cfg = train_config(run, plan, opts)
+    data = {CONFIG_FILE: cfg.dump_yaml()}
+    ds = build_deepspeed_config(
+        cfg.distributed,
+        hidden_size=cfg.distributed.model_hidden_size,
+        on_gpu=not GPUS[plan.gpu_type].is_cpu,
+    )
+    if ds is not None:
+        data[DS_CONFIG_FILENAME] = json.dumps(ds, indent=2, sort_keys=True) + "\n"
+    return data
+
+
+def config_hash(data: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def render_config_map(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, Any]:
+    name = run.metadata.name
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(
+            run,
+            child_names(name).config_map,
+            labels={**common_labels(name), "app.kubernetes.io/component": "config"},
+        ),
+        "data": config_data(run, plan, opts),
+    }
+
+
+# --- pods -----------------------------------------------------------------------------------------
+
+
+def _gib_ceil(n_bytes: float) -> str:
+    return f"{max(1, math.ceil(n_bytes / 2**30))}Gi"
+
+
+def pod_requests(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, str]:
+    """CPU and memory per trainer pod: the spec's values, else sized from the plan.
+
+    memory = memoryPerProcess x processes + the plan's host memory for offloaded state + /dev/shm
+    (a memory-backed emptyDir counts against the pod's memory).
+    """
+    r = run.spec.resources
+    procs = plan.gpus_per_node
+    cpu = r.cpu or str(opts.cpu_per_process * procs)
+    if r.memory:
+        memory = r.memory
+    else:
+        need = (
+            parse_quantity(opts.memory_per_process) * procs
+            + plan.host_memory_bytes
+            + parse_quantity(r.shm_size)
+        )
+        memory = _gib_ceil(need)
+    return {"cpu": cpu, "memory": memory}
+
+
+def _env(run: TrainingRun, opts: RenderOptions) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "TAC2SOL_LOG_FORMAT", "value": "json"},
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "NCCL_DEBUG", "value": opts.nccl_debug},
+        # Fail fast (and let the job restart from a checkpoint) instead of hanging on a dead peer.
+        {"name": "TORCH_NCCL_ASYNC_ERROR_HANDLING", "value": "1"},
+    ]
+    secret = run.spec.hf_token_secret
+    if secret is not None:
+        env.append(
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}}}
+        )
+    return env
+
+
+def _volumes(run: TrainingRun) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    s = run.spec
+    name = run.metadata.name
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": child_names(name).config_map}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": s.resources.shm_size}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+    ]
+    if s.dataset.pvc:
+        volumes.append(
+            {"name": "data", "persistentVolumeClaim": {"claimName": s.dataset.pvc, "readOnly": True}}
+        )
+        mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
+    if s.output.pvc:
+        volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": s.output.pvc}})
+        mounts.append({"name": "output", "mountPath": OUTPUT_DIR})
+        mounts.append({"name": "output", "mountPath": HF_HOME, "subPath": ".cache/huggingface"})
+    else:
+        volumes.append({"name": "output", "emptyDir": {}})
+        volumes.append({"name": "hf-cache", "emptyDir": {}})
+        mounts.append({"name": "output", "mountPath": OUTPUT_DIR})
+        mounts.append({"name": "hf-cache", "mountPath": HF_HOME})
+    return volumes, mounts
+
+
+def _scheduling(run: TrainingRun, gpu_type: str, opts: RenderOptions) -> dict[str, Any]:
+    r = run.spec.resources
+    gpu = GPUS[gpu_type]
+    selector = dict(r.node_selector)
+    tolerations = [t.to_api() for t in r.tolerations]
+    if not gpu.is_cpu:
+        if opts.select_gpu_product and gpu.product_label and GPU_PRODUCT_LABEL not in selector:
+            selector[GPU_PRODUCT_LABEL] = gpu.product_label
+        # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule (GPU operator, cloud node pools).
+        tolerations.append({"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"})
+    out: dict[str, Any] = {}
+    if selector:
+        out["nodeSelector"] = dict(sorted(selector.items()))
+    if tolerations:
+        out["tolerations"] = tolerations
+    if r.priority_class_name:
+        out["priorityClassName"] = r.priority_class_name
+    return out
+
+
+def trainer_container(
+    run: TrainingRun, plan: Plan, opts: RenderOptions, *, name: str, command: list[str]
+) -> dict[str, Any]:
+    s = run.spec
+    _, mounts = _volumes(run)
+    resources: dict[str, Any] = {"requests": pod_requests(run, plan, opts)}
+    if not GPUS[plan.gpu_type].is_cpu:
+        resources["limits"] = {GPU_RESOURCE: str(plan.gpus_per_node)}
+    return {
+        "name": name,
+        "image": s.image or opts.trainer_image,
+        "imagePullPolicy": s.image_pull_policy or opts.image_pull_policy,
+        "command": list(command),
+        "env": _env(run, opts),
+        "ports": trainer_metrics_ports(s.metrics_port, plan.gpus_per_node),
+        "resources": resources,
+        "volumeMounts": mounts,
+    }
+
+
+def pod_template(
+    run: TrainingRun, plan: Plan, opts: RenderOptions, *, containers: list[dict[str, Any]], config: str
+) -> dict[str, Any]:
+    """A trainer pod: labels for the PodMonitor, scrape annotations, the spec's own labels/annotations."""
+    s = run.spec
+    name = run.metadata.name
+    labels = {**s.resources.pod_labels, **common_labels(name), "app.kubernetes.io/component": "trainer"}
+    labels[METRICS_LABEL] = "true"
+    annotations = {
+        **s.resources.pod_annotations,
+        **trainer_scrape_annotations(s.metrics_port),
+        CONFIG_HASH_ANNOTATION: config,
+    }
+    volumes, _ = _volumes(run)
+    return {
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": {
+            "containers": containers,
+            "volumes": volumes,
+            **_scheduling(run, plan.gpu_type, opts),
+        },
+    }
+
+
+# --- jobs -----------------------------------------------------------------------------------------
+
+
+def run_policy(run: TrainingRun) -> dict[str, Any]:
+    """Kubeflow runPolicy from ``spec.runPolicy`` and ``spec.suspend``.
+
+    Under Kueue (``resources.kueueQueue``) the operator only ever sets ``suspend: true`` and leaves
+    releasing the job to Kueue's admission.
+    """
+    p = run.spec.run_policy
+    policy: dict[str, Any] = {"backoffLimit": p.backoff_limit, "cleanPodPolicy": p.clean_pod_policy}
+    if p.ttl_seconds_after_finished is not None:
+        policy["ttlSecondsAfterFinished"] = p.ttl_seconds_after_finished
+    if p.active_deadline_seconds is not None:
+        policy["activeDeadlineSeconds"] = p.active_deadline_seconds
+    if run.spec.suspend or not run.spec.resources.kueue_queue:
+        policy["suspend"] = run.spec.suspend
+    return policy
+
+
+def _job_metadata(run: TrainingRun) -> dict[str, Any]:
+    name = run.metadata.name
+    labels = {**common_labels(name), "app.kubernetes.io/component": "trainer"}
+    if run.spec.resources.kueue_queue:
+        labels[KUEUE_QUEUE_LABEL] = run.spec.resources.kueue_queue
+    return _metadata(
+        run,
+        child_names(name).job,
+        labels=labels,
+        annotations={SPEC_ANNOTATION: spec_fingerprint(run)},
+    )
+
+
+def _replica(replicas: int, template: dict[str, Any], restart_policy: str) -> dict[str, Any]:
+    return {"replicas": replicas, "restartPolicy": restart_policy, "template": copy.deepcopy(template)}
+
+
+def render_pytorchjob(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, Any]:
+    """Master (node rank 0) + ``nodes - 1`` Workers, ``gpusPerNode`` processes each (torchrun)."""
+    container = trainer_container(run, plan, opts, name=PYTORCH_CONTAINER, command=TORCHRUN + TRAIN_COMMAND)
+    template = pod_template(
+        run, plan, opts, containers=[container], config=config_hash(config_data(run, plan, opts))
+    )
+    # ExitCode: exit codes 1-127 are the program's own failure (job Failed at once); 128+ (killed:
+    # OOM, preemption, NCCL watchdog) restart the pod, up to runPolicy.backoffLimit; training
+    # resumes from the last checkpoint (trainer resume: auto).
+    replicas = {"Master": _replica(1, template, "ExitCode")}
+    if plan.nodes > 1:
+        replicas["Worker"] = _replica(plan.nodes - 1, template, "ExitCode")
+    return {
+        "apiVersion": KUBEFLOW_API_VERSION,
+        "kind": PYTORCHJOB,
+        "metadata": _job_metadata(run),
+        "spec": {
+            "nprocPerNode": str(plan.gpus_per_node),
+            "runPolicy": run_policy(run),
+            "pytorchReplicaSpecs": replicas,
+        },
+    }
+
+
+def mpirun_command(plan: Plan) -> list[str]:
+    """The launcher's command: mpirun starts ``worldSize`` trainer ranks over the Workers' slots.
+
+    The training-operator gives the launcher the hostfile and the ``kubectl exec`` agent
+    (OMPI_MCA_* variables); ranks read OMPI_COMM_WORLD_* and the trainer builds DeepSpeed's process group.
+    """
+    return [
+        "mpirun",
+        "-np",
+        str(plan.world_size),
+        "--bind-to",
+        "none",
+        "--map-by",
+        "slot",
+        *TRAIN_COMMAND,
+    ]
+
+
+def render_mpijob(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, Any]:
+    """One Launcher (mpirun, no GPU) + ``nodes`` Workers with ``gpusPerNode`` slots each."""
+    s = run.spec
+    worker = trainer_container(run, plan, opts, name=MPI_CONTAINER, command=["sleep", "infinity"])
+    config = config_hash(config_data(run, plan, opts))
+    worker_template = pod_template(run, plan, opts, containers=[worker], config=config)
+    launcher = {
+        "name": MPI_CONTAINER,
+        "image": s.image or opts.trainer_image,
+        "imagePullPolicy": s.image_pull_policy or opts.image_pull_policy,
+        "command": mpirun_command(plan),
+        "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "resources": {"requests": dict(LAUNCHER_REQUESTS)},
+    }
+    name = run.metadata.name
+    launcher_template = {
+        "metadata": {
+            "labels": {
+                **s.resources.pod_labels,
+                **common_labels(name),
+                "app.kubernetes.io/component": "launcher",
+            },
+            "annotations": {**s.resources.pod_annotations, CONFIG_HASH_ANNOTATION: config},
+        },
+        "spec": {
+            "containers": [launcher],
+            **(
+                {"priorityClassName": s.resources.priority_class_name}
+                if s.resources.priority_class_name
+                else {}
+            ),
+        },
+    }
+    return {
+        "apiVersion": KUBEFLOW_API_VERSION,
+        "kind": MPIJOB,
+        "metadata": _job_metadata(run),
+        "spec": {
+            "slotsPerWorker": plan.gpus_per_node,
+            "mainContainer": MPI_CONTAINER,
+            "runPolicy": run_policy(run),
+            "mpiReplicaSpecs": {
+                "Launcher": _replica(1, launcher_template, "Never"),
+                "Worker": _replica(plan.nodes, worker_template, "Never"),
+            },
+        },
+    }
+
+
+def render_job(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, Any]:
+    """The PyTorchJob (``launcher: pytorchjob``, default) or MPIJob (``launcher: mpijob``)."""
+    if job_kind(run) == MPIJOB:
+        return render_mpijob(run, plan, opts)
+    return render_pytorchjob(run, plan, opts)
+
+
+def render_children(run: TrainingRun, plan: Plan, opts: RenderOptions) -> list[dict[str, Any]]:
+    """Everything the run owns, in apply order: the ConfigMap first (the pods mount it), then the job."""
+    if not plan.fits:
+        raise ValueError(f"the plan for {run.metadata.name} does not fit; nothing to render")
+    return [render_config_map(run, plan, opts), render_job(run, plan, opts)]
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Writes multi-line strings (the ConfigMap's files) as readable ``|`` blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_BlockDumper.add_representer(str, _str)
+
+
+def to_yaml(objects: list[dict[str, Any]]) -> str:
+    """Objects as one multi-document YAML stream (golden files, ``--dry-run`` output)."""
+    return yaml.dump_all(objects, Dumper=_BlockDumper, sort_keys=False, width=120)

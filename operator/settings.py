@@ -1,0 +1,87 @@
+"""The operator's settings: one pydantic-settings object read from ``TAC2SOL_*`` at start.
+
+Helm values map onto these one to one (``operator.settings`` in the chart); ``tac2sol operator``
+flags override the environment. Each field is checked when the operator starts, so a bad value
+stops it with one message instead of failing the first reconcile.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tac2sol import __version__
+from tac2sol.errors import InvalidInput
+
+FIELD_MANAGER = "tac2sol-operator"
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/tac2sol/tac2sol-trainer:{__version__}"
+
+
+class OperatorSettings(BaseSettings):
+    """What ``tac2sol operator`` reads from ``TAC2SOL_<FIELD>`` (e.g. ``TAC2SOL_METRICS_PORT``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TAC2SOL_", extra="ignore", validate_default=True)
+
+    namespace: str | None = Field(
+        None,
+        max_length=63,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        description="Watch this namespace only; unset: all namespaces (needs the ClusterRole).",
+    )
+    metrics_host: str = Field("0.0.0.0", description="Address of the /metrics and /healthz server.")
+    metrics_port: int = Field(
+        8080, ge=0, le=65535, description="Port of /metrics and /healthz; 0: a free one."
+    )
+    trainer_image: str = Field(
+        DEFAULT_TRAINER_IMAGE, min_length=1, description="Trainer image for runs that do not set spec.image."
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent", description="Pull policy for runs that do not set spec.imagePullPolicy."
+    )
+    progress_interval_seconds: float = Field(
+        30.0, ge=1, le=3600, description="How often a Running run's master pod /metrics is read."
+    )
+    progress_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Give up on one /metrics read after this long."
+    )
+    select_gpu_product: bool = Field(
+        True,
+        description=(
+            "Add the GPU type's nvidia.com/gpu.product node selector (GPU feature discovery), so the "
+            "job runs on the GPUs it was planned for."
+        ),
+    )
+    nccl_debug: Literal["VERSION", "WARN", "INFO", "TRACE"] = Field(
+        "WARN", description="NCCL_DEBUG of the trainer pods."
+    )
+    memory_per_process: str = Field(
+        "8Gi",
+        pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)?$",
+        description="Host memory request per training process when spec.resources.memory is unset.",
+    )
+    cpu_per_process: int = Field(
+        4, ge=1, le=256, description="CPU request per training process when spec.resources.cpu is unset."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Operator log level.")
+
+    @field_validator("namespace", mode="before")
+    @classmethod
+    def _empty_is_all(cls, v: object) -> object:
+        return None if v == "" else v
+
+
+def load_settings(**overrides: object) -> OperatorSettings:
+    """Environment ``TAC2SOL_*`` < ``overrides`` (flags); one clear error naming the variable."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return OperatorSettings(**given)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        source = f"--{field.replace('_', '-')}" if field in given else f"TAC2SOL_{field.upper()}"
+        raise InvalidInput(
+            f"operator setting {source}: {err['msg']} (got {err.get('input')!r}); "
+            f"see `tac2sol operator --help`"
+        ) from None

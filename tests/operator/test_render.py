@@ -1,0 +1,312 @@
+"""The pure renderers: golden files pin the ConfigMap + PyTorchJob/MPIJob of a few runs, and
+table-driven checks say what must hold for any run. The rendered jobs are also validated against
+the Kubeflow v1.9.0 CRD schemas from ../shared/crds (the apiserver would check the same).
+
+Review golden diffs like code. To accept an intended change:
+    TAC2SOL_UPDATE_GOLDEN=1 .venv/bin/pytest tests/operator/test_render.py
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from tac2sol.operator import render
+from tac2sol.operator.planner import make_plan
+from tac2sol.operator.render import RenderOptions, render_children, to_yaml
+from tac2sol.operator.spec import TrainingRun, parse_training_run
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+OPTIONS = RenderOptions(trainer_image="ghcr.io/tac2sol/tac2sol-trainer:0.1.0")
+UID = "0b5e7a52-6f4b-4c1e-9a0e-3d2f1c0b9a88"
+
+
+def _load(name: str, **spec_changes: Any) -> dict[str, Any]:
+    data = yaml.safe_load((REPO / "runs" / f"{name}.yaml").read_text())
+    for dotted, value in spec_changes.items():
+        node = data["spec"]
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return data
+
+
+def _run(data: dict[str, Any], namespace: str = "ml") -> TrainingRun:
+    data = copy.deepcopy(data)
+    data["metadata"].update(namespace=namespace, uid=UID, generation=1)
+    return parse_training_run(data)
+
+
+EVERYTHING = {
+    "resources__nodes": 2,
+    "resources__nodeSelector": {"topology.kubernetes.io/zone": "lab-a"},
+    "resources__tolerations": [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    ],
+    "resources__priorityClassName": "training-high",
+    "resources__kueueQueue": "gpu-queue",
+    "resources__podLabels": {"team": "decompilers"},
+    "resources__podAnnotations": {"example.com/owner": "alice"},
+    "resources__cpu": "24",
+    "hfTokenSecret": {"name": "hf-token", "key": "token"},
+    "image": "registry.example.com/tac2sol-trainer:dev",
+    "imagePullPolicy": "Always",
+    "runPolicy": {
+        "backoffLimit": 5,
+        "cleanPodPolicy": "All",
+        "ttlSecondsAfterFinished": 86400,
+        "activeDeadlineSeconds": 172800,
+    },
+}
+
+CASES = {
+    # The tour's run: DDP, fp16, 1 node x 4 RTX 8000, PyTorchJob with a Master only.
+    "qwen32b": _load("qwen32b"),
+    # ZeRO-3 over 2 nodes with every scheduling option: Master + 1 Worker, ds_config.json.
+    "llama70b-2nodes-everything": _load("llama-3.1-70b", **EVERYTHING),
+    # The DeepSpeed launcher path: an MPIJob (mpirun on a Launcher, 2 Workers x 4 slots).
+    "qwen72b-mpijob": _load("qwen2.5-72b", launcher="mpijob", resources__nodes=2),
+    # A CPU run with data in the image and no claims: no GPUs, emptyDirs for output and cache.
+    "tiny-cpu": _load("tiny-local"),
+}
+
+
+def _render(data: dict[str, Any]) -> list[dict[str, Any]]:
+    run = _run(data)
+    return render_children(run, make_plan(run), OPTIONS)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str) -> None:
+    text = to_yaml(_render(CASES[case]))
+    path = GOLDEN / f"{case}.yaml"
+    header = f"# Golden output of tests/operator/test_render.py case {case!r}; review diffs like code.\n"
+    if os.environ.get("TAC2SOL_UPDATE_GOLDEN") == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        path.write_text(header + text)
+    assert path.exists(), f"{path} is missing: run TAC2SOL_UPDATE_GOLDEN=1 .venv/bin/pytest {__file__}"
+    want = path.read_text().removeprefix(header)
+    if text != want:
+        diff = "".join(
+            difflib.unified_diff(want.splitlines(True), text.splitlines(True), "golden", "rendered")
+        )
+        pytest.fail(f"{case}: rendering changed (TAC2SOL_UPDATE_GOLDEN=1 to accept):\n{diff[:6000]}")
+
+
+@functools.cache
+def _crd_schema(kind: str) -> dict[str, Any]:
+    crds = REPO.parent / "shared" / "crds"
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are ~600 KB
+    doc = yaml.load((crds / f"kubeflow.org_{kind.lower()}s.yaml").read_text(), Loader=loader)
+    version = next(v for v in doc["spec"]["versions"] if v["name"] == "v1")
+    return _openapi_to_jsonschema(version["schema"]["openAPIV3Schema"])
+
+
+def _openapi_to_jsonschema(node: Any) -> Any:
+    """Kubernetes' structural OpenAPI -> JSON Schema: int-or-string fields accept both."""
+    if isinstance(node, list):
+        return [_openapi_to_jsonschema(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _openapi_to_jsonschema(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+        out["additionalProperties"] = False  # the apiserver prunes unknown fields: a typo would vanish
+    return out
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_jobs_match_the_kubeflow_crd_schema(case: str, shared_dir: Path) -> None:
+    job = _render(CASES[case])[1]
+    schema = _crd_schema(job["kind"])
+    # metadata is validated by the apiserver itself, not by the CRD schema
+    jsonschema.validate({**job, "metadata": {}}, schema)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_child_is_owned_and_labelled(case: str) -> None:
+    for obj in _render(CASES[case]):
+        meta = obj["metadata"]
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": "tac2sol.dev/v1alpha1",
+                "kind": "TrainingRun",
+                "name": CASES[case]["metadata"]["name"],
+                "uid": UID,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
+        assert meta["namespace"] == "ml"
+        assert meta["labels"]["tac2sol.dev/run"] == CASES[case]["metadata"]["name"]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "tac2sol-operator"
+        assert {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/part-of"} <= set(
+            meta["labels"]
+        )
+
+
+def test_rendering_is_pure_and_leaves_its_input_alone() -> None:
+    run = _run(CASES["llama70b-2nodes-everything"])
+    plan = make_plan(run)
+    before = (run.model_dump(), plan.model_dump())
+    first = render_children(run, plan, OPTIONS)
+    second = render_children(run, plan, OPTIONS)
+    assert first == second
+    assert (run.model_dump(), plan.model_dump()) == before
+    # Master and Worker templates are copies: editing one never edits the other.
+    specs = first[1]["spec"]["pytorchReplicaSpecs"]
+    specs["Master"]["template"]["metadata"]["labels"]["x"] = "y"
+    assert "x" not in specs["Worker"]["template"]["metadata"]["labels"]
+
+
+def _pod(job: dict[str, Any], replica: str = "Master") -> dict[str, Any]:
+    replicas = job["spec"].get("pytorchReplicaSpecs") or job["spec"]["mpiReplicaSpecs"]
+    return replicas[replica]["template"]
+
+
+def test_qwen32b_is_one_master_with_four_gpus_in_fp16() -> None:
+    config_map, job = _render(CASES["qwen32b"])
+    assert job["kind"] == "PyTorchJob" and job["metadata"]["name"] == "qwen32b"
+    assert set(job["spec"]["pytorchReplicaSpecs"]) == {"Master"}
+    assert job["spec"]["nprocPerNode"] == "4"
+    (container,) = _pod(job)["spec"]["containers"]
+    assert container["name"] == "pytorch"
+    assert container["command"][-4:] == ["tac2sol", "train", "--config", "/etc/tac2sol/train.yaml"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    # 4 processes x 8Gi + no offload + 16Gi /dev/shm; 4 CPUs per process
+    assert container["resources"]["requests"] == {"cpu": "16", "memory": "48Gi"}
+    train = yaml.safe_load(config_map["data"]["train.yaml"])
+    assert train["distributed"]["precision"] == "fp16"
+    assert train["distributed"]["strategy"] == "ddp"
+    assert train["data"]["path"] == "/data/tac2sol-500.jsonl"
+    assert train["output_dir"] == "/output/qwen32b"
+    assert "ds_config.json" not in config_map["data"]
+
+
+def test_deepspeed_plans_carry_the_trainers_ds_config() -> None:
+    config_map, job = _render(CASES["llama70b-2nodes-everything"])
+    ds = json.loads(config_map["data"]["ds_config.json"])
+    assert ds["zero_optimization"]["stage"] == 3
+    assert ds["fp16"]["enabled"] is True and ds["bf16"]["enabled"] is False
+    from tac2sol.trainer.config import TrainConfig
+    from tac2sol.trainer.deepspeed_config import build_deepspeed_config
+
+    cfg = TrainConfig(**yaml.safe_load(config_map["data"]["train.yaml"]))
+    assert ds == build_deepspeed_config(cfg.distributed, hidden_size=cfg.distributed.model_hidden_size)
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 1)
+
+
+def test_the_hf_token_is_a_secret_reference_never_config() -> None:
+    config_map, job = _render(CASES["llama70b-2nodes-everything"])
+    env = {e["name"]: e for e in _pod(job)["spec"]["containers"][0]["env"]}
+    assert env["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}},
+    }
+    assert "hf-token" not in json.dumps(config_map) and "HF_TOKEN" not in json.dumps(config_map)
+    assert env["PYTHONUNBUFFERED"]["value"] == "1" and env["NCCL_DEBUG"]["value"] == "WARN"
+
+
+def test_pods_get_shm_mounts_scheduling_and_scrape_wiring() -> None:
+    _, job = _render(CASES["llama70b-2nodes-everything"])
+    pod = _pod(job, "Worker")
+    spec = pod["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["dshm"] == {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "16Gi"}}
+    assert volumes["data"]["persistentVolumeClaim"] == {"claimName": "tac2sol-data", "readOnly": True}
+    assert volumes["output"]["persistentVolumeClaim"] == {"claimName": "tac2sol-output"}
+    assert spec["nodeSelector"] == {
+        "nvidia.com/gpu.product": "Quadro-RTX-8000",
+        "topology.kubernetes.io/zone": "lab-a",
+    }
+    assert {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+    assert spec["priorityClassName"] == "training-high"
+    assert pod["metadata"]["labels"]["team"] == "decompilers"
+    assert pod["metadata"]["labels"]["tac2sol.dev/metrics"] == "true"
+    assert pod["metadata"]["annotations"]["example.com/owner"] == "alice"
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9400"
+    ports = spec["containers"][0]["ports"]
+    assert [p["name"] for p in ports] == ["metrics-0", "metrics-1", "metrics-2", "metrics-3"]
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert job["spec"]["runPolicy"] == {
+        "backoffLimit": 5,
+        "cleanPodPolicy": "All",
+        "ttlSecondsAfterFinished": 86400,
+        "activeDeadlineSeconds": 172800,
+    }
+
+
+@pytest.mark.parametrize(
+    ("suspend", "kueue", "expected"),
+    [
+        pytest.param(False, None, False, id="plain-running"),
+        pytest.param(True, None, True, id="plain-suspended"),
+        pytest.param(True, "q", True, id="kueue-held-by-spec"),
+        pytest.param(False, "q", None, id="kueue-decides"),
+    ],
+)
+def test_suspend_maps_to_run_policy(suspend: bool, kueue: str | None, expected: bool | None) -> None:
+    changes: dict[str, Any] = {"suspend": suspend}
+    if kueue:
+        changes["resources__kueueQueue"] = kueue
+    _, job = _render(_load("qwen32b", **changes))
+    assert job["spec"]["runPolicy"].get("suspend") == expected
+
+
+def test_mpijob_runs_mpirun_on_a_launcher_without_gpus() -> None:
+    _, job = _render(CASES["qwen72b-mpijob"])
+    assert job["kind"] == "MPIJob" and job["spec"]["slotsPerWorker"] == 4
+    launcher = _pod(job, "Launcher")["spec"]["containers"][0]
+    assert launcher["command"][:3] == ["mpirun", "-np", "8"]
+    assert launcher["command"][-4:] == ["tac2sol", "train", "--config", "/etc/tac2sol/train.yaml"]
+    assert "limits" not in launcher["resources"]
+    worker = _pod(job, "Worker")["spec"]["containers"][0]
+    assert worker["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert job["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+
+
+def test_cpu_runs_request_no_gpus_and_keep_paths_without_claims() -> None:
+    config_map, job = _render(CASES["tiny-cpu"])
+    spec = _pod(job)["spec"]
+    assert "limits" not in spec["containers"][0]["resources"]
+    assert "nodeSelector" not in spec and "tolerations" not in spec
+    train = yaml.safe_load(config_map["data"]["train.yaml"])
+    assert train["data"]["path"] == ".cache/sample/tac2sol-sample.jsonl"
+    assert train["output_dir"] == "/output/out/tiny-local"
+    assert {v["name"]: v for v in spec["volumes"]}["output"] == {"name": "output", "emptyDir": {}}
+
+
+def test_spec_fingerprint_ignores_only_suspend() -> None:
+    base = _run(_load("qwen32b"))
+    suspended = _run(_load("qwen32b", suspend=True))
+    other = _run(_load("qwen32b", training__learningRate=5e-5))
+    assert render.spec_fingerprint(base) == render.spec_fingerprint(suspended)
+    assert render.spec_fingerprint(base) != render.spec_fingerprint(other)
+
+
+def test_an_impossible_plan_renders_nothing() -> None:
+    run = _run(_load("deepseek-v3"))
+    with pytest.raises(ValueError, match="does not fit"):
+        render_children(run, make_plan(run), OPTIONS)
+
+
+def test_children_need_the_runs_uid() -> None:
+    data = _load("qwen32b")
+    run = parse_training_run(data)
+    with pytest.raises(ValueError, match=r"no metadata\.uid"):
+        render_children(run, make_plan(run), OPTIONS)
