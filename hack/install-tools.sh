@@ -1,4 +1,153 @@
 #!/usr/bin/env bash
-# Installs (once, cached under ~/.cache/tac2sol by version) the tools the test suite uses.
+# Installs, once, the tools the test suite and the cluster tour use, and caches them by version:
+#   ~/.cache/tac2sol/bin/<name>-<version>   the binary      ~/.cache/tac2sol/bin/<name>   a symlink to it
+# - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl: built from k8s.io/kubernetes
+#   (version pinned in hack/k8s/go.mod), etcd: built from go.etcd.io/etcd/server/v3
+#   (hack/k8s/etcd/go.mod), kwok, training-operator and helm: `go install <module>@<version>`;
+# - prometheus and promtool (plus openssl and curl, used by hack/cluster.sh): Debian packages.
+# Prints one line per item it builds or installs and nothing when everything is cached.
+# A cold run takes about 25 minutes on 2 cores; logs of each build go to ~/.cache/tac2sol/logs/.
+# Environment: TAC2SOL_CACHE (default ~/.cache/tac2sol).
 set -euo pipefail
-echo "install-tools: nothing to install yet"
+
+HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${TAC2SOL_CACHE:-$HOME/.cache/tac2sol}
+BIN=$CACHE/bin
+LOGS=$CACHE/logs
+
+KWOK_VERSION=v0.8.0
+TRAINING_OPERATOR_VERSION=v1.9.0
+HELM_VERSION=v3.22.0
+required_version() {  # required_version GO.MOD MODULE: the version GO.MOD requires of MODULE
+    local v
+    v=$(awk -v m="$2" '$1 == "require" && $2 == m {print $3; exit} $1 == m && $2 ~ /^v/ {print $2; exit}' "$1")
+    [[ -n $v ]] || { echo "install-tools: ERROR: $1 does not require $2" >&2; exit 1; }
+    echo "$v"
+}
+K8S_VERSION=$(required_version "$HACK/k8s/go.mod" k8s.io/kubernetes)
+ETCD_VERSION=$(required_version "$HACK/k8s/etcd/go.mod" go.etcd.io/etcd/server/v3)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+APT_PACKAGES=(prometheus openssl curl)  # apt package per command below, same order
+APT_COMMANDS=(promtool openssl curl)
+
+say() { echo "install-tools: $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+mkdir -p "$BIN" "$LOGS"
+# Two callers at once (make test and a pytest fixture) must not build into the same files.
+exec 9>"$CACHE/install-tools.lock"
+flock -n 9 || { say "waiting for another install-tools run to finish"; flock 9; }
+
+cached() {  # cached NAME VERSION: true when the versioned binary exists; (re)points the symlink
+    [[ -x "$BIN/$1-$2" ]] || return 1
+    ln -sfn "$1-$2" "$BIN/$1"
+}
+
+run_logged() {  # run_logged LOGFILE CMD...: run quietly, show the log's tail on failure
+    local log=$1 start=$SECONDS
+    shift
+    if ! "$@" >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        die "failed: $* (full log: $log)"
+    fi
+    say "  done in $((SECONDS - start)) s"
+}
+
+go_env() {  # the environment every Go build here runs with
+    command -v go >/dev/null || die "the Go toolchain (go >= 1.26) is needed to build the Kubernetes tools; install it and rerun: bash hack/install-tools.sh"
+    export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS="-mod=mod -buildvcs=false"
+}
+
+k8s_ldflags() {  # what `kubectl version` and /version report, as Kubernetes' own build sets it
+    local v=$K8S_VERSION minor
+    minor=$(cut -d. -f2 <<<"$v")
+    local flags="-s -w"
+    for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor -X $pkg.gitTreeState=clean"
+    done
+    echo "$flags"
+}
+
+build_k8s() {
+    local missing=0 name
+    for name in "${K8S_BINARIES[@]}"; do cached "$name" "$K8S_VERSION" || missing=1; done
+    [[ $missing == 0 ]] && return
+    go_env
+    say "building ${K8S_BINARIES[*]} $K8S_VERSION from k8s.io/kubernetes (the long one: ~20 min on 2 cores)"
+    local out=$CACHE/build/k8s-$K8S_VERSION pkgs=()
+    for name in "${K8S_BINARIES[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
+    mkdir -p "$out"
+    (cd "$HACK/k8s" && run_logged "$LOGS/k8s-$K8S_VERSION.log" \
+        go build -trimpath -ldflags="$(k8s_ldflags)" -o "$out/" "${pkgs[@]}")
+    for name in "${K8S_BINARIES[@]}"; do
+        mv -f "$out/$name" "$BIN/$name-$K8S_VERSION"
+        cached "$name" "$K8S_VERSION"
+    done
+    rmdir "$out" 2>/dev/null || true
+}
+
+build_etcd() {
+    cached etcd "$ETCD_VERSION" && return
+    go_env
+    say "building etcd $ETCD_VERSION from go.etcd.io/etcd/server/v3"
+    (cd "$HACK/k8s/etcd" && run_logged "$LOGS/etcd-$ETCD_VERSION.log" \
+        go build -trimpath -ldflags="-s -w" -o "$BIN/etcd-$ETCD_VERSION.tmp" go.etcd.io/etcd/server/v3)
+    mv -f "$BIN/etcd-$ETCD_VERSION.tmp" "$BIN/etcd-$ETCD_VERSION"
+    cached etcd "$ETCD_VERSION"
+}
+
+go_install() {  # go_install NAME VERSION PACKAGE [LDFLAGS]: `go install PACKAGE@VERSION` into the cache
+    local name=$1 version=$2 pkg=$3 ldflags="-s -w ${4:-}"
+    cached "$name" "$version" && return
+    go_env
+    say "building $name $version ($pkg)"
+    local gobin=$CACHE/build/$name-$version
+    rm -rf "$gobin" && mkdir -p "$gobin"
+    # `go install pkg@version` builds in module mode from the proxy; -mod does not apply to it.
+    run_logged "$LOGS/$name-$version.log" env GOFLAGS=-buildvcs=false GOBIN="$gobin" \
+        go install -trimpath -ldflags="$ldflags" "$pkg@$version"
+    mv -f "$gobin/$(basename "$pkg")" "$BIN/$name-$version"
+    rm -rf "$gobin"
+    cached "$name" "$version"
+}
+
+install_apt() {
+    local missing=() i
+    for i in "${!APT_COMMANDS[@]}"; do
+        command -v "${APT_COMMANDS[$i]}" >/dev/null || missing+=("${APT_PACKAGES[$i]}")
+    done
+    if ((${#missing[@]})); then
+        local sudo=()
+        [[ $(id -u) == 0 ]] || sudo=(sudo)
+        command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get here: install them with your package manager"
+        say "installing Debian packages: ${missing[*]}"
+        # Keep the package's service from starting: the tests start their own Prometheus.
+        local policy=/usr/sbin/policy-rc.d added_policy=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+            "${sudo[@]}" chmod +x "$policy"
+            added_policy=1
+        fi
+        local log=$LOGS/apt.log
+        export DEBIAN_FRONTEND=noninteractive
+        if ! "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}" >"$log" 2>&1; then
+            "${sudo[@]}" apt-get update -q >>"$log" 2>&1 || true
+            run_logged "$log" "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+        fi
+        if [[ $added_policy == 1 ]]; then "${sudo[@]}" rm -f "$policy"; fi
+    fi
+    # Stable names beside the built tools, so that one directory holds everything.
+    local tool
+    for tool in prometheus promtool; do
+        [[ -L "$BIN/$tool" && -x "$BIN/$tool" ]] || ln -sfn "$(command -v "$tool")" "$BIN/$tool"
+    done
+}
+
+install_apt
+build_etcd
+go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+go_install training-operator "$TRAINING_OPERATOR_VERSION" \
+    github.com/kubeflow/training-operator/cmd/training-operator.v1
+go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+build_k8s

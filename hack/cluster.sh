@@ -1,0 +1,389 @@
+#!/usr/bin/env bash
+# A real Kubernetes control plane on 127.0.0.1, without a container runtime, for the tests and
+# the cluster tour:
+#   etcd, kube-apiserver (TLS from a CA made here, RBAC + Node authorization, service-account
+#   tokens), kube-controller-manager, kube-scheduler, the Kubeflow CRDs (server-side apply),
+#   training-operator v1.9.0 out of cluster, and kwok running 2 fake nodes x 4 nvidia.com/gpu.
+#
+#   bash hack/cluster.sh up       start it (idempotent); prints KUBECONFIG=<path>
+#   bash hack/cluster.sh down     stop every process and delete the cluster's data
+#   bash hack/cluster.sh status   which processes run; exit 1 unless all of them do
+#
+# Environment (all optional):
+#   TAC2SOL_CLUSTER_DIR       state: certs, kubeconfigs, etcd data, pids, logs (~/.cache/tac2sol/cluster)
+#   TAC2SOL_CACHE             where hack/install-tools.sh put the binaries (~/.cache/tac2sol)
+#   TAC2SOL_CRDS_DIR          the Kubeflow CRDs (<repo>/../shared/crds)
+#   TAC2SOL_ETCD_PORT 23790, TAC2SOL_ETCD_PEER_PORT 23800, TAC2SOL_APISERVER_PORT 26443,
+#   TAC2SOL_TRAINING_OPERATOR_METRICS_PORT 28080, TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT 28081,
+#   TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT 29443
+#   TAC2SOL_CLUSTER_TIMEOUT   seconds to wait for each component to be ready (60)
+# The state dir also gets cluster.env (KUBECONFIG, server URL, ports) for other scripts to source.
+set -euo pipefail
+
+HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HACK")
+CACHE=${TAC2SOL_CACHE:-$HOME/.cache/tac2sol}
+BIN=$CACHE/bin
+STATE=${TAC2SOL_CLUSTER_DIR:-$CACHE/cluster}
+CRDS=${TAC2SOL_CRDS_DIR:-$REPO/../shared/crds}
+ETCD_PORT=${TAC2SOL_ETCD_PORT:-23790}
+ETCD_PEER_PORT=${TAC2SOL_ETCD_PEER_PORT:-23800}
+APISERVER_PORT=${TAC2SOL_APISERVER_PORT:-26443}
+TO_METRICS_PORT=${TAC2SOL_TRAINING_OPERATOR_METRICS_PORT:-28080}
+TO_HEALTH_PORT=${TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT:-28081}
+TO_WEBHOOK_PORT=${TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT:-29443}
+TIMEOUT=${TAC2SOL_CLUSTER_TIMEOUT:-60}
+
+PKI=$STATE/pki
+KUBECONFIG_PATH=$STATE/kubeconfig
+SERVER=https://127.0.0.1:$APISERVER_PORT
+# training-operator v1.9.0 reads its webhook certificates from this fixed path (pkg/cert/cert.go).
+WEBHOOK_CERT_DIR=/tmp/k8s-webhook-server/serving-certs
+SERVICE_CIDR=10.96.0.0/16
+SA_ISSUER=https://kubernetes.default.svc.cluster.local
+# Start order; `down` stops them in reverse.
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler training-operator kwok)
+
+say() { echo "cluster: $*" >&2; }
+die() { say "ERROR: $*"; exit 1; }
+
+kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+need_binaries() {
+    local name
+    for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl training-operator kwok; do
+        [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
+    done
+    [[ -f $CRDS/kubeflow.org_pytorchjobs.yaml ]] \
+        || die "no Kubeflow CRDs in $CRDS: set TAC2SOL_CRDS_DIR to the folder holding kubeflow.org_*.yaml"
+}
+
+# --- processes ---------------------------------------------------------------------------------
+
+pid_of() {  # the pid of a running component, or nothing
+    local file=$STATE/pids/$1.pid pid
+    [[ -f $file ]] || return 0
+    pid=$(<"$file")
+    # The pid must still be that component (pids get reused after a reboot or a crash).
+    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$BIN/$1"; then
+        echo "$pid"
+    fi
+}
+
+start() {  # start NAME ARGS...: run $BIN/NAME in the background in its own session, log to a file
+    local name=$1
+    shift
+    setsid "$BIN/$name" "$@" >"$STATE/logs/$name.log" 2>&1 </dev/null &
+    echo $! >"$STATE/pids/$name.pid"
+}
+
+stop() {  # stop NAME...: SIGTERM to all of them at once, SIGKILL to those left after 10 s
+    local name pid pids=() alive=() i
+    for name in "$@"; do
+        pid=$(pid_of "$name")
+        if [[ -n $pid ]]; then
+            pids+=("$pid")
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+        rm -f "$STATE/pids/$name.pid"
+    done
+    for ((i = 0; i < 100; i++)); do
+        alive=()
+        for pid in "${pids[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then alive+=("$pid"); fi
+        done
+        ((${#alive[@]})) || return 0
+        sleep 0.1
+    done
+    say "pids ${alive[*]} did not stop in 10 s: killing them"
+    kill -KILL "${alive[@]}" 2>/dev/null || true
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+check_ports() {
+    local var port
+    for var in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT TO_METRICS_PORT TO_HEALTH_PORT TO_WEBHOOK_PORT; do
+        port=${!var}
+        port_free "$port" || die "port $port ($var) on 127.0.0.1 is in use: stop what uses it, or set TAC2SOL_$var (another cluster? \`bash hack/cluster.sh status\`)"
+    done
+}
+
+wait_for() {  # wait_for WHAT COMPONENT CMD...: poll CMD until it succeeds; on timeout show the log
+    local what=$1 component=$2 deadline=$((SECONDS + TIMEOUT))
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        if [[ -z $(pid_of "$component") ]]; then
+            tail -n 25 "$STATE/logs/$component.log" >&2 || true
+            die "$component exited while waiting for $what (log: $STATE/logs/$component.log)"
+        fi
+        if ((SECONDS >= deadline)); then
+            tail -n 25 "$STATE/logs/$component.log" >&2 || true
+            die "timed out after ${TIMEOUT}s waiting for $what (log: $STATE/logs/$component.log)"
+        fi
+        sleep 0.2
+    done
+}
+
+# --- certificates and kubeconfigs ----------------------------------------------------------------
+
+issue() {  # issue NAME CN [O] [SANS]: an EC key and a certificate signed by the cluster CA
+    local name=$1 cn=$2 org=${3:-} sans=${4:-} subj ext=()
+    subj="/CN=$cn"
+    [[ -n $org ]] && subj="/O=$org$subj"
+    [[ -n $sans ]] && ext=(-addext "subjectAltName=$sans")
+    openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/$name.key" 2>/dev/null
+    openssl req -new -key "$PKI/$name.key" -subj "$subj" "${ext[@]}" -out "$PKI/$name.csr" 2>/dev/null
+    openssl x509 -req -in "$PKI/$name.csr" -CA "$PKI/ca.crt" -CAkey "$PKI/ca.key" -CAcreateserial \
+        -days 3650 -copy_extensions copyall -out "$PKI/$name.crt" 2>/dev/null
+    rm -f "$PKI/$name.csr"
+}
+
+make_pki() {
+    rm -rf "$PKI" && mkdir -p "$PKI" && chmod 700 "$PKI"
+    openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/ca.key" 2>/dev/null
+    openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=tac2sol-test-ca" -days 3650 -out "$PKI/ca.crt" 2>/dev/null
+    issue apiserver kube-apiserver "" \
+        "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+    issue admin tac2sol-admin system:masters
+    issue kube-controller-manager system:kube-controller-manager
+    issue kube-scheduler system:kube-scheduler
+    issue training-operator tac2sol:training-operator
+    issue kwok tac2sol:kwok
+    # Service-account tokens: the apiserver signs with sa.key, everyone verifies with sa.pub.
+    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+    # training-operator's webhook certificates, in the shape its cert rotator accepts as valid
+    # (an RSA CA named training-operator-ca, a server cert for training-operator.kubeflow.svc),
+    # so it uses them as they are.
+    local w=$PKI/webhook
+    mkdir -p "$w"
+    openssl genrsa -traditional -out "$w/ca.key" 2048 2>/dev/null
+    openssl req -x509 -new -key "$w/ca.key" -subj "/O=training-operator/CN=training-operator-ca" \
+        -addext "subjectAltName=DNS:training-operator-ca" -days 3650 -out "$w/ca.crt" 2>/dev/null
+    openssl genrsa -traditional -out "$w/tls.key" 2048 2>/dev/null
+    openssl req -new -key "$w/tls.key" -subj "/CN=training-operator.kubeflow.svc" \
+        -addext "subjectAltName=DNS:training-operator.kubeflow.svc" -out "$w/tls.csr" 2>/dev/null
+    openssl x509 -req -in "$w/tls.csr" -CA "$w/ca.crt" -CAkey "$w/ca.key" -CAcreateserial -days 3650 \
+        -copy_extensions copyall -out "$w/tls.crt" 2>/dev/null
+    rm -f "$w/tls.csr"
+}
+
+write_kubeconfig() {  # write_kubeconfig FILE USER: certificates embedded, so the file travels alone
+    local file=$1 user=$2
+    cat >"$file" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: tac2sol-test
+  cluster:
+    server: $SERVER
+    certificate-authority-data: $(base64 -w0 "$PKI/ca.crt")
+users:
+- name: $user
+  user:
+    client-certificate-data: $(base64 -w0 "$PKI/$user.crt")
+    client-key-data: $(base64 -w0 "$PKI/$user.key")
+contexts:
+- name: tac2sol-test
+  context:
+    cluster: tac2sol-test
+    user: $user
+current-context: tac2sol-test
+EOF
+    chmod 600 "$file"
+}
+
+write_env() {
+    cat >"$STATE/cluster.env" <<EOF
+# Written by hack/cluster.sh up: source it to talk to this cluster.
+export KUBECONFIG=$KUBECONFIG_PATH
+export TAC2SOL_CLUSTER_DIR=$STATE
+export TAC2SOL_APISERVER_URL=$SERVER
+export TAC2SOL_ETCD_PORT=$ETCD_PORT
+export TAC2SOL_ETCD_PEER_PORT=$ETCD_PEER_PORT
+export TAC2SOL_APISERVER_PORT=$APISERVER_PORT
+export TAC2SOL_TRAINING_OPERATOR_METRICS_PORT=$TO_METRICS_PORT
+export TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT=$TO_HEALTH_PORT
+export TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT=$TO_WEBHOOK_PORT
+EOF
+}
+
+# --- components ----------------------------------------------------------------------------------
+
+start_etcd() {
+    start etcd --name=tac2sol --data-dir="$STATE/etcd" \
+        --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
+        --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
+        --initial-cluster="tac2sol=http://127.0.0.1:$ETCD_PEER_PORT" \
+        --unsafe-no-fsync --log-level=warn
+    wait_for "etcd health" etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+}
+
+start_apiserver() {
+    start kube-apiserver --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+        --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
+        --client-ca-file="$PKI/ca.crt" --anonymous-auth=false \
+        --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
+        --service-account-issuer="$SA_ISSUER" --api-audiences="$SA_ISSUER" \
+        --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
+        --service-cluster-ip-range="$SERVICE_CIDR" --endpoint-reconciler-type=none \
+        --allow-privileged=true --profiling=false
+    wait_for "kube-apiserver /readyz" kube-apiserver kubectl get --raw /readyz
+}
+
+start_controllers() {
+    local kc=$STATE/kube-controller-manager.kubeconfig ks=$STATE/kube-scheduler.kubeconfig
+    # --secure-port=0: no HTTPS endpoint to collide with another cluster; readiness is the lease.
+    start kube-controller-manager --kubeconfig="$kc" \
+        --authentication-kubeconfig="$kc" --authorization-kubeconfig="$kc" \
+        --bind-address=127.0.0.1 --secure-port=0 --leader-elect=true \
+        --use-service-account-credentials=true \
+        --service-account-private-key-file="$PKI/sa.key" --root-ca-file="$PKI/ca.crt" \
+        --cluster-signing-cert-file="$PKI/ca.crt" --cluster-signing-key-file="$PKI/ca.key" \
+        --service-cluster-ip-range="$SERVICE_CIDR" --profiling=false
+    start kube-scheduler --kubeconfig="$ks" \
+        --authentication-kubeconfig="$ks" --authorization-kubeconfig="$ks" \
+        --bind-address=127.0.0.1 --secure-port=0 --leader-elect=true --profiling=false
+}
+
+install_crds_and_rbac() {
+    kubectl apply --server-side --field-manager=tac2sol-cluster -f "$CRDS/kubeflow.org_pytorchjobs.yaml" \
+        -f "$CRDS/kubeflow.org_mpijobs.yaml" >/dev/null
+    # training-operator and kwok run out of cluster as users of their own, bound to cluster-admin.
+    local user
+    for user in training-operator kwok; do
+        kubectl create clusterrolebinding "tac2sol:$user" --clusterrole=cluster-admin \
+            --user="tac2sol:$user" --dry-run=client -o yaml | kubectl apply --server-side \
+            --field-manager=tac2sol-cluster -f - >/dev/null
+    done
+    # The operator's cert rotator updates this Secret but never creates it.
+    kubectl create namespace kubeflow --dry-run=client -o yaml \
+        | kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null
+    local w=$PKI/webhook
+    kubectl -n kubeflow create secret generic training-operator-webhook-cert \
+        --from-file=ca.crt="$w/ca.crt" --from-file=ca.key="$w/ca.key" \
+        --from-file=tls.crt="$w/tls.crt" --from-file=tls.key="$w/tls.key" --dry-run=client -o yaml \
+        | kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null
+    kubectl wait --for=condition=Established --timeout="${TIMEOUT}s" \
+        crd/pytorchjobs.kubeflow.org crd/mpijobs.kubeflow.org >/dev/null
+}
+
+start_training_operator() {
+    # Out of cluster nothing mounts the Secret: put the same certificates where it looks.
+    mkdir -p "$WEBHOOK_CERT_DIR"
+    local f
+    for f in tls.crt tls.key; do
+        cp "$PKI/webhook/$f" "$WEBHOOK_CERT_DIR/.$f.tmp" && mv -f "$WEBHOOK_CERT_DIR/.$f.tmp" "$WEBHOOK_CERT_DIR/$f"
+    done
+    KUBECONFIG=$STATE/training-operator.kubeconfig start training-operator \
+        --enable-scheme=pytorchjob --enable-scheme=mpijob --leader-elect=false \
+        --metrics-bind-address="127.0.0.1:$TO_METRICS_PORT" \
+        --health-probe-bind-address="127.0.0.1:$TO_HEALTH_PORT" \
+        --webhook-server-port="$TO_WEBHOOK_PORT"
+}
+
+start_kwok() {
+    start kwok --kubeconfig="$STATE/kwok.kubeconfig" --config="$HACK/kwok/stages.yaml" \
+        --manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake
+    kubectl apply --server-side --field-manager=tac2sol-cluster -f "$HACK/kwok/nodes.yaml" >/dev/null
+}
+
+lease_held() { kubectl -n kube-system get lease "$1" -o jsonpath='{.spec.holderIdentity}' | grep -q .; }
+nodes_ready() {
+    [[ $(kubectl get nodes -l type=kwok \
+        -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' \
+        | grep -c '^True$') == 2 ]]
+}
+
+# --- commands ------------------------------------------------------------------------------------
+
+running_count() {
+    local n=0 c
+    for c in "${COMPONENTS[@]}"; do [[ -n $(pid_of "$c") ]] && n=$((n + 1)); done
+    echo "$n"
+}
+
+cmd_up() {
+    need_binaries
+    mkdir -p "$STATE"
+    if [[ $(running_count) == "${#COMPONENTS[@]}" ]]; then
+        say "already up ($STATE)"
+        echo "KUBECONFIG=$KUBECONFIG_PATH"
+        return
+    fi
+    cmd_down quiet  # a half-started cluster: start over from nothing
+    local t0=$SECONDS
+    check_ports
+    mkdir -p "$STATE/pids" "$STATE/logs"
+    make_pki
+    local user
+    for user in admin kube-controller-manager kube-scheduler training-operator kwok; do
+        write_kubeconfig "$STATE/$user.kubeconfig" "$user"
+    done
+    cp "$STATE/admin.kubeconfig" "$KUBECONFIG_PATH"
+    trap 'on_exit_during_up $?' EXIT
+    say "starting etcd and kube-apiserver on 127.0.0.1:$APISERVER_PORT"
+    start_etcd
+    start_apiserver
+    say "starting controller-manager, scheduler; installing the Kubeflow CRDs"
+    start_controllers
+    install_crds_and_rbac
+    say "starting training-operator and kwok (2 fake nodes x 4 nvidia.com/gpu)"
+    start_training_operator
+    start_kwok
+    wait_for "the kube-controller-manager lease" kube-controller-manager lease_held kube-controller-manager
+    wait_for "the kube-scheduler lease" kube-scheduler lease_held kube-scheduler
+    wait_for "the default ServiceAccount (service-account controller)" kube-controller-manager \
+        kubectl -n default get serviceaccount default
+    wait_for "2 Ready kwok nodes" kwok nodes_ready
+    wait_for "training-operator /readyz (webhook certs, controllers)" training-operator \
+        curl -sf "http://127.0.0.1:$TO_HEALTH_PORT/readyz"
+    trap - EXIT
+    write_env
+    say "up in $((SECONDS - t0)) s; state and logs in $STATE"
+    echo "KUBECONFIG=$KUBECONFIG_PATH"
+}
+
+on_exit_during_up() {  # a failed `up` leaves nothing running
+    if [[ $1 != 0 ]]; then
+        say "start failed; stopping what started (logs stay in $STATE/logs)"
+        cmd_down quiet
+    fi
+}
+
+cmd_down() {
+    local quiet=${1:-}
+    # Clients first, all at once; etcd last, so that the apiserver can shut down cleanly.
+    stop "${COMPONENTS[@]:1}"
+    stop etcd
+    # Fresh data on the next `up`; logs stay for a look after a failure.
+    rm -rf "$STATE/etcd" "$STATE/pids" "$STATE/cluster.env"
+    [[ -n $quiet ]] || say "down ($STATE)"
+}
+
+cmd_status() {
+    local c pid missing=0
+    for c in "${COMPONENTS[@]}"; do
+        pid=$(pid_of "$c")
+        if [[ -n $pid ]]; then
+            printf '%-24s running (pid %s)\n' "$c" "$pid"
+        else
+            printf '%-24s stopped\n' "$c"
+            missing=1
+        fi
+    done
+    if [[ $missing == 0 ]]; then
+        echo "KUBECONFIG=$KUBECONFIG_PATH"
+    fi
+    return "$missing"
+}
+
+case ${1:-} in
+up) cmd_up ;;
+down) cmd_down ;;
+status) cmd_status ;;
+*) die "usage: bash hack/cluster.sh up|down|status (see the header of hack/cluster.sh)" ;;
+esac
