@@ -1,0 +1,298 @@
+"""The Helm chart, rendered by the real `helm`: lint --strict, what each values set renders, the
+operator's security context, settings and RBAC agreeing with operator/settings.py and
+operator/rbac.py, monitoring toggles, dashboards, the templated CRD, and the values schema
+rejecting bad values with the field's path."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tac2sol.operator import rbac
+from tac2sol.operator.crd import CRD_FILE
+from tac2sol.operator.settings import OperatorSettings
+
+from tac2sol import __version__
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts" / "tac2sol"
+BAD_VALUES = sorted((Path(__file__).parent / "bad-values").glob("*.yaml"))
+Render = Callable[..., list[dict[str, Any]]]
+Kinds = Callable[[list[dict[str, Any]], str], list[dict[str, Any]]]
+
+ALL_ON: dict[str, Any] = {
+    "monitoring": {
+        "serviceMonitor": {"enabled": True},
+        "podMonitor": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    },
+    "crds": {"templated": True},
+}
+NAMESPACED = {"operator": {"watchNamespace": "team-a"}}
+# Values sets every structural test runs over; ids name them.
+VALUE_SETS = {"defaults": {}, "all-on": ALL_ON, "namespaced": NAMESPACED}
+
+
+def _one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [o for o in objects if o["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_helm_lint_strict(helm: Any, tmp_path: Path, values: dict[str, Any]) -> None:
+    file = tmp_path / "values.yaml"
+    file.write_text(yaml.safe_dump(values))
+    proc = helm.run(
+        "lint",
+        "--strict",
+        str(CHART),
+        "--values",
+        str(file),
+        "--kube-version",
+        helm.kube_version,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_chart_version_follows_the_package() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["appVersion"] == __version__ == chart["version"]
+
+
+def test_default_render(render: Render) -> None:
+    objects = render()
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",  # settings
+            "ConfigMap",  # dashboard: operator
+            "ConfigMap",  # dashboard: training run
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+        ]
+    ), kinds
+    for obj in objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/part-of"] == "tac2sol"
+        assert labels["app.kubernetes.io/instance"] == "tac2sol"
+        if obj["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert obj["metadata"]["namespace"] == "tac2sol-system", obj["metadata"]
+
+
+def test_operator_deployment(render: Render) -> None:
+    deploy = _one(render(), "Deployment")
+    spec = deploy["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    sc = container["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["image"] == f"ghcr.io/tac2sol/tac2sol-operator:{__version__}"
+    assert container["args"] == ["operator"]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "metrics"}, probe
+    assert container["ports"] == [{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}]
+    res = container["resources"]
+    assert set(res["requests"]) == set(res["limits"]) == {"cpu", "memory"}
+    # The read-only root needs a writable /tmp (HOME in the image).
+    assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
+    assert pod["serviceAccountName"] == "tac2sol"
+
+
+def test_image_digest_pins_both_images(render: Render) -> None:
+    digest = "sha256:" + "ab" * 32
+    objects = render({"image": {"digest": digest}, "trainer": {"image": {"digest": digest}}})
+    container = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"] == f"ghcr.io/tac2sol/tac2sol-operator@{digest}"
+    settings = _settings(objects)
+    assert settings["TAC2SOL_TRAINER_IMAGE"] == f"ghcr.io/tac2sol/tac2sol-trainer@{digest}"
+
+
+def _settings(objects: list[dict[str, Any]]) -> dict[str, str]:
+    (cm,) = [o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-settings")]
+    return dict(cm["data"])
+
+
+def test_settings_map_one_to_one_onto_operator_settings(render: Render) -> None:
+    data = _settings(render())
+    fields = {f"TAC2SOL_{name.upper()}" for name in OperatorSettings.model_fields}
+    logging_vars = {"TAC2SOL_LOG_FORMAT"}  # tac2sol/logs.py
+    assert set(data) - logging_vars == fields, "every operator setting has exactly one chart value"
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_rendered_settings_are_accepted_by_the_operator(
+    render: Render, monkeypatch: pytest.MonkeyPatch, values: dict[str, Any]
+) -> None:
+    for key, value in _settings(render(values)).items():
+        monkeypatch.setenv(key, value)
+    settings = OperatorSettings()
+    assert settings.trainer_image == f"ghcr.io/tac2sol/tac2sol-trainer:{__version__}"
+    assert settings.namespace == values.get("operator", {}).get("watchNamespace")
+
+
+def test_trainer_defaults_from_values(render: Render, monkeypatch: pytest.MonkeyPatch) -> None:
+    values = {
+        "trainer": {
+            "image": {
+                "repository": "registry.example.com/ml/trainer",
+                "tag": "2024.1",
+                "pullPolicy": "Always",
+            },
+            "cpuPerProcess": 8,
+            "memoryPerProcess": "32Gi",
+            "selectGpuProduct": False,
+            "ncclDebug": "INFO",
+        },
+        "operator": {"logLevel": "DEBUG", "progressIntervalSeconds": 10},
+    }
+    for key, value in _settings(render(values)).items():
+        monkeypatch.setenv(key, value)
+    s = OperatorSettings()
+    assert (s.trainer_image, s.image_pull_policy) == ("registry.example.com/ml/trainer:2024.1", "Always")
+    assert (s.cpu_per_process, s.memory_per_process) == (8, "32Gi")
+    assert (s.select_gpu_product, s.nccl_debug, s.log_level) == (False, "INFO", "DEBUG")
+    assert s.progress_interval_seconds == 10
+
+
+def test_settings_change_restarts_the_operator(render: Render) -> None:
+    def checksum(values: dict[str, Any]) -> str:
+        deploy = _one(render(values), "Deployment")
+        return str(deploy["spec"]["template"]["metadata"]["annotations"]["checksum/settings"])
+
+    assert checksum({}) != checksum({"trainer": {"cpuPerProcess": 2}})
+
+
+def test_clusterwide_rbac_is_operator_rbac(render: Render) -> None:
+    objects = render()
+    role = _one(objects, "ClusterRole")
+    assert role["rules"] == rbac.rules(), "the chart's ClusterRole must be operator/rbac.py's rules"
+    binding = _one(objects, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tac2sol", "namespace": "tac2sol-system"}
+    ]
+
+
+def test_namespaced_rbac_grants_nothing_cluster_wide(render: Render) -> None:
+    objects = render(NAMESPACED)
+    kinds = {o["kind"] for o in objects}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    role = _one(objects, "Role")
+    assert role["metadata"]["namespace"] == "team-a"
+    assert role["rules"] == rbac.rules(namespaced=True)
+    binding = _one(objects, "RoleBinding")
+    assert binding["metadata"]["namespace"] == "team-a"
+    assert binding["subjects"][0]["namespace"] == "tac2sol-system"
+    assert _settings(objects)["TAC2SOL_NAMESPACE"] == "team-a"
+
+
+def test_no_rule_grants_secrets_exec_or_wildcards(render: Render) -> None:
+    for values in VALUE_SETS.values():
+        for obj in render(values):
+            for rule in obj.get("rules", []):
+                assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
+                assert "secrets" not in rule["resources"], rule
+                assert not {r for r in rule["resources"] if r.startswith("pods/")}, rule
+
+
+def test_generated_rbac_file_matches_operator_rbac() -> None:
+    data = yaml.safe_load((CHART / "files" / "rbac" / "operator-rules.yaml").read_text())
+    assert data == {"clusterwide": rbac.rules(), "namespaced": rbac.rules(namespaced=True)}, (
+        "files/rbac/operator-rules.yaml drifted from operator/rbac.py: run `make generate`"
+    )
+
+
+def test_monitoring_is_off_by_default_and_labelled_when_on(render: Render, kinds: Kinds) -> None:
+    assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & {o["kind"] for o in render()}
+    objects = render({**ALL_ON, "monitoring": {**ALL_ON["monitoring"], "release": "prom-stack"}})
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
+        obj = _one(objects, kind)
+        assert obj["metadata"]["labels"]["release"] == "prom-stack", kind
+    service = _one(objects, "Service")
+    monitor = _one(objects, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"] == "metrics"
+    pod_monitor = _one(objects, "PodMonitor")
+    keep = pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
+    assert keep["action"] == "keep" and re.fullmatch(keep["regex"], "metrics-3")
+    assert not re.fullmatch(keep["regex"], "http")
+    assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
+    namespaced = _one(render({**ALL_ON, **NAMESPACED}), "PodMonitor")
+    assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
+
+
+def test_prometheus_rule_carries_the_generated_rules(render: Render) -> None:
+    rule = _one(render(ALL_ON), "PrometheusRule")
+    generated = yaml.safe_load((CHART / "files" / "rules" / "tac2sol.rules.yaml").read_text())
+    assert rule["spec"] == generated
+    alerts = [r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r]
+    assert alerts and all(r["labels"]["severity"] for r in alerts)
+
+
+def test_dashboards_are_labelled_for_the_grafana_sidecar(render: Render) -> None:
+    dashboards = [o for o in render() if o["kind"] == "ConfigMap" and "-dashboard-" in o["metadata"]["name"]]
+    files = sorted((CHART / "files" / "dashboards").glob("*.json"))
+    assert len(dashboards) == len(files) >= 2
+    for cm, file in zip(sorted(dashboards, key=lambda o: o["metadata"]["name"]), files, strict=True):
+        assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert json.loads(cm["data"][file.name]) == json.loads(file.read_text())
+    assert not [
+        o for o in render({"monitoring": {"dashboards": {"enabled": False}}}) if "-dashboard-" in str(o)
+    ]
+    moved = render({"monitoring": {"dashboards": {"namespace": "monitoring"}}})
+    assert {o["metadata"]["namespace"] for o in moved if "-dashboard-" in o["metadata"]["name"]} == {
+        "monitoring"
+    }
+
+
+def test_crd_from_crds_dir_and_templated(render: Render) -> None:
+    generated = yaml.safe_load((CHART / "crds" / CRD_FILE).read_text())
+    from_dir = [o for o in render(None, "--include-crds") if o["kind"] == "CustomResourceDefinition"]
+    assert from_dir == [generated]
+    templated = _one(render({"crds": {"templated": True}}), "CustomResourceDefinition")
+    assert templated["spec"] == generated["spec"]
+    assert templated["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert templated["metadata"]["labels"]["app.kubernetes.io/instance"] == "tac2sol"
+    dropped = _one(render({"crds": {"templated": True, "keep": False}}), "CustomResourceDefinition")
+    assert "helm.sh/resource-policy" not in dropped["metadata"].get("annotations", {})
+
+
+@pytest.mark.parametrize("bad", BAD_VALUES, ids=lambda p: p.stem)
+def test_values_schema_rejects(helm: Any, bad: Path) -> None:
+    expect = re.findall(r"^# expect: (.+)$", bad.read_text(), re.M)
+    assert expect, f"{bad.name}: add a '# expect: <text of the error>' line"
+    proc = helm.run(
+        "template",
+        "tac2sol",
+        str(CHART),
+        "--values",
+        str(bad),
+        "--kube-version",
+        helm.kube_version,
+        check=False,
+    )
+    assert proc.returncode != 0, f"{bad.name} was accepted"
+    assert "values don't meet the specifications of the schema" in proc.stderr, proc.stderr
+    for text in expect:
+        assert text in proc.stderr, f"{bad.name}: {text!r} not in:\n{proc.stderr}"
+
+
+def test_at_least_five_bad_values_files() -> None:
+    assert len(BAD_VALUES) >= 5
