@@ -166,26 +166,35 @@ def test_pytorchjob_runs_on_fake_gpu_nodes_and_succeeds(
         lambda: _condition(control_plane.get_json("-n", namespace, "pytorchjob", "ok"), "Succeeded"),
     )
     assert job["reason"] == "PyTorchJobSucceeded"
-    pods = control_plane.get_json("-n", namespace, "pods", "-l", "training.kubeflow.org/job-name=ok")["items"]
+    selector = "training.kubeflow.org/job-name=ok"
+
+    def pods_done() -> list[dict[str, Any]] | None:
+        # The job succeeds with its Master; the Worker, started after its init container, may
+        # finish a moment later.
+        pods: list[dict[str, Any]] = control_plane.get_json("-n", namespace, "pods", "-l", selector)["items"]
+        return pods if all(p["status"].get("phase") == "Succeeded" for p in pods) else None
+
+    pods = wait("both pods of PyTorchJob ok to succeed", pods_done, timeout=30)
     assert sorted(p["metadata"]["labels"]["training.kubeflow.org/replica-type"] for p in pods) == [
         "master",
         "worker",
     ]
     for pod in pods:
         assert pod["metadata"]["ownerReferences"][0]["kind"] == "PyTorchJob"  # made by training-operator
-        assert pod["status"]["phase"] == "Succeeded"  # run by kwok
         assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "4"
     # Placed by kube-scheduler: 4 GPUs each on 4-GPU nodes means one pod per node.
     assert sorted(p["spec"]["nodeName"] for p in pods) == ["gpu-node-0", "gpu-node-1"]
 
 
 def test_pytorchjob_with_a_failing_pod_fails(control_plane: Any, namespace: str, wait: Any) -> None:
+    # backoffLimit 0 and restartPolicy Never: the first failed pod fails the job.
     control_plane.apply(_pytorchjob("bad", annotations={"kwok.tac2sol.dev/outcome": "fail"}), namespace)
     job = wait(
         "PyTorchJob bad to fail",
         lambda: _condition(control_plane.get_json("-n", namespace, "pytorchjob", "bad"), "Failed"),
     )
     assert job["reason"] == "PyTorchJobFailed"
+    assert "bad has failed because it has reached the specified backoff limit" in job["message"]
     assert not _condition(control_plane.get_json("-n", namespace, "pytorchjob", "bad"), "Succeeded")
 
 
