@@ -1,0 +1,161 @@
+"""Tokenizer and QLoRA model: 4-bit NF4 base (double quant) + peft LoRA adapters.
+
+* ``load_tokenizer``: by path or hub id (``HF_HUB_OFFLINE=1`` is honoured by the hub client);
+  a pad token is set when the tokenizer has none (EOS, the usual choice for causal LMs).
+* ``quantization_config``: ``BitsAndBytesConfig`` (NF4, double quant, compute dtype from the
+  plan, quant storage from the distributed layer under ZeRO-3), or None with quantization off.
+* ``load_model``: SDPA attention (FlashAttention-2 does not exist on Turing), then
+  ``prepare_model_for_kbit_training`` (casts norms to fp32, enables input grads and gradient
+  checkpointing), then LoRA on the catalog's target modules or ``all-linear``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tac2sol.trainer.config import TrainConfig
+
+from tac2sol.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParamCounts:
+    trainable: int
+    total: int
+
+    @property
+    def ratio(self) -> float:
+        return self.trainable / self.total if self.total else 0.0
+
+    def describe(self) -> str:
+        return f"trainable params: {self.trainable:,} of {self.total:,} ({100 * self.ratio:.3f}%)"
+
+
+def _hub_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
+    if cfg.model.revision:
+        kwargs["revision"] = cfg.model.revision
+    return kwargs
+
+
+def _where(name: str) -> str:
+    p = Path(name)
+    if p.exists() or name.startswith((".", "/")):
+        return f"local path {name}"
+    return f"hub id {name} (offline: set HF_HUB_OFFLINE=0 or pre-download it into the HF cache)"
+
+
+def load_tokenizer(name_or_path: str, cfg: TrainConfig | None = None, field: str = "model.tokenizer") -> Any:
+    """Load a tokenizer with one clear error when it cannot be loaded."""
+    from transformers import AutoTokenizer
+
+    kwargs = _hub_kwargs(cfg) if cfg is not None else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path, **kwargs)
+    except Exception as exc:  # OSError, ValueError, hub errors: all mean "cannot load"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(f"{field}: cannot load a tokenizer from {_where(name_or_path)}: {first}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(cfg: TrainConfig, bnb_kwargs: dict[str, Any]) -> Any | None:
+    """NF4 + double quant; ``bnb_kwargs`` from the distributed layer (compute/storage dtypes)."""
+    if cfg.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        **bnb_kwargs,
+    )
+
+
+def lora_config(cfg: TrainConfig) -> Any:
+    from peft import LoraConfig
+
+    targets = cfg.model.target_modules
+    return LoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=targets if targets == "all-linear" else list(targets),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def count_parameters(model: Any) -> ParamCounts:
+    """Counts as peft does: 4-bit weights hold two values per stored byte."""
+    trainable, total = model.get_nb_trainable_parameters()
+    return ParamCounts(int(trainable), int(total))
+
+
+def load_base_model(cfg: TrainConfig, load_kwargs: dict[str, Any], bnb_kwargs: dict[str, Any]) -> Any:
+    """The (quantized) base model, SDPA attention, with a clear error when it cannot load."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = {**_hub_kwargs(cfg), **load_kwargs, "attn_implementation": "sdpa"}
+    qconf = quantization_config(cfg, bnb_kwargs)
+    if qconf is not None:
+        kwargs["quantization_config"] = qconf
+    try:
+        return AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidInput(
+            f"model.name_or_path: cannot load a model from {_where(cfg.model.name_or_path)}: {first}"
+        ) from None
+
+
+def add_lora(cfg: TrainConfig, model: Any, gradient_checkpointing: bool) -> Any:
+    """Prepare the base for k-bit training (or just checkpointing) and wrap it with LoRA."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    ckpt_kwargs = {"use_reentrant": False}
+    if cfg.quantization != "none":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs=ckpt_kwargs,
+        )
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ckpt_kwargs)
+        model.enable_input_require_grads()
+    if gradient_checkpointing:
+        model.config.use_cache = False  # the KV cache is useless (and warns) while checkpointing
+    try:
+        return get_peft_model(model, lora_config(cfg))
+    except ValueError as exc:
+        raise InvalidInput(
+            f"model.target_modules: {exc}; use module names of this architecture or 'all-linear'"
+        ) from None
+
+
+def load_model(cfg: TrainConfig, load_kwargs: dict[str, Any], bnb_kwargs: dict[str, Any]) -> Any:
+    """Base model + LoRA, ready for the Trainer."""
+    model = load_base_model(cfg, load_kwargs, bnb_kwargs)
+    return add_lora(cfg, model, cfg.training.gradient_checkpointing)
+
+
+def load_for_inference(
+    cfg: TrainConfig, adapter: Path, load_kwargs: dict[str, Any], bnb_kwargs: dict[str, Any]
+) -> Any:
+    """Base model (quantized as in training) with a trained adapter, in eval mode."""
+    from peft import PeftModel
+
+    base = load_base_model(cfg, load_kwargs, bnb_kwargs)
+    try:
+        model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"{adapter}: not a LoRA adapter directory ({exc})") from None
+    model.eval()
+    return model
