@@ -17,6 +17,8 @@
 #   TAC2SOL_TRAINING_OPERATOR_METRICS_PORT 28080, TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT 28081,
 #   TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT 29443
 #   TAC2SOL_CLUSTER_TIMEOUT   seconds to wait for each component to be ready (60)
+#   TAC2SOL_CLUSTER_OWNER_PID when set, the cluster stops itself once that process is gone (the
+#                             test fixture passes pytest's pid, so a killed test run leaves nothing)
 # The state dir also gets cluster.env (KUBECONFIG, server URL, ports) for other scripts to source.
 set -euo pipefail
 
@@ -343,6 +345,7 @@ cmd_up() {
         curl -sf "http://127.0.0.1:$TO_HEALTH_PORT/readyz"
     trap - EXIT
     write_env
+    [[ -z ${TAC2SOL_CLUSTER_OWNER_PID:-} ]] || start_watchdog "$TAC2SOL_CLUSTER_OWNER_PID"
     say "up in $((SECONDS - t0)) s; state and logs in $STATE"
     echo "KUBECONFIG=$KUBECONFIG_PATH"
 }
@@ -354,8 +357,26 @@ on_exit_during_up() {  # a failed `up` leaves nothing running
     fi
 }
 
+start_watchdog() {  # start_watchdog PID: `down` once PID has exited
+    # shellcheck disable=SC2016  # $1, $2 expand in the watchdog's shell
+    TAC2SOL_CLUSTER_DIR=$STATE setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 2; done; exec bash "$2" down' \
+        watchdog "$1" "$HACK/cluster.sh" >>"$STATE/logs/watchdog.log" 2>&1 </dev/null &
+    echo $! >"$STATE/pids/watchdog.pid"
+}
+
+stop_watchdog() {  # unless this is the watchdog itself, going down
+    local file=$STATE/pids/watchdog.pid pid
+    [[ -f $file ]] || return 0
+    pid=$(<"$file")
+    rm -f "$file"
+    if [[ $pid != "$$" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^bash -c while kill -0"; then
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+}
+
 cmd_down() {
     local quiet=${1:-}
+    stop_watchdog
     # Clients first, all at once; etcd last, so that the apiserver can shut down cleanly.
     stop "${COMPONENTS[@]:1}"
     stop etcd

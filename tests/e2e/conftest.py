@@ -56,6 +56,7 @@ class ControlPlane:
     server: str
     state_dir: Path
     ca_cert: Path
+    bin_dir: Path  # kubectl, helm, kwok, ... as hack/install-tools.sh installed them
     env: dict[str, str]  # os.environ + KUBECONFIG + PYTHONSAFEPATH=1, for subprocesses
 
     def kubectl(
@@ -153,7 +154,12 @@ def _ensure_tools() -> None:
 def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     _ensure_tools()
     state = tmp_path_factory.mktemp("cluster")
-    env = {**os.environ, "TAC2SOL_CLUSTER_DIR": str(state), "PYTHONSAFEPATH": "1"}
+    env = {
+        **os.environ,
+        "TAC2SOL_CLUSTER_DIR": str(state),
+        "TAC2SOL_CLUSTER_OWNER_PID": str(os.getpid()),  # a killed pytest takes its cluster along
+        "PYTHONSAFEPATH": "1",
+    }
     env.update(zip(PORT_VARS, map(str, _free_ports(len(PORT_VARS))), strict=True))
     script = ["bash", str(REPO / "hack" / "cluster.sh")]
     try:
@@ -166,6 +172,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
             server=f"https://127.0.0.1:{env['TAC2SOL_APISERVER_PORT']}",
             state_dir=state,
             ca_cert=state / "pki" / "ca.crt",
+            bin_dir=BIN,
             env={**env, "KUBECONFIG": str(kubeconfig)},
         )
     finally:
