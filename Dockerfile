@@ -13,7 +13,8 @@ ARG CUDA_RUNTIME_BASE=docker.io/nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
 
 # ---- wheel: the tac2sol wheel, built once for both targets ---------------------------------------
 FROM ${PYTHON_BASE} AS wheel
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+# PYTHONSAFEPATH: the source tree's operator/ must not shadow the stdlib `operator` module.
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONSAFEPATH=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY tac2sol/ tac2sol/
