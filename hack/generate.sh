@@ -62,7 +62,7 @@ manifests() {
   printf '%s\n---\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels:\n    app.kubernetes.io/part-of: tac2sol\n    pod-security.kubernetes.io/enforce: restricted\n' \
     "$header" "$ns" >"$out/namespace.yaml"
   render rbac.yaml serviceaccount.yaml rbac.yaml
-  render operator.yaml settings.yaml deployment.yaml service.yaml
+  render operator.yaml settings.yaml deployment.yaml service.yaml networkpolicy.yaml
   cat >manifests/kustomization.yaml <<EOF2
 $header
 # kubectl apply -k manifests/   (or: kubectl apply --server-side -f manifests/crds/ -f manifests/operator/)

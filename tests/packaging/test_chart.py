@@ -78,6 +78,7 @@ def test_default_render(render: Render) -> None:
             "ConfigMap",  # dashboard: operator
             "ConfigMap",  # dashboard: training run
             "Deployment",
+            "NetworkPolicy",
             "Service",
             "ServiceAccount",
         ]
@@ -113,6 +114,19 @@ def test_operator_deployment(render: Render) -> None:
     # The read-only root needs a writable /tmp (HOME in the image).
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
     assert pod["serviceAccountName"] == "tac2sol"
+
+
+def test_network_policy_admits_the_metrics_port_only(render: Render) -> None:
+    objects = render()
+    policy = _one(objects, "NetworkPolicy")
+    pod_labels = _one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["ingress"] == [{"ports": [{"port": "metrics", "protocol": "TCP"}]}]
+    peers = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    narrowed = _one(render({"networkPolicy": {"metricsFrom": peers}}), "NetworkPolicy")
+    assert narrowed["spec"]["ingress"][0]["from"] == peers
+    assert not [o for o in render({"networkPolicy": {"enabled": False}}) if o["kind"] == "NetworkPolicy"]
 
 
 def test_image_digest_pins_both_images(render: Render) -> None:

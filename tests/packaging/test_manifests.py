@@ -64,6 +64,7 @@ def test_kustomization_lists_crd_rbac_and_operator() -> None:
         "ConfigMap",
         "Deployment",
         "Service",
+        "NetworkPolicy",
     }
 
 
