@@ -152,12 +152,13 @@ make_pki() {
     issue kube-scheduler system:kube-scheduler
     issue training-operator tac2sol:training-operator
     issue kwok tac2sol:kwok
-    # Service-account tokens: the apiserver signs with sa.key, everyone verifies with sa.pub.
-    openssl genrsa -out "$PKI/sa.key" 2048 2>/dev/null
-    openssl rsa -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
+    # Service-account tokens: the apiserver signs with sa.key (ES256), everyone verifies with sa.pub.
+    openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
+    openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
     # training-operator's webhook certificates, in the shape its cert rotator accepts as valid
-    # (an RSA CA named training-operator-ca, a server cert for training-operator.kubeflow.svc),
-    # so it uses them as they are.
+    # (a CA named training-operator-ca, a server cert for training-operator.kubeflow.svc, both
+    # valid past its 90-day look-ahead), so it uses them as they are. It parses the CA key as
+    # PKCS#1 RSA (cert-controller's buildArtifactsFromSecret): no EC keys here.
     local w=$PKI/webhook
     mkdir -p "$w"
     openssl genrsa -traditional -out "$w/ca.key" 2048 2>/dev/null
