@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 from tac2sol.operator import rbac
+from tac2sol.operator.crd import CRD_FILE
 
 from tac2sol import __version__
 
@@ -334,7 +336,15 @@ def test_namespaced_release(
 def test_uninstall_removes_what_install_created(control_plane: Any, system: Release) -> None:
     manifest = system.helm("get", "manifest", "tac2sol", "-n", SYSTEM_NS).stdout
     created = [d for d in yaml.safe_load_all(manifest) if d]
-    kinds = {"ServiceAccount", "ConfigMap", "Service", "Deployment", "ClusterRole", "ClusterRoleBinding"}
+    kinds = {
+        "ServiceAccount",
+        "ConfigMap",
+        "Service",
+        "Deployment",
+        "NetworkPolicy",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    }
     assert {o["kind"] for o in created} == kinds  # dashboards were turned off by the upgrade above
     system.helm("uninstall", "tac2sol", "-n", SYSTEM_NS, "--wait", "--timeout", "120s")
     left = []
@@ -350,3 +360,38 @@ def test_uninstall_removes_what_install_created(control_plane: Any, system: Rele
     )
     # Helm never deletes what it installed from crds/ (deleting the CRD would delete every run).
     assert control_plane.exists("crd", "trainingruns.tac2sol.dev")
+
+
+def test_templated_crd_is_adopted_upgraded_and_kept(
+    control_plane: Any, helm: Any, namespace: str, tmp_path: Path
+) -> None:
+    """crds.templated: a release takes over the CRD that crds/ installed (the adoption the README
+    shows), `helm upgrade` then updates it, and `helm uninstall` keeps it and the runs."""
+    crd = "crd/trainingruns.tac2sol.dev"
+    _apply_run(control_plane, namespace, "survivor")
+    control_plane.kubectl("label", crd, "app.kubernetes.io/managed-by=Helm", "--overwrite")
+    control_plane.kubectl("annotate", crd, "meta.helm.sh/release-name=crds",
+                          "meta.helm.sh/release-namespace=tac2sol-crds", "--overwrite")  # fmt: skip
+    values = {**BASE_VALUES, "crds": {"templated": True}, "rbac": {"create": False},
+              "serviceAccount": {"create": False, "name": "default"}}  # fmt: skip
+    file = tmp_path / "crds-values.yaml"
+    file.write_text(yaml.safe_dump(values))
+    run = _helm_for(helm, control_plane)
+    run("install", "crds", str(CHART), "-n", "tac2sol-crds", "--create-namespace", "--skip-crds",
+        "--values", str(file))  # fmt: skip
+    try:
+        labels = control_plane.get_json(crd)["metadata"]["labels"]
+        assert labels["app.kubernetes.io/instance"] == "crds"
+        # A later chart version with a changed CRD: the upgrade applies it (crds/ alone would not).
+        newer = tmp_path / "chart"
+        shutil.copytree(CHART, newer)
+        crd_file = newer / "crds" / CRD_FILE
+        doc = yaml.safe_load(crd_file.read_text())
+        doc["spec"]["names"]["shortNames"] = ["tr", "trun"]
+        crd_file.write_text(yaml.safe_dump(doc))
+        run("upgrade", "crds", str(newer), "-n", "tac2sol-crds", "--skip-crds", "--reuse-values")
+        assert control_plane.get_json(crd)["spec"]["names"]["shortNames"] == ["tr", "trun"]
+    finally:
+        run("uninstall", "crds", "-n", "tac2sol-crds", "--wait", check=False)
+    assert control_plane.exists(crd), "helm.sh/resource-policy: keep"
+    assert control_plane.exists("trainingrun", "survivor", "-n", namespace)
