@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,21 @@ def _can(cp: Any, release: Release, verb: str, resource: str, namespace: str | N
     proc = cp.kubectl(*args, check=False)
     assert proc.stdout.strip() in ("yes", "no"), proc.stderr
     return proc.stdout.strip() == "yes"
+
+
+Check = tuple[str, str, str | None]  # verb, resource, namespace (None: all namespaces)
+
+
+def _denied_or_allowed(cp: Any, release: Release, checks: list[Check], allowed: bool) -> None:
+    """Run every `kubectl auth can-i` check (4 at a time); fail listing each answer that differs."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        answers = list(pool.map(lambda c: _can(cp, release, *c), checks))
+    wrong = [
+        f"{v} {r} in {ns or 'all namespaces'}"
+        for (v, r, ns), a in zip(checks, answers, strict=True)
+        if a != allowed
+    ]
+    assert not wrong, f"{release.service_account} {'cannot' if allowed else 'may'}: {wrong}"
 
 
 def _rule_checks(rules: list[dict[str, Any]]) -> list[tuple[str, str]]:
@@ -250,16 +266,20 @@ def test_every_run_file_is_accepted_by_the_apiserver(
 
 
 def test_clusterwide_rbac_as_the_service_account(control_plane: Any, system: Release, namespace: str) -> None:
-    for verb, resource in _rule_checks(rbac.rules()):
-        assert _can(control_plane, system, verb, resource, namespace), (
-            f"cannot {verb} {resource} in {namespace}"
-        )
-        if not resource.startswith("customresourcedefinitions"):
-            assert _can(control_plane, system, verb, resource), f"cannot {verb} {resource} in all namespaces"
-    for verb, resource in FORBIDDEN:
-        assert not _can(control_plane, system, verb, resource, namespace), f"may {verb} {resource}"
-    assert not _can(control_plane, system, "delete", "namespaces")
-    assert not _can(control_plane, system, "create", "clusterrolebindings.rbac.authorization.k8s.io")
+    needed = _rule_checks(rbac.rules())
+    _denied_or_allowed(control_plane, system, [(v, r, namespace) for v, r in needed], allowed=True)
+    _denied_or_allowed(
+        control_plane,
+        system,
+        [(v, r, None) for v, r in needed if not r.startswith("customresource")],
+        allowed=True,
+    )
+    forbidden: list[Check] = [(v, r, namespace) for v, r in FORBIDDEN]
+    forbidden += [
+        ("delete", "namespaces", None),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", None),
+    ]
+    _denied_or_allowed(control_plane, system, forbidden, allowed=False)
 
 
 def test_qwen32b_becomes_a_pytorchjob_then_upgrade_changes_it(
@@ -313,13 +333,12 @@ def test_namespaced_release(
         assert "rollout status deployment/team-tac2sol" in notes
         assert control_plane.exists("role", "team-tac2sol", "-n", namespace)
         assert not control_plane.exists("clusterrole", "team-tac2sol")
-        for verb, resource in _rule_checks(rbac.rules(namespaced=True)):
-            assert _can(control_plane, team, verb, resource, namespace), f"cannot {verb} {resource}"
-            assert not _can(control_plane, team, verb, resource, other), f"may {verb} {resource} in {other}"
-            assert not _can(control_plane, team, verb, resource), f"may {verb} {resource} in all namespaces"
-        for verb, resource in FORBIDDEN:
-            assert not _can(control_plane, team, verb, resource, namespace), f"may {verb} {resource}"
-        assert not _can(control_plane, team, "list", "customresourcedefinitions.apiextensions.k8s.io")
+        needed = _rule_checks(rbac.rules(namespaced=True))
+        _denied_or_allowed(control_plane, team, [(v, r, namespace) for v, r in needed], allowed=True)
+        forbidden: list[Check] = [(v, r, ns) for v, r in needed for ns in (other, None)]
+        forbidden += [(v, r, namespace) for v, r in FORBIDDEN]
+        forbidden += [("list", "customresourcedefinitions.apiextensions.k8s.io", None)]
+        _denied_or_allowed(control_plane, team, forbidden, allowed=False)
 
         with operator_as(control_plane, team, tmp_path, wait) as log:
             _apply_run(control_plane, other, "elsewhere")
@@ -395,3 +414,22 @@ def test_templated_crd_is_adopted_upgraded_and_kept(
         run("uninstall", "crds", "-n", "tac2sol-crds", "--wait", check=False)
     assert control_plane.exists(crd), "helm.sh/resource-policy: keep"
     assert control_plane.exists("trainingrun", "survivor", "-n", namespace)
+
+
+def test_plain_manifests_apply_with_kustomize(control_plane: Any, system: Release) -> None:
+    """`kubectl apply -k manifests/` (after the helm release is gone): the same operator and RBAC."""
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-k", str(REPO / "manifests"))
+    files = sorted((REPO / "manifests" / "operator").glob("*.yaml"))
+    try:
+        for doc in (d for f in files for d in yaml.safe_load_all(f.read_text()) if d):
+            ns = doc["metadata"].get("namespace")
+            assert control_plane.exists(
+                doc["kind"].lower(), doc["metadata"]["name"], *(["-n", ns] if ns else [])
+            )
+        assert control_plane.get_json("clusterrole", "tac2sol")["rules"] == rbac.rules()
+        plain = Release("tac2sol", SYSTEM_NS, "tac2sol", control_plane.kubectl, system.helm)
+        assert _can(control_plane, plain, "create", "pytorchjobs.kubeflow.org")
+        assert not _can(control_plane, plain, "list", "secrets")
+    finally:
+        kept = [f"--filename={f}" for f in files if f.name != "namespace.yaml"]
+        control_plane.kubectl("delete", "--wait=false", "--ignore-not-found", *kept, check=False)
