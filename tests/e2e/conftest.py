@@ -140,7 +140,7 @@ def _ensure_tools() -> None:
         pytest.fail(
             "hack/install-tools.sh did not finish within "
             f"{INSTALL_TIMEOUT_S} s: run `make tools` (bash hack/install-tools.sh) once before the "
-            "tests; a cold build of the Kubernetes binaries takes ~25 min on 2 cores",
+            "tests; a cold build of all the tools took 71 min on 2 busy cores",
             pytrace=False,
         )
     if proc.returncode != 0:
