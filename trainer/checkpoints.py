@@ -155,7 +155,7 @@ def manifest_callback() -> Any:
     """A ``TrainerCallback`` that seals each checkpoint with its manifest (global rank 0)."""
     from transformers import TrainerCallback
 
-    class ManifestCallback(TrainerCallback):  # type: ignore[misc]
+    class ManifestCallback(TrainerCallback):
         def on_save(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             if not state.is_world_process_zero:
                 return

@@ -144,6 +144,7 @@ def read_rows(path: str | Path, on_bad_line: OnBadLine = "stop") -> ReadResult:
             parsed = obj if isinstance(obj, dict) else None
             rejects.append(Reject(number, reason, detail, row=parsed, text=None if parsed else text))
             continue
+        assert isinstance(obj, dict)  # _check accepted it
         rows.append(Row(number, obj["input"], obj["output"], dict(obj.get("metadata") or {})))
     return ReadResult(rows, rejects, lines, blank, digest.hexdigest())
 

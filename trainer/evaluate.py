@@ -26,7 +26,7 @@ from tac2sol.trainer.data import Row, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
-PAPER_BASELINE = {
+PAPER_BASELINE: dict[str, Any] = {
     "model": "Llama 3.2 3B (arXiv:2506.19624)",
     "semanticSimilarityMean": 0.82,
     "similarityAbove08": 0.783,
@@ -127,7 +127,7 @@ def score(
     def by(key: str) -> dict[str, Any]:
         groups: dict[str, list[dict[str, Any]]] = {}
         for item in items:
-            groups.setdefault(item[key], []).append(item)
+            groups.setdefault(str(item[key]), []).append(item)
         return {name: _aggregate(group) for name, group in sorted(groups.items())}
 
     summary = {"overall": _aggregate(items), "bySize": by("size"), "byVisibility": by("visibility")}

@@ -2,8 +2,8 @@
 
 One pass encodes every readable row (``prompt.encode_batch``); preflight reads the lengths from
 it and training selects its split from it. The cache key covers everything that changes the
-tokens: the data file's hash, the tokenizer's own serialisation, the prompt template version,
-``max_seq_length`` and the truncation policy. A hit skips tokenization entirely.
+tokens: the data file's hash and the rows taken from it, the tokenizer's own serialisation, the
+prompt template version, ``max_seq_length`` and the truncation policy. A hit skips tokenization entirely.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,12 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(data_sha256: str, tokenizer: Any, max_seq_length: int, truncation: str) -> str:
+def cache_key(
+    data_sha256: str, tokenizer: Any, max_seq_length: int, truncation: str, lines: list[int]
+) -> str:
     parts = {
         "data": data_sha256,
+        "lines": hashlib.sha256(",".join(map(str, lines)).encode()).hexdigest(),
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "template": prompt.TEMPLATE_VERSION,
         "max_seq_length": max_seq_length,
@@ -73,13 +77,11 @@ def encode_rows(
     """A Dataset with one entry per row (same order): line, input_ids, labels, lengths, reject."""
     import datasets
 
-    key = cache_key(data_sha256, tokenizer, max_seq_length, truncation)
+    key = cache_key(data_sha256, tokenizer, max_seq_length, truncation, [r.line for r in rows])
     target = cache_dir / f"tokenized-{key}" if cache_dir is not None else None
     if target is not None and (target / "dataset_info.json").is_file():
-        cached = datasets.load_from_disk(str(target))
-        if cached.num_rows == len(rows) and cached["line"] == [r.line for r in rows]:
-            log.info("tokenization cache hit", extra={"path": str(target)})
-            return cached
+        log.info("tokenization cache hit", extra={"path": str(target)})
+        return datasets.load_from_disk(str(target))
     raw = datasets.Dataset.from_dict(
         {"line": [r.line for r in rows], "input": [r.input for r in rows], "output": [r.output for r in rows]}
     )
@@ -97,11 +99,16 @@ def encode_rows(
     finally:
         if was_enabled:
             datasets.enable_caching()
-    if target is not None:
-        tmp = target.with_name(target.name + ".tmp")
+    if target is not None and not (target / "dataset_info.json").is_file():
+        # Several ranks may get here at once (no shared disk): each writes its own temporary
+        # directory, the first rename wins, the others throw theirs away.
+        tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         encoded.save_to_disk(str(tmp))
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.replace(target)
-        encoded = datasets.load_from_disk(str(target))
+        try:
+            tmp.rename(target)
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            encoded = datasets.load_from_disk(str(target))
     return encoded

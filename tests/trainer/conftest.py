@@ -14,12 +14,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    """Tiny models train several times faster on one intra-op thread (see training.cpu_threads)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Llama model + tokenizer trained on the synthetic sample (no download)."""
-    from tac2sol.trainer.tiny import ensure_tiny_model
+    """A tiny Llama (random weights, no pre-training: fast to build) + a tokenizer trained on the
+    synthetic sample. No download."""
+    from tac2sol.trainer.tiny import TinySpec, ensure_tiny_model
 
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-model")
+    return ensure_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "tiny-model", TinySpec(pretrain_steps=0), use_cache=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -42,7 +53,9 @@ def write_jsonl(tmp_path: Path) -> Callable[[list[Any]], Path]:
 
     def write(lines: list[Any], name: str = "data.jsonl") -> Path:
         path = tmp_path / name
-        path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+        path.write_text(
+            "".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines)
+        )
         return path
 
     return write
@@ -60,3 +73,39 @@ def row(i: int, **meta: Any) -> dict[str, Any]:
 @pytest.fixture
 def make_row() -> Callable[..., dict[str, Any]]:
     return row
+
+
+def train_config(tmp_path: Path, model_dir: Path, data_file: Path, **sections: Any) -> Any:
+    """A TrainConfig for a short CPU run of the tiny model (sections merged over the defaults)."""
+    from tac2sol.trainer.config import TrainConfig
+
+    values: dict[str, Any] = {
+        "run_name": "test",
+        "output_dir": str(tmp_path / "out"),
+        "model": {"name_or_path": str(model_dir)},
+        "data": {"path": str(data_file), "max_seq_length": 512, "validation_ratio": 0.1},
+        "training": {
+            "max_steps": 6,
+            "learning_rate": 5e-3,
+            "per_device_batch_size": 2,
+            "logging_steps": 2,
+            "save_steps": 3,
+            "save_total_limit": 3,
+            "gradient_checkpointing": False,
+            "cpu_threads": 1,
+        },
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
+        "evaluation": {"enabled": False, "max_samples": 4, "max_new_tokens": 16, "batch_size": 4},
+        "metrics": {"enabled": False},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict):
+            values.setdefault(key, {}).update(value)
+        else:
+            values[key] = value
+    return TrainConfig(**values)
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, tiny_model_dir: Path, sample_file: Path) -> Callable[..., Any]:
+    return lambda **sections: train_config(tmp_path, tiny_model_dir, sample_file, **sections)

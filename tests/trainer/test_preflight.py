@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tac2sol.errors import InvalidInput
 from tac2sol.trainer.data import ARTIFACT_MARKERS, read_rows
 from tac2sol.trainer.preflight import length_stats, run_preflight
+
+from tac2sol.errors import InvalidInput
 
 
 @pytest.mark.parametrize(
@@ -21,10 +21,25 @@ from tac2sol.trainer.preflight import length_stats, run_preflight
         ("[1, 2]", "not_an_object", r"data\.jsonl:2: expected a JSON object, got list"),
         ('{"input": "x"}', "missing_output", r'data\.jsonl:2: the row has no "output" field'),
         ('{"output": "x"}', "missing_input", r'data\.jsonl:2: the row has no "input" field'),
-        ('{"input": "x", "output": 3}', "output_not_text", r'data\.jsonl:2: "output" must be a string, got int'),
-        ('{"input": "x", "output": "y", "metadata": 1}', "metadata_not_an_object", r"data\.jsonl:2: .*metadata"),
+        (
+            '{"input": "x", "output": 3}',
+            "output_not_text",
+            r'data\.jsonl:2: "output" must be a string, got int',
+        ),
+        (
+            '{"input": "x", "output": "y", "metadata": 1}',
+            "metadata_not_an_object",
+            r"data\.jsonl:2: .*metadata",
+        ),
     ],
-    ids=["bad-json", "not-object", "missing-output", "missing-input", "output-not-text", "metadata-not-object"],
+    ids=[
+        "bad-json",
+        "not-object",
+        "missing-output",
+        "missing-input",
+        "output-not-text",
+        "metadata-not-object",
+    ],
 )
 def test_malformed_line_stops_with_line_number_or_goes_to_rejects(
     write_jsonl: Any, make_row: Any, line: str, reason: str, message: str
@@ -80,7 +95,9 @@ def test_empty_duplicate_and_artifact_rows_are_counted_and_rejected(write_jsonl:
     assert dropped.report["kept"] + dropped.report["rejectedRows"] == dropped.report["rows"]
 
 
-def test_token_lengths_fit_ratio_and_too_long_rows(write_jsonl: Any, make_row: Any, tiny_tokenizer: Any) -> None:
+def test_token_lengths_fit_ratio_and_too_long_rows(
+    write_jsonl: Any, make_row: Any, tiny_tokenizer: Any
+) -> None:
     long_row = make_row(3)
     long_row["input"] = "\n".join(f"    temp_{i} = storage[{i:02x}]" for i in range(400))
     path = write_jsonl([make_row(1), make_row(2), long_row])
@@ -95,7 +112,9 @@ def test_token_lengths_fit_ratio_and_too_long_rows(write_jsonl: Any, make_row: A
     assert truncated.report["rejected"] == {} and truncated.report["truncatedRows"] == 1
 
 
-def test_no_row_fits_is_an_error_before_training(write_jsonl: Any, make_row: Any, tiny_tokenizer: Any) -> None:
+def test_no_row_fits_is_an_error_before_training(
+    write_jsonl: Any, make_row: Any, tiny_tokenizer: Any
+) -> None:
     path = write_jsonl([make_row(1), make_row(2)])
     with pytest.raises(InvalidInput, match=r"no row is left to train on \(too_long: 2\); no row fits"):
         run_preflight(path, tokenizer=tiny_tokenizer, max_seq_length=16)
@@ -122,7 +141,9 @@ def _independent_counts(path: Path) -> dict[str, Any]:
     }
 
 
-def test_preflight_on_the_real_500_rows_matches_an_independent_count(dataset_500: Path, tiny_tokenizer: Any) -> None:
+def test_preflight_on_the_real_500_rows_matches_an_independent_count(
+    dataset_500: Path, tiny_tokenizer: Any
+) -> None:
     expected = _independent_counts(dataset_500)
     assert expected["rows"] == 500 and expected["stack_underflow"] == 249  # the dataset README's facts
 

@@ -11,7 +11,10 @@ from tac2sol.trainer.split import leakage, split_rows
 
 
 def _rows(n: int, make_row: Any) -> list[Row]:
-    return [Row(i + 1, r["input"], r["output"], r["metadata"]) for i, r in enumerate(make_row(i) for i in range(n))]
+    return [
+        Row(i + 1, r["input"], r["output"], r["metadata"])
+        for i, r in enumerate(make_row(i) for i in range(n))
+    ]
 
 
 def test_same_seed_same_split_other_seed_other_split(make_row: Any) -> None:

@@ -1,0 +1,206 @@
+"""Trainer commands: ``train``, ``data preflight``, ``data sample``, ``evaluate``, ``run`` (the tour).
+
+Heavy libraries are imported inside the commands; ``tac2sol --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from tac2sol.errors import InvalidInput
+
+data_app = typer.Typer(help="Look at a dataset before training on it.", no_args_is_help=True)
+
+
+def _overrides(
+    output: Path | None = None,
+    resume: str | None = None,
+    max_steps: int | None = None,
+    dataset: Path | None = None,
+    metrics_port: int | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if output is not None:
+        out["output_dir"] = str(output)
+    if resume is not None:
+        out["resume"] = resume
+    if max_steps is not None:
+        out.setdefault("training", {})["max_steps"] = max_steps
+    if dataset is not None:
+        out.setdefault("data", {})["path"] = str(dataset)
+    if metrics_port is not None:
+        out.setdefault("metrics", {})["port"] = metrics_port
+    return out
+
+
+def load_config(config: Path, overrides: dict[str, Any]) -> Any:
+    """File < TAC2SOL_* environment < flags, with one clear error naming the bad field."""
+    from pydantic import ValidationError
+    from tac2sol.trainer.config import TrainConfig
+
+    try:
+        return TrainConfig.from_file(config, **overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidInput(f"{config}: {where}: {first['msg']}") from None
+
+
+OutputOpt = Annotated[Path | None, typer.Option("--output", help="Output directory (output_dir).")]
+MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (training.max_steps).")]
+DatasetOpt = Annotated[Path | None, typer.Option("--dataset", help="JSONL dataset (data.path).")]
+PortOpt = Annotated[int | None, typer.Option("--metrics-port", help="Base port of /metrics (metrics.port).")]
+
+
+def train_command(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="Trainer config (YAML/JSON), e.g. the ConfigMap.")
+    ],
+    output: OutputOpt = None,
+    resume: Annotated[
+        str | None, typer.Option(help="'auto', 'never', 'required' or a checkpoint path (resume).")
+    ] = None,
+    max_steps: MaxStepsOpt = None,
+    dataset: DatasetOpt = None,
+    metrics_port: PortOpt = None,
+) -> None:
+    """Train a LoRA adapter (QLoRA) as the config says; the trainer image's entry point."""
+    from tac2sol.trainer.train import train
+
+    cfg = load_config(config, _overrides(output, resume, max_steps, dataset, metrics_port))
+    result = train(cfg, say=typer.echo)
+    typer.echo(f"adapter: {result.adapter_dir}\nrun manifest: {result.run_json}")
+
+
+def preflight_command(
+    file: Annotated[Path, typer.Argument(help="JSONL dataset: input (TAC), output (Solidity), metadata.")],
+    tokenizer: Annotated[
+        str | None, typer.Option(help="Tokenizer path or hub id for token lengths and the fit ratio.")
+    ] = None,
+    max_seq_length: Annotated[int, typer.Option(help="Tokens per example (maxSeqLength).")] = 2048,
+    output_format: Annotated[str, typer.Option("--output-format", "-o", help="text or json.")] = "text",
+    on_bad_line: Annotated[
+        str, typer.Option(help="stop (exit 2 naming the line) or skip (to rejects).")
+    ] = "stop",
+    drop_artifact_rows: Annotated[bool, typer.Option(help="Reject rows with lifter artefacts.")] = False,
+    truncation: Annotated[str, typer.Option(help="drop or truncate_input for too long rows.")] = "drop",
+    rejects: Annotated[
+        Path | None, typer.Option(help="Write rejected rows with reasons to this JSONL.")
+    ] = None,
+) -> None:
+    """Check a dataset: schema (with line numbers), duplicates, lifter artefacts, token lengths, fit."""
+    from tac2sol.trainer.data import write_jsonl
+    from tac2sol.trainer.preflight import run_preflight
+
+    if output_format not in ("text", "json"):
+        raise InvalidInput(f"--output-format: {output_format!r} is not allowed; use text or json")
+    if on_bad_line not in ("stop", "skip"):
+        raise InvalidInput(f"--on-bad-line: {on_bad_line!r} is not allowed; use stop or skip")
+    if truncation not in ("drop", "truncate_input"):
+        raise InvalidInput(f"--truncation: {truncation!r} is not allowed; use drop or truncate_input")
+    tok = None
+    if tokenizer is not None:
+        from tac2sol.trainer.model import load_tokenizer
+
+        tok = load_tokenizer(tokenizer, field="--tokenizer")
+    result = run_preflight(
+        file,
+        tokenizer=tok,
+        max_seq_length=max_seq_length,
+        drop_artifact_rows=drop_artifact_rows,
+        on_bad_line=on_bad_line,  # type: ignore[arg-type]
+        truncation=truncation,
+        require_rows=False,
+    )
+    report = dict(result.report)
+    report["tokenizer"] = tokenizer
+    if rejects is not None:
+        write_jsonl(rejects, [r.to_json() for r in result.rejects])
+        report["rejectsFile"] = str(rejects)
+    if output_format == "json":
+        typer.echo(json.dumps(report, indent=2))
+        return
+    r = report
+    typer.echo(
+        f"{file}: {r['rows']} rows ({r['blankLines']} blank lines), {r['valid']} valid, {r['kept']} usable"
+    )
+    typer.echo(f"rejected: {r['rejectedRows']} {json.dumps(r['rejected'])}")
+    typer.echo(f"lifter artefacts: {r['artifactRows']} rows {json.dumps(r['artifacts'])}")
+    if r["fitRatio"] is None:
+        typer.echo("token lengths: pass --tokenizer PATH to measure them and the fit ratio")
+    else:
+        typer.echo(f"token lengths: {json.dumps(r['tokenLengths'])}")
+        typer.echo(f"fit ratio at {r['maxSeqLength']} tokens: {r['fitRatio']:.4f} ({r['fitRows']} rows)")
+    if result.rejects and rejects is None:
+        typer.echo("(pass --rejects FILE to write the rejected rows with their reasons)")
+
+
+def sample_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSONL.")] = Path(
+        ".cache/sample/tac2sol-sample.jsonl"
+    ),
+    contracts: Annotated[int, typer.Option(help="Synthetic contracts (3-6 functions each).")] = 90,
+    seed: Annotated[int, typer.Option(help="Generator seed.")] = 1234,
+) -> None:
+    """Write the project's SYNTHETIC sample data (made by code, labelled synthetic in each row)."""
+    from tac2sol.trainer.sample import write_sample
+
+    path = write_sample(output, contracts, seed)
+    rows = sum(1 for _ in path.open())
+    typer.echo(f"{path}: {rows} synthetic TAC -> Solidity rows (metadata.synthetic = true)")
+
+
+def evaluate_command(
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="The trainer config the adapter was trained with.")
+    ],
+    adapter: Annotated[
+        Path | None, typer.Option(help="Adapter directory (default <output>/adapter).")
+    ] = None,
+    output: OutputOpt = None,
+    max_samples: Annotated[int | None, typer.Option(help="Evaluate at most N held-out rows.")] = None,
+    max_new_tokens: Annotated[int | None, typer.Option(help="Tokens to generate per function.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
+) -> None:
+    """Generate Solidity for the held-out split and score it (similarity, edit distance, exact match)."""
+    from tac2sol.trainer.evaluate import evaluate_adapter
+
+    evaluation: dict[str, Any] = {}
+    if max_samples is not None:
+        evaluation["max_samples"] = max_samples
+    if max_new_tokens is not None:
+        evaluation["max_new_tokens"] = max_new_tokens
+    if batch_size is not None:
+        evaluation["batch_size"] = batch_size
+    overrides = _overrides(output)
+    if evaluation:
+        overrides["evaluation"] = evaluation
+    cfg = load_config(config, overrides)
+    out = evaluate_adapter(cfg, adapter, say=typer.echo)
+    typer.echo(f"report: {out / 'eval.md'}\nsummary: {out / 'eval.json'}")
+
+
+def run_command(
+    run_yaml: Annotated[Path, typer.Argument(help="A TrainingRun, e.g. runs/tiny-local.yaml.")],
+    dataset: DatasetOpt = None,
+    output: OutputOpt = None,
+    metrics_port: PortOpt = None,
+    max_steps: MaxStepsOpt = None,
+) -> None:
+    """The local tour: plan a TrainingRun and train it here, then evaluate (tiny model on a CPU)."""
+    from tac2sol.trainer.tour import run_tour
+
+    run_tour(run_yaml, dataset=dataset, output=output, metrics_port=metrics_port, max_steps=max_steps)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+    data_app.command("preflight")(preflight_command)
+    data_app.command("sample")(sample_command)
+    app.add_typer(data_app, name="data")
+    app.command("evaluate")(evaluate_command)
+    app.command("run")(run_command)

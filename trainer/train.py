@@ -1,0 +1,514 @@
+"""``tac2sol train``: data → tokenizer/model → Trainer → save → evaluate, as stages.
+
+Everything that can be wrong with the input is checked before the first training step: the
+plan (``distributed.check_plan``), the output directory, the resume target, the tokenizer, the
+data (preflight: every rejected row goes to ``data/rejects.jsonl`` with its reason) and the model.
+
+Outputs under ``output_dir``: ``checkpoint-N/`` (sealed by a manifest, see ``checkpoints``),
+``data/`` (preflight report, rejects, split manifest), ``adapter/`` (LoRA adapter + tokenizer),
+``merged/`` (optional, quantization off), ``eval/`` (see ``evaluate``) and ``run.json`` (config,
+versions, data hashes, plan, timings, results).
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tac2sol.trainer import checkpoints
+from tac2sol.trainer.config import TrainConfig
+from tac2sol.trainer.data import write_json, write_jsonl
+
+from tac2sol.errors import InvalidInput, Tac2solError
+
+log = logging.getLogger(__name__)
+
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+DATA_DIR = "data"
+EVAL_DIR = "eval"
+RUN_JSON = "run.json"
+
+
+class TrainingDiverged(Tac2solError):
+    """The loss (or gradient norm) stopped being a finite number. Exit code 3."""
+
+    exit_code = 3
+
+
+Say = Callable[[str], None]
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    adapter_dir: Path
+    run_json: Path
+    global_step: int
+    train_loss: float | None
+    eval_loss: float | None
+    resumed_from: str | None
+    eval_summary: dict[str, Any] | None = None
+    eval_dir: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for dist in (
+        "tac2sol",
+        "torch",
+        "transformers",
+        "peft",
+        "bitsandbytes",
+        "accelerate",
+        "datasets",
+        "deepspeed",
+    ):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def ensure_writable(directory: Path, field_name: str = "output_dir") -> None:
+    """Create ``directory`` and prove that a file can be written there."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = directory / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise InvalidInput(
+            f"{field_name}: {directory} is not writable ({exc.strerror or exc}); "
+            "choose another directory (--output)"
+        ) from None
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.training.save_merged_model and cfg.quantization != "none":
+        raise InvalidInput(
+            "training.save_merged_model: a merged model needs quantization 'none' "
+            "(merging LoRA into 4-bit weights loses precision); turn one of them off"
+        )
+
+
+def _quarantine_newer(output_dir: Path, resume_step: int | None) -> None:
+    """Move invalid checkpoints newer than the resume point aside, so none is mistaken later."""
+    for step, path in checkpoints.checkpoints(output_dir):
+        newer = resume_step is None or step > resume_step
+        if newer and checkpoints.problem(path, check_hashes=False) is not None:
+            target = path.with_name(f"invalid-{path.name}-{int(time.time())}")
+            path.rename(target)
+            log.warning(f"moved the unusable checkpoint {path.name} aside to {target.name}")
+
+
+def nan_guard() -> Any:
+    """A callback that stops training when a logged loss or gradient norm is not finite."""
+    from transformers import TrainerCallback
+
+    class NanGuard(TrainerCallback):
+        def __init__(self) -> None:
+            self.problem: tuple[int, str, float] | None = None
+
+        def on_log(
+            self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **_: Any
+        ) -> None:
+            for key in ("loss", "grad_norm"):
+                value = (logs or {}).get(key)
+                if isinstance(value, int | float) and not math.isfinite(value) and self.problem is None:
+                    self.problem = (state.global_step, key, float(value))
+                    control.should_training_stop = True
+                    control.should_save = False  # never checkpoint a diverged state
+
+    return NanGuard()
+
+
+def counting_trainer_class() -> Any:
+    """``Trainer`` that also counts the samples and non-padding tokens it trains on.
+
+    Counted in ``training_step`` (not in the collator, which also serves evaluation and sees
+    one batch ahead): the token count stays a device tensor, so counting never syncs the device.
+    """
+    from transformers import Trainer
+
+    class CountingTrainer(Trainer):
+        tokens_trained: Any = 0
+        samples_trained: int = 0
+
+        def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+            mask = inputs.get("attention_mask")
+            ids = inputs["input_ids"]
+            self.tokens_trained = self.tokens_trained + (mask.sum() if mask is not None else ids.numel())
+            self.samples_trained += int(ids.shape[0])
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    return CountingTrainer
+
+
+def training_arguments(cfg: TrainConfig, env: Any, has_eval: bool) -> Any:
+    """``TrainingArguments`` from the config, merged with what the distributed layer decides."""
+    from tac2sol.trainer.distributed import training_arguments_kwargs
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    eval_strategy = "no"
+    if has_eval:
+        eval_strategy = "steps" if t.eval_steps else "epoch"
+    kwargs: dict[str, Any] = {
+        "output_dir": str(cfg.output_dir),
+        "num_train_epochs": t.epochs,
+        "max_steps": t.max_steps,
+        "learning_rate": t.learning_rate,
+        "lr_scheduler_type": t.lr_scheduler,
+        "warmup_steps": t.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers v5)
+        "weight_decay": t.weight_decay,
+        "max_grad_norm": t.max_grad_norm,
+        "seed": t.seed,
+        "data_seed": t.seed,
+        "logging_steps": t.logging_steps,
+        "logging_first_step": True,
+        "logging_nan_inf_filter": False,  # a NaN loss must reach the NaN guard, not be hidden
+        "eval_strategy": eval_strategy,
+        "eval_steps": t.eval_steps,
+        "per_device_eval_batch_size": t.per_device_batch_size,
+        "save_strategy": "steps",
+        "save_steps": t.save_steps,
+        "save_total_limit": t.save_total_limit,
+        "dataloader_num_workers": t.dataloader_workers,
+        "report_to": "none",
+        "remove_unused_columns": False,
+        "disable_tqdm": not env.is_main,
+        # Gradient checkpointing is switched on on the model (model.add_lora), not by the Trainer.
+    }
+    kwargs.update(training_arguments_kwargs(cfg, env, cfg.output_dir))
+    return TrainingArguments(**kwargs)
+
+
+def _select(encoded: Any, lines: list[int]) -> Any:
+    index = {line: i for i, line in enumerate(encoded["line"])}
+    return encoded.select([index[line] for line in lines]).select_columns(["input_ids", "labels"])
+
+
+def _say_on(env: Any, say: Say | None) -> Say:
+    def out(message: str) -> None:
+        if env.is_main:
+            (say or print)(message)
+
+    return out
+
+
+def train(cfg: TrainConfig, say: Say | None = None) -> TrainResult:
+    """Run the whole training job described by ``cfg`` (one rank of it under a launcher)."""
+    from tac2sol.trainer.distributed import finalize_distributed, init_distributed
+
+    started = time.monotonic()
+    # transformers v5 renames that its own callers (peft) still use: nothing a user can act on.
+    warnings.filterwarnings(
+        "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
+    )
+    env = init_distributed(cfg)
+    if env.device == "cpu" and cfg.training.cpu_threads:
+        import torch
+
+        torch.set_num_threads(cfg.training.cpu_threads)
+    echo = _say_on(env, say)
+    try:
+        fitted = _fit(cfg, env, echo)
+    finally:
+        finalize_distributed()
+    return _finish(cfg, env, echo, fitted, started)
+
+
+@dataclass
+class _Fitted:
+    trainer: Any
+    tokenizer: Any
+    eval_rows: list[Any]
+    encoded: Any
+    adapter_dir: Path
+    resumed_from: str | None
+    global_step: int
+    train_loss: float | None
+    eval_loss: float | None
+    preflight: dict[str, Any]
+    split: dict[str, Any]
+    params: dict[str, Any]
+    throughput: dict[str, Any]
+    timings: dict[str, float]
+    ds_config: str | None
+
+
+def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
+    import transformers
+    from tac2sol.trainer.distributed import bnb_config_kwargs, check_plan, model_load_kwargs
+    from tac2sol.trainer.model import count_parameters, load_model, load_tokenizer
+    from tac2sol.trainer.preflight import run_preflight
+    from tac2sol.trainer.split import split_rows
+
+    timings: dict[str, float] = {}
+    mark = time.monotonic()
+    check_plan(cfg, env)
+    _check_config(cfg)
+    out = Path(cfg.output_dir)
+    ensure_writable(out)
+    resume = checkpoints.resolve_resume(cfg.resume, out)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg)
+    args = training_arguments(cfg, env, has_eval=cfg.data.validation_ratio > 0)
+
+    # -- data: preflight (rank 0 first: it fills the tokenization cache the others read) -------
+    cache_dir = cfg.data.cache_dir or out / "cache"
+    with args.main_process_first(local=False, desc="preflight"):
+        pf = run_preflight(
+            cfg.data.path,
+            tokenizer=tokenizer,
+            max_seq_length=cfg.data.max_seq_length,
+            drop_artifact_rows=cfg.data.drop_artifact_rows,
+            on_bad_line=cfg.data.on_bad_line,
+            truncation=cfg.data.truncation,
+            max_rows=cfg.data.max_rows,
+            cache_dir=cache_dir,
+        )
+    split = split_rows(pf.kept, cfg.data.validation_ratio, cfg.data.split_seed)
+    if not split.train:
+        raise InvalidInput(
+            f"data.validation_ratio {cfg.data.validation_ratio}: no row is left for training "
+            f"({len(pf.kept)} rows, {split.manifest['counts']['groups']} groups); lower the ratio"
+        )
+    data_dir = out / DATA_DIR
+    if env.is_main:
+        write_json(data_dir / "preflight.json", pf.report)
+        write_jsonl(data_dir / "rejects.jsonl", [r.to_json() for r in pf.rejects])
+        write_json(data_dir / "split.json", split.manifest)
+    r = pf.report
+    echo(
+        f"data: {r['rows']} rows, {r['kept']} kept, {r['rejectedRows']} rejected {r['rejected'] or ''} -> "
+        f"{data_dir / 'rejects.jsonl'}; lifter artefacts in {r['artifactRows']} rows; "
+        f"fit ratio {r['fitRatio']} at {r['maxSeqLength']} tokens "
+        f"(p95 {(r['tokenLengths'] or {}).get('p95')})"
+    )
+    c = split.manifest["counts"]
+    echo(
+        f"split: {c['train']} train / {c['eval']} eval rows in {c['groups']} groups "
+        f"(seed {cfg.data.split_seed}, leakage {split.manifest['leakage']})"
+    )
+    train_ds = _select(pf.encoded, [row.line for row in split.train])
+    eval_ds = _select(pf.encoded, [row.line for row in split.eval]) if split.eval else None
+    timings["data_s"] = time.monotonic() - mark
+
+    # -- model ------------------------------------------------------------------------------
+    mark = time.monotonic()
+    transformers.set_seed(cfg.training.seed)  # LoRA initialisation is random
+    model = load_model(cfg, model_load_kwargs(cfg, env), bnb_config_kwargs(cfg, env))
+    counts = count_parameters(model)
+    echo(f"model: {cfg.model.name_or_path} ({cfg.quantization}), {counts.describe()}")
+    timings["model_load_s"] = time.monotonic() - mark
+
+    # -- Trainer ----------------------------------------------------------------------------
+    guard = nan_guard()
+    callbacks = [checkpoints.manifest_callback(), guard]
+    if importlib.util.find_spec("tac2sol.trainer.metrics") is not None:
+        from tac2sol.trainer.metrics import metrics_callback, metrics_port
+
+        metrics_cb = metrics_callback(cfg, env)
+        if metrics_cb is not None:
+            callbacks.append(metrics_cb)
+            echo(f"metrics: http://{cfg.metrics.host}:{metrics_port()}/metrics")
+    from tac2sol.trainer.distributed import rank_report_callback  # TAC2SOL_DEBUG_PARTITION=1 only
+
+    if (report_cb := rank_report_callback(env, out)) is not None:
+        callbacks.append(report_cb)
+    from transformers import DataCollatorForSeq2Seq
+
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8 if env.device != "cpu" else None
+    )
+    trainer = counting_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if env.is_main:
+        _quarantine_newer(out, resume.step)
+    if resume.checkpoint is not None:
+        echo(f"resume: from {resume.checkpoint} (step {resume.step}, mode {resume.mode})")
+    mark = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=str(resume.checkpoint) if resume.checkpoint else None)
+    timings["train_s"] = time.monotonic() - mark
+    if guard.problem is not None:
+        step, key, value = guard.problem
+        last = checkpoints.latest_valid(out)
+        raise TrainingDiverged(
+            f"training diverged: {key} is {value} at step {step}; the last good checkpoint is "
+            f"{last or 'none'}; lower training.learning_rate or raise training.warmup_ratio, then resume"
+        )
+    eval_loss = None
+    if eval_ds is not None:
+        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        if evals and evals[-1].get("step") == trainer.state.global_step:
+            eval_loss = evals[-1]["eval_loss"]  # already evaluated at this step
+        else:
+            eval_loss = trainer.evaluate().get("eval_loss")
+    adapter_dir = out / ADAPTER_DIR
+    trainer.save_model(str(adapter_dir))
+    if env.is_main:
+        tokenizer.save_pretrained(adapter_dir)
+    train_tokens = int(trainer.tokens_trained)
+    train_runtime = result.metrics.get("train_runtime")
+    throughput = {
+        "trainRuntimeSeconds": train_runtime,
+        "trainSamplesThisProcess": trainer.samples_trained,
+        "trainTokensThisProcess": train_tokens,
+        "tokensPerSecondThisProcess": round(train_tokens / train_runtime, 1) if train_runtime else None,
+        "tokensCountedAs": "non-padding tokens this rank trained on (since start or resume)",
+    }
+    return _Fitted(
+        trainer=trainer,
+        tokenizer=tokenizer,
+        eval_rows=split.eval,
+        encoded=pf.encoded,
+        adapter_dir=adapter_dir,
+        resumed_from=str(resume.checkpoint) if resume.checkpoint else None,
+        global_step=trainer.state.global_step,
+        train_loss=result.training_loss,
+        eval_loss=eval_loss,
+        preflight=pf.report,
+        split={k: v for k, v in split.manifest.items() if k != "evalLines"},
+        params={"trainable": counts.trainable, "total": counts.total},
+        throughput=throughput,
+        timings=timings,
+        ds_config=args.deepspeed if isinstance(args.deepspeed, str) else None,
+    )
+
+
+def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: float) -> TrainResult:
+    """After the process group is gone: merged model, evaluation and run.json on rank 0."""
+    out = Path(cfg.output_dir)
+    timings = dict(fitted.timings)
+    summary = None
+    eval_dir = None
+    if env.is_main:
+        from tac2sol.trainer.distributed import zero3
+
+        model = fitted.trainer.model
+        if cfg.training.save_merged_model:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(out / MERGED_DIR)
+            fitted.tokenizer.save_pretrained(out / MERGED_DIR)
+            echo(f"merged model: {out / MERGED_DIR}")
+            model = None
+        if cfg.evaluation.enabled and fitted.eval_rows:
+            from tac2sol.trainer.evaluate import evaluate_rows
+
+            mark = time.monotonic()
+            if model is None or zero3(cfg):
+                # ZeRO-3 partitions parameters over ranks that are gone: reload on this one.
+                model = None
+                fitted.trainer = None
+                gc.collect()
+                model = _reload_for_eval(cfg, env, fitted.adapter_dir)
+            eval_dir = out / EVAL_DIR
+            summary = evaluate_rows(
+                model, fitted.tokenizer, fitted.eval_rows, fitted.encoded, cfg.evaluation, eval_dir, say=echo
+            )
+            timings["eval_s"] = time.monotonic() - mark
+            if importlib.util.find_spec("tac2sol.trainer.metrics") is not None:
+                from tac2sol.trainer.metrics import record_eval
+
+                record_eval(summary["overall"])
+    timings["total_s"] = time.monotonic() - started
+    run_json = out / RUN_JSON
+    if env.is_main:
+        manifest = {
+            "kind": "tac2sol-run",
+            "runName": cfg.run_name,
+            "config": cfg.model_dump(mode="json"),
+            "versions": _versions(),
+            "environment": {
+                "worldSize": env.world_size,
+                "device": env.device,
+                "launcher": getattr(env, "launcher", None),
+                "cpuCount": os.cpu_count(),
+            },
+            "plan": cfg.distributed.model_dump(mode="json"),
+            "deepspeedConfig": fitted.ds_config,
+            "data": {
+                "file": str(cfg.data.path),
+                "sha256": fitted.preflight["sha256"],
+                "preflight": fitted.preflight,
+                "split": fitted.split,
+            },
+            "parameters": fitted.params,
+            "resumedFrom": fitted.resumed_from,
+            "results": {
+                "globalStep": fitted.global_step,
+                "trainLoss": fitted.train_loss,
+                "evalLoss": fitted.eval_loss,
+                **fitted.throughput,
+                "evaluation": summary["overall"] if summary else None,
+            },
+            "outputs": {
+                "adapter": str(fitted.adapter_dir),
+                "merged": str(out / MERGED_DIR) if cfg.training.save_merged_model else None,
+                "eval": str(eval_dir) if eval_dir else None,
+                "data": str(out / DATA_DIR),
+            },
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+        }
+        write_json(run_json, manifest)
+        if importlib.util.find_spec("tac2sol.trainer.metrics") is not None:
+            from tac2sol.trainer.metrics import linger
+
+            linger(cfg)
+    return TrainResult(
+        output_dir=out,
+        adapter_dir=fitted.adapter_dir,
+        run_json=run_json,
+        global_step=fitted.global_step,
+        train_loss=fitted.train_loss,
+        eval_loss=fitted.eval_loss,
+        resumed_from=fitted.resumed_from,
+        eval_summary=summary,
+        eval_dir=eval_dir,
+        timings=timings,
+    )
+
+
+def _reload_for_eval(cfg: TrainConfig, env: Any, adapter: Path) -> Any:
+    from tac2sol.trainer.distributed import bnb_config_kwargs
+    from tac2sol.trainer.model import load_for_inference
+
+    if env.device.startswith("cuda"):
+        import torch
+
+        torch.cuda.empty_cache()
+    dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[cfg.distributed.precision]
+    return load_for_inference(
+        cfg, adapter, {"dtype": dtype, "device_map": {"": env.device}}, bnb_config_kwargs(cfg, env)
+    )
+
+
+def load_run_json(output_dir: Path) -> dict[str, Any]:
+    path = Path(output_dir) / RUN_JSON
+    try:
+        return dict(json.loads(path.read_text()))
+    except OSError:
+        raise InvalidInput(f"{path}: no run.json; train first (tac2sol train) or give --output") from None
