@@ -495,13 +495,15 @@ PROBE_TOKENS = 32
 def rank_report_callback(env: DistEnv, run_dir: Path) -> Any:
     """With ``TAC2SOL_DEBUG_PARTITION=1``, a Trainer callback that writes
     ``run_dir/rank-report/rank-<r>.json`` per rank: the step training started from, the losses
-    it logged, what it holds after its first optimizer step (``partition_stats``) and a
-    fingerprint of the trained weights; rank 0 also saves the trained model's logits on a fixed
-    probe (``probe-logits.pt``), so an adapter reload can be compared. None otherwise.
+    it logged, the wall time of each optimizer step, what it holds after its first optimizer step
+    (``partition_stats``), a fingerprint of the trained weights and, on a GPU, peak memory;
+    rank 0 also saves the trained model's logits on a fixed probe (``probe-logits.pt``), so an
+    adapter reload can be compared. None otherwise.
     """
     if os.environ.get(DEBUG_PARTITION_ENV, "0") not in ("1", "true", "yes"):
         return None
     import json
+    import time
 
     import torch
     from transformers import TrainerCallback
@@ -519,10 +521,17 @@ def rank_report_callback(env: DistEnv, run_dir: Path) -> Any:
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
             self.report["start_step"] = int(state.global_step)
+            self.report["step_seconds"] = []
+            if env.device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            self._step_started = time.perf_counter()
 
         def on_step_end(
             self, args: Any, state: Any, control: Any, model: Any = None, optimizer: Any = None, **_: Any
         ) -> None:
+            self.report["step_seconds"].append(round(time.perf_counter() - self._step_started, 6))
             if "partition" not in self.report and model is not None:
                 self.report["partition"] = partition_stats(model, optimizer)
                 self.report["partition_step"] = int(state.global_step)
@@ -535,6 +544,9 @@ def rank_report_callback(env: DistEnv, run_dir: Path) -> Any:
 
         def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
             self.report["end_step"] = int(state.global_step)
+            if env.device.startswith("cuda"):  # measured on the device; absent on a CPU
+                self.report["cuda_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated())
+                self.report["cuda_peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved())
             if model is not None:
                 self.report["trainable_fingerprint"] = _trainable_fingerprint(model)
                 vocab = int(model.config.vocab_size)
