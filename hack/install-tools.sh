@@ -29,8 +29,8 @@ required_version() {  # required_version GO.MOD MODULE: the version GO.MOD requi
 K8S_VERSION=$(required_version "$HACK/k8s/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(required_version "$HACK/k8s/etcd/go.mod" go.etcd.io/etcd/server/v3)
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-APT_PACKAGES=(prometheus openssl curl)  # apt package per command below, same order
-APT_COMMANDS=(promtool openssl curl)
+APT_PACKAGES=(prometheus openssl curl openmpi-bin)  # apt package per command below, same order
+APT_COMMANDS=(promtool openssl curl mpirun)  # mpirun: the 2-rank MPI launcher test
 
 say() { echo "install-tools: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
