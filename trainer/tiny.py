@@ -1,15 +1,22 @@
 """A tiny Llama-architecture model and a tokenizer trained here, for the CPU tour and the tests.
 
 The tokenizer is a byte-level BPE trained with ``tokenizers`` on the project's synthetic sample
-(TAC, Solidity and the prompt text); the model is a randomly initialised ``LlamaForCausalLM``
-built from a config (seeded). Nothing is downloaded. The directory carries ``tiny-spec.json``
-(written last): a directory whose spec matches is reused as it is.
+(TAC, Solidity and the prompt text). The model is a ``LlamaForCausalLM`` built from a config
+(seeded) and then briefly pre-trained as a plain language model on TAC and Solidity texts of a
+*different* synthetic sample (another seed: none of the tour's rows), with the transformers
+``Trainer``. That makes it a (very) small "code model", as the real base models are: QLoRA then
+has to learn the TAC → Solidity mapping, which a frozen random network could barely express.
+Nothing is downloaded. The directory carries ``tiny-spec.json`` (written last): a directory whose
+spec matches is reused as it is. Built on one machine, the bytes are reproducible (seeded data,
+initialisation and data order); other CPUs may round differently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -40,6 +47,12 @@ class TinySpec:
     seed: int = 0
     sample_contracts: int = sample.DEFAULT_CONTRACTS
     sample_seed: int = sample.DEFAULT_SEED
+    pretrain_contracts: int = 120
+    pretrain_seed: int = 98765  # not the sample's seed: the tour's eval rows stay unseen
+    pretrain_steps: int = 150
+    pretrain_batch: int = 8
+    pretrain_block: int = 256
+    pretrain_lr: float = 3e-3
 
 
 def _corpus(spec: TinySpec) -> Iterable[str]:
@@ -96,6 +109,53 @@ def build_model(spec: TinySpec, tokenizer: Any) -> Any:
     return LlamaForCausalLM(config)
 
 
+def _pretrain_blocks(spec: TinySpec, tokenizer: Any) -> list[list[int]]:
+    """TAC and Solidity texts as separate documents, EOS between, cut into equal blocks."""
+    stream: list[int] = []
+    texts = []
+    for row in sample.generate_rows(spec.pretrain_contracts, spec.pretrain_seed):
+        texts += [row["input"], row["output"]]
+    for ids in tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]:
+        stream += [*ids, tokenizer.eos_token_id]
+    n = spec.pretrain_block
+    return [stream[i : i + n] for i in range(0, len(stream) - n + 1, n)]
+
+
+def pretrain(spec: TinySpec, model: Any, tokenizer: Any, workdir: Path) -> dict[str, float]:
+    """A short causal-LM pre-training with the transformers Trainer; returns first/last loss."""
+    import datasets
+    import torch
+    from transformers import Trainer, TrainingArguments, default_data_collator
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny kernels: one thread is several times faster on small CPUs
+    blocks = _pretrain_blocks(spec, tokenizer)
+    ds = datasets.Dataset.from_dict({"input_ids": blocks, "labels": blocks})
+    args = TrainingArguments(
+        output_dir=str(workdir),
+        max_steps=spec.pretrain_steps,
+        per_device_train_batch_size=spec.pretrain_batch,
+        learning_rate=spec.pretrain_lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.05,
+        weight_decay=0.0,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        logging_steps=10,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=False,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=default_data_collator)
+    try:
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return {"first_loss": losses[0], "last_loss": losses[-1], "blocks": len(blocks)}
+
+
 def spec_matches(path: Path, spec: TinySpec) -> bool:
     try:
         return bool(json.loads((path / SPEC_FILE).read_text()) == asdict(spec))
@@ -103,21 +163,49 @@ def spec_matches(path: Path, spec: TinySpec) -> bool:
         return False
 
 
-def ensure_tiny_model(path: Path = DEFAULT_DIR, spec: TinySpec | None = None) -> Path:
-    """Build the tiny model + tokenizer at ``path`` unless one with the same spec is there."""
-    spec = spec or TinySpec()
-    path = Path(path)
-    if spec_matches(path, spec):
-        return path
-    log.info("building the tiny model", extra={"path": str(path)})
-    tmp = path.with_name(path.name + ".building")
+def spec_key(spec: TinySpec) -> str:
+    return hashlib.sha256(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_root() -> Path:
+    """Built models are kept here by spec (``TAC2SOL_CACHE`` or ``~/.cache/tac2sol``)."""
+    return Path(os.environ.get("TAC2SOL_CACHE") or Path.home() / ".cache" / "tac2sol") / "tiny-model"
+
+
+def _build(spec: TinySpec, target: Path) -> None:
+    log.info("building the tiny model", extra={"path": str(target)})
+    tmp = target.with_name(f"{target.name}.building-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = train_tokenizer(spec)
     model = build_model(spec, tokenizer)
     tmp.mkdir(parents=True)
+    stats = pretrain(spec, model, tokenizer, tmp / "pretrain") if spec.pretrain_steps else {}
+    shutil.rmtree(tmp / "pretrain", ignore_errors=True)
     tokenizer.save_pretrained(tmp)
     model.save_pretrained(tmp)
+    (tmp / "pretrain.json").write_text(json.dumps(stats, indent=2) + "\n")
     (tmp / SPEC_FILE).write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.replace(target)
+
+
+def ensure_tiny_model(path: Path = DEFAULT_DIR, spec: TinySpec | None = None, use_cache: bool = True) -> Path:
+    """The tiny model + tokenizer at ``path``: reused when its spec matches, else copied from the
+    per-spec cache, else built (and cached)."""
+    spec = spec or TinySpec()
+    path = Path(path)
+    if spec_matches(path, spec):
+        return path
+    if not use_cache:
+        _build(spec, path)
+        return path
+    cached = cache_root() / spec_key(spec)
+    if not spec_matches(cached, spec):
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        _build(spec, cached)
+    tmp = path.with_name(f"{path.name}.copying-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(cached, tmp)
     shutil.rmtree(path, ignore_errors=True)
     tmp.replace(path)
     return path

@@ -1,0 +1,64 @@
+"""The local tour (``tac2sol run runs/tiny-local.yaml``), shortened with --max-steps, in a scratch
+directory: it builds or reuses the tiny model, writes the synthetic sample, trains, serves
+/metrics while it runs, evaluates, and says where everything is."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+TAC2SOL = Path(sys.executable).parent / "tac2sol"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_tour_runs_end_to_end_and_serves_metrics(repo_root: Path, tmp_path: Path) -> None:
+    shutil.copy(repo_root / "runs" / "tiny-local.yaml", tmp_path / "tiny-local.yaml")
+    port = _free_port()
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [str(TAC2SOL), "run", "tiny-local.yaml", "--output", "tour-out", "--max-steps", "8",
+         "--metrics-port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    scraped = ""
+    deadline = time.monotonic() + 1500
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                text = response.read().decode()
+            if "tac2sol_train_steps_total{" in text:
+                scraped = text
+        except OSError:
+            pass
+        time.sleep(0.5)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr[-4000:]
+    assert 'run="tiny-local"' in scraped and "tac2sol_train_loss" in scraped
+
+    out = tmp_path / "tour-out"
+    assert "SYNTHETIC sample data" in stdout
+    assert f"adapter:     {Path('tour-out') / 'adapter'}" in stdout
+    assert "| all | " in stdout  # the evaluation table is printed
+    assert "tour took" in stdout
+    assert (tmp_path / ".cache" / "tiny-model" / "tiny-spec.json").is_file()
+    rows = (tmp_path / ".cache" / "sample" / "tac2sol-sample.jsonl").read_text().splitlines()
+    assert rows and all(json.loads(r)["metadata"]["synthetic"] is True for r in rows)
+    run = json.loads((out / "run.json").read_text())
+    assert run["results"]["globalStep"] == 8 and run["config"]["run_name"] == "tiny-local"
+    assert json.loads((out / "eval" / "eval.json").read_text())["overall"]["samples"] == 20
