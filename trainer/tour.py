@@ -10,11 +10,13 @@ It builds (or reuses) the tiny model at ``.cache/tiny-model`` and the SYNTHETIC 
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import typer
 from tac2sol.trainer import sample, tiny
+from tac2sol.trainer.train import RUN_JSON
 
 from tac2sol.errors import PlanDoesNotFit
 
@@ -87,6 +89,15 @@ def run_tour(
         training["max_steps"] = max_steps
     overrides["training"] = training
     cfg = to_train_config(run, plan, **overrides)
+
+    # A finished tour would "resume" at its last step and train nothing: keep it as the previous
+    # run instead. An interrupted tour (checkpoints, no run.json) resumes where it stopped.
+    out = Path(cfg.output_dir)
+    if (out / RUN_JSON).is_file():
+        previous = out.with_name(out.name + ".previous")
+        shutil.rmtree(previous, ignore_errors=True)
+        out.rename(previous)
+        echo(f"output: moved the finished run in {out} to {previous}; training anew")
 
     result = train(cfg, say=echo)
 
