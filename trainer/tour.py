@@ -115,7 +115,7 @@ def run_tour(
     echo(
         f"data report: {result.output_dir / 'data' / 'preflight.json'} (rejects.jsonl, split.json beside it)"
     )
-    echo(f"run:         {result.run_json}")
+    echo(f"run:         {result.run_json} (config: {result.output_dir / 'config.yaml'})")
     echo(
         f"train loss {result.train_loss:.3f} (mean over the run), eval loss "
         f"{result.eval_loss if result.eval_loss is None else round(result.eval_loss, 3)}; "

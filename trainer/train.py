@@ -6,8 +6,8 @@ data (preflight: every rejected row goes to ``data/rejects.jsonl`` with its reas
 
 Outputs under ``output_dir``: ``checkpoint-N/`` (sealed by a manifest, see ``checkpoints``),
 ``data/`` (preflight report, rejects, split manifest), ``adapter/`` (LoRA adapter + tokenizer),
-``merged/`` (optional, quantization off), ``eval/`` (see ``evaluate``) and ``run.json`` (config,
-versions, data hashes, plan, timings, results).
+``merged/`` (optional, quantization off), ``eval/`` (see ``evaluate``), ``config.yaml`` (the
+effective config) and ``run.json`` (config, versions, data hashes, plan, timings, results).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ MERGED_DIR = "merged"
 DATA_DIR = "data"
 EVAL_DIR = "eval"
 RUN_JSON = "run.json"
+CONFIG_YAML = "config.yaml"
 
 
 class TrainingDiverged(Tac2solError):
@@ -267,6 +268,8 @@ def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
     out = Path(cfg.output_dir)
     ensure_writable(out)
     resume = checkpoints.resolve_resume(cfg.resume, out)
+    if env.is_main:  # saved beside the run: `tac2sol evaluate --config <output>/config.yaml`
+        (out / CONFIG_YAML).write_text(cfg.dump_yaml())
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg)
     args = training_arguments(cfg, env, has_eval=cfg.data.validation_ratio > 0)
 
