@@ -1,4 +1,4 @@
-"""Operator-side commands: ``plan``, ``crd``, ``validate``, ``catalog``.
+"""Operator-side commands: ``plan``, ``crd``, ``validate``, ``catalog``, ``operator``.
 
 Exit codes: 0 ok, 1 the plan does not fit, 2 invalid input (one message, no traceback).
 """
@@ -36,6 +36,7 @@ def register(app: typer.Typer) -> None:
     app.command("crd")(crd)
     app.command("validate")(validate)
     app.command("catalog")(catalog)
+    app.command("operator")(operator)
 
 
 def plan(
@@ -221,3 +222,37 @@ def catalog(
                 str(g.nvlink_group) if g.nvlink_group > 1 else "-",
             )
         console.print(t)
+
+
+def operator(
+    namespace: Annotated[
+        str | None,
+        typer.Option("--namespace", "-n", help="Watch this namespace only (default all; TAC2SOL_NAMESPACE)."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Port of /metrics and /healthz (TAC2SOL_METRICS_PORT, default 8080).")
+    ] = None,
+    trainer_image: Annotated[
+        str | None, typer.Option(help="Trainer image for runs without spec.image (TAC2SOL_TRAINER_IMAGE).")
+    ] = None,
+    progress_interval: Annotated[
+        float | None,
+        typer.Option(help="Seconds between progress reads (TAC2SOL_PROGRESS_INTERVAL_SECONDS, default 30)."),
+    ] = None,
+) -> None:
+    """Run the operator: TrainingRuns -> PyTorchJobs/MPIJobs, against the current kubeconfig
+    (outside a cluster) or the pod's service account (the image's default command)."""
+    import logging
+
+    from tac2sol.operator.settings import load_settings
+
+    settings = load_settings(
+        namespace=namespace,
+        metrics_port=metrics_port,
+        trainer_image=trainer_image,
+        progress_interval_seconds=progress_interval,
+    )
+    logging.getLogger("tac2sol").setLevel(settings.log_level)
+    from tac2sol.operator.handlers import run
+
+    run(settings)

@@ -6,7 +6,7 @@
 * the run's status is changed read-modify-write with the read ``resourceVersion`` as a
   precondition, retried on 409, so two writers (the run's handler and the job watcher) never
   overwrite each other's conditions;
-* Events go through kopf's poster (``kopf.event``), which batches them off the handler's path.
+* Events (one per phase transition) are posted in order, best effort.
 
 The verbs used here are listed in ``tac2sol.operator.rbac`` (the ClusterRole's source).
 """
@@ -14,13 +14,15 @@ The verbs used here are listed in ``tac2sol.operator.rbac`` (the ClusterRole's s
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx2
 from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
-from lightkube.resources.core_v1 import ConfigMap, Pod
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.types import PatchType
 from tac2sol.operator.settings import FIELD_MANAGER
 from tac2sol.operator.spec import API_GROUP, API_VERSION, KIND, PLURAL
@@ -127,8 +129,9 @@ class Kube:
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Read-modify-write ``status``: ``change(run)`` returns the new status (None: no change).
 
-        Starts from ``body`` when given (saves a GET), re-reads on 409. Returns (run as read, new
-        status) when it wrote, None when nothing changed or the run is gone.
+        Starts from ``body`` when given (saves a GET), re-reads on 409. Returns (the run as read,
+        the run as stored after the write) when it wrote, None when nothing changed or the run is
+        gone.
         """
         run = body
         for _attempt in range(STATUS_RETRIES):
@@ -144,7 +147,7 @@ class Kube:
                 "status": _merge_patch(run.get("status") or {}, new),
             }
             try:
-                await self._client.patch(
+                stored = await self._client.patch(
                     TrainingRunResource.Status,
                     name,
                     patch,
@@ -152,7 +155,7 @@ class Kube:
                     patch_type=PatchType.MERGE,
                     field_manager=FIELD_MANAGER,
                 )
-                return run, new
+                return run, _plain(stored)
             except ApiError as exc:
                 if is_not_found(exc):
                     return None
@@ -163,6 +166,15 @@ class Kube:
         raise RuntimeError(
             f"status of TrainingRun {namespace}/{name}: still conflicting after {STATUS_RETRIES} tries"
         )
+
+    async def post_event(self, run: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
+        """A Kubernetes Event on the run, posted before the handler goes on (so Events keep the
+        order of the transitions). Best effort: a failure is logged, never raised."""
+        try:
+            event = cast(Event, Event.from_dict(_event(run, type_, reason, message, datetime.now(UTC))))
+            await self._client.create(event)
+        except (ApiError, *TransientError) as exc:
+            log.warning("could not post Event %s on %s: %s", reason, run["metadata"]["name"], exc)
 
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """A merge patch of fields only one writer touches (``progress``, ``evaluation``)."""
@@ -195,8 +207,28 @@ def _merge_patch(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return patch
 
 
-def post_event(run: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
-    """A Kubernetes Event on the run (kopf posts it in the background; never blocks a handler)."""
-    import kopf
-
-    kopf.event(cast(kopf.Body, run), type=type_, reason=reason, message=message[:1024])
+def _event(run: dict[str, Any], type_: str, reason: str, message: str, now: datetime) -> dict[str, Any]:
+    meta = run["metadata"]
+    stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": run.get("apiVersion"),
+            "kind": run.get("kind"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": FIELD_MANAGER},
+        "reportingComponent": FIELD_MANAGER,
+        "reportingInstance": socket.gethostname()[:128],
+        "action": "Reconcile",
+        "firstTimestamp": stamp,
+        "lastTimestamp": stamp,
+        "eventTime": now.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "count": 1,
+    }

@@ -64,7 +64,7 @@ RULES: tuple[Rule, ...] = (
     Rule(
         ("",), ("pods",), ("list",), "find the master pod (progress) and failed containers (failure reasons)"
     ),
-    Rule(("",), ("events",), ("create",), "an Event per phase transition (kopf's poster)"),
+    Rule(("",), ("events",), ("create",), "an Event per phase transition; kopf's own warnings"),
     Rule(
         ("apiextensions.k8s.io",),
         ("customresourcedefinitions",),

@@ -60,6 +60,7 @@ TRAIN_COMMAND = ["tac2sol", "train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
 # training-operator sets on every PyTorchJob pod, and starts one process per GPU.
 TORCHRUN = ["torchrun", "--no-python"]
 LAUNCHER_REQUESTS = {"cpu": "1", "memory": "1Gi"}
+RESTART_POLICY = "ExitCode"  # see render_pytorchjob
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class ChildNames:
 
 
 def child_names(run_name: str) -> ChildNames:
-    return ChildNames(config_map=f"{run_name}-config", job=run_name)
+    """Names derived from the run. Not ``<run>-config``: the MPIJob controller makes that one (hostfile)."""
+    return ChildNames(config_map=f"{run_name}-train-config", job=run_name)
 
 
 def job_kind(run: TrainingRun) -> str:
@@ -177,7 +179,10 @@ def config_hash(data: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def render_config_map(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, Any]:
+def render_config_map(
+    run: TrainingRun, plan: Plan, opts: RenderOptions, data: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The run's ConfigMap; ``data`` is :func:`config_data` when the caller has it already."""
     name = run.metadata.name
     return {
         "apiVersion": "v1",
@@ -187,7 +192,7 @@ def render_config_map(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict
             child_names(name).config_map,
             labels={**common_labels(name), "app.kubernetes.io/component": "config"},
         ),
-        "data": config_data(run, plan, opts),
+        "data": data if data is not None else config_data(run, plan, opts),
     }
 
 
@@ -365,18 +370,21 @@ def _replica(replicas: int, template: dict[str, Any], restart_policy: str) -> di
     return {"replicas": replicas, "restartPolicy": restart_policy, "template": copy.deepcopy(template)}
 
 
-def render_pytorchjob(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, Any]:
+def render_pytorchjob(
+    run: TrainingRun, plan: Plan, opts: RenderOptions, config: str | None = None
+) -> dict[str, Any]:
     """Master (node rank 0) + ``nodes - 1`` Workers, ``gpusPerNode`` processes each (torchrun)."""
     container = trainer_container(run, plan, opts, name=PYTORCH_CONTAINER, command=TORCHRUN + TRAIN_COMMAND)
-    template = pod_template(
-        run, plan, opts, containers=[container], config=config_hash(config_data(run, plan, opts))
-    )
-    # ExitCode: exit codes 1-127 are the program's own failure (job Failed at once); 128+ (killed:
-    # OOM, preemption, NCCL watchdog) restart the pod, up to runPolicy.backoffLimit; training
-    # resumes from the last checkpoint (trainer resume: auto).
-    replicas = {"Master": _replica(1, template, "ExitCode")}
+    config = config or config_hash(config_data(run, plan, opts))
+    template = pod_template(run, plan, opts, containers=[container], config=config)
+    # ExitCode (RESTART_POLICY): exit codes 1-127 are the trainer's own verdict (bad data, a bug):
+    # the job fails at once instead of repeating it backoffLimit times. 128+ (killed: OOM,
+    # preemption, NCCL watchdog abort) re-create the pod, and training resumes from its last
+    # checkpoint (trainer resume: auto). training-operator v1.9 does not count those re-creations
+    # against runPolicy.backoffLimit: bound a run with runPolicy.activeDeadlineSeconds.
+    replicas = {"Master": _replica(1, template, RESTART_POLICY)}
     if plan.nodes > 1:
-        replicas["Worker"] = _replica(plan.nodes - 1, template, "ExitCode")
+        replicas["Worker"] = _replica(plan.nodes - 1, template, RESTART_POLICY)
     return {
         "apiVersion": KUBEFLOW_API_VERSION,
         "kind": PYTORCHJOB,
@@ -407,11 +415,13 @@ def mpirun_command(plan: Plan) -> list[str]:
     ]
 
 
-def render_mpijob(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, Any]:
+def render_mpijob(
+    run: TrainingRun, plan: Plan, opts: RenderOptions, config: str | None = None
+) -> dict[str, Any]:
     """One Launcher (mpirun, no GPU) + ``nodes`` Workers with ``gpusPerNode`` slots each."""
     s = run.spec
     worker = trainer_container(run, plan, opts, name=MPI_CONTAINER, command=["sleep", "infinity"])
-    config = config_hash(config_data(run, plan, opts))
+    config = config or config_hash(config_data(run, plan, opts))
     worker_template = pod_template(run, plan, opts, containers=[worker], config=config)
     launcher = {
         "name": MPI_CONTAINER,
@@ -449,25 +459,29 @@ def render_mpijob(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str
             "mainContainer": MPI_CONTAINER,
             "runPolicy": run_policy(run),
             "mpiReplicaSpecs": {
-                "Launcher": _replica(1, launcher_template, "Never"),
-                "Worker": _replica(plan.nodes, worker_template, "Never"),
+                "Launcher": _replica(1, launcher_template, RESTART_POLICY),
+                "Worker": _replica(plan.nodes, worker_template, RESTART_POLICY),
             },
         },
     }
 
 
-def render_job(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, Any]:
-    """The PyTorchJob (``launcher: pytorchjob``, default) or MPIJob (``launcher: mpijob``)."""
+def render_job(
+    run: TrainingRun, plan: Plan, opts: RenderOptions, config: str | None = None
+) -> dict[str, Any]:
+    """The PyTorchJob (``launcher: pytorchjob``, default) or MPIJob (``launcher: mpijob``);
+    ``config`` is the ConfigMap data's hash (computed when not given)."""
     if job_kind(run) == MPIJOB:
-        return render_mpijob(run, plan, opts)
-    return render_pytorchjob(run, plan, opts)
+        return render_mpijob(run, plan, opts, config)
+    return render_pytorchjob(run, plan, opts, config)
 
 
 def render_children(run: TrainingRun, plan: Plan, opts: RenderOptions) -> list[dict[str, Any]]:
     """Everything the run owns, in apply order: the ConfigMap first (the pods mount it), then the job."""
     if not plan.fits:
         raise ValueError(f"the plan for {run.metadata.name} does not fit; nothing to render")
-    return [render_config_map(run, plan, opts), render_job(run, plan, opts)]
+    data = config_data(run, plan, opts)
+    return [render_config_map(run, plan, opts, data), render_job(run, plan, opts, config_hash(data))]
 
 
 class _BlockDumper(yaml.SafeDumper):

@@ -1,0 +1,181 @@
+"""kopf entry points of the tac2sol operator (the work is in ``reconcile.py``).
+
+``register(registry, settings)`` wires them, filters on the decorators:
+
+* startup: every kopf setting, the API client, the /metrics + /healthz server;
+* TrainingRun create / update (spec) / resume (unfinished runs): ``reconcile``;
+* TrainingRun delete (optional: no finalizer of its own; children go by garbage collection):
+  forget its metrics;
+* a timer on Running runs: the trainer pods' /metrics -> ``status.progress`` (kopf keeps a
+  finalizer on a run while its timer runs, and removes it when the run leaves Running);
+* PyTorchJob / MPIJob events (jobs this operator made): the job's conditions -> the run's phase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+import kopf
+from tac2sol.operator import metrics
+from tac2sol.operator.kube import Kube
+from tac2sol.operator.reconcile import (
+    Operator,
+    follow_job,
+    forget,
+    reconcile,
+    record_progress,
+    render_options,
+    track_phase,
+)
+from tac2sol.operator.render import MANAGED_BY, RUN_LABEL
+from tac2sol.operator.settings import FIELD_MANAGER, OperatorSettings
+from tac2sol.operator.spec import API_GROUP, API_VERSION, PLURAL
+from tac2sol.operator.status import PHASES, Phase
+
+log = logging.getLogger(__name__)
+
+RUNS = (API_GROUP, API_VERSION, PLURAL)
+OURS = {"app.kubernetes.io/managed-by": MANAGED_BY}
+JOB_RESOURCES = ("pytorchjobs", "mpijobs")
+
+
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") not in (Phase.SUCCEEDED.value, Phase.FAILED.value)
+
+
+def _running(status: kopf.Status, **_: Any) -> bool:
+    return status.get("phase") == Phase.RUNNING.value
+
+
+def _loop_answers(loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> bool:
+    """Liveness: the event loop runs a callback within ``timeout`` (it is not stuck)."""
+    done = threading.Event()
+    try:
+        loop.call_soon_threadsafe(done.set)
+    except RuntimeError:  # the loop is closed
+        return False
+    return done.wait(timeout)
+
+
+def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """Add every handler to ``registry``; ``settings`` decide the timer interval and the set-up."""
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+        ours: OperatorSettings = memo["settings"]
+        # One replica (Deployment strategy Recreate): no peering objects to coordinate through.
+        settings.peering.standalone = True
+        # Keep kopf's bookkeeping (handler progress, last-handled spec) in annotations under our
+        # own prefix, so status holds only what users read and nothing says zalando.org.
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix=API_GROUP, key="last-handled-configuration"
+        )
+        # kopf holds a finalizer only while a timer runs on the run (phase Running), so it can stop
+        # the timer before the run goes; children are deleted by garbage collection, not by us.
+        settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+        # Events: our handlers post one per phase transition; kopf adds only its own warnings/errors.
+        settings.posting.level = logging.WARNING
+        settings.posting.reporting_component = FIELD_MANAGER
+        # Re-list every ~5 min so a silently dropped watch cannot freeze the operator.
+        settings.watching.server_timeout = 270
+        settings.watching.client_timeout = 300
+        settings.watching.connect_timeout = 10
+        # Fail an API call that hangs instead of blocking a worker for the default 5 minutes.
+        settings.networking.request_timeout = 60
+        settings.networking.connect_timeout = 10
+        # A crashed handler (a bug) is retried after 10 s, not kopf's default minute.
+        settings.execution.default_backoff = 10
+        # Namespaced mode is granted its namespace only (RoleBinding): CRDs are read once at start.
+        settings.scanning.disabled = ours.namespace is not None
+        # Up to 32 runs reconciled at once: enough for a burst of 100 applies, bounded for the apiserver.
+        settings.batching.worker_limit = 32
+        memo["op"] = Operator(kube=Kube.connect(), settings=ours, options=render_options(ours))
+        metrics.declare_phases(PHASES)
+        loop = asyncio.get_running_loop()
+        memo["server"] = metrics.serve(
+            ours.metrics_port, ours.metrics_host, healthy=lambda: _loop_answers(loop)
+        )
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        """The same credentials as the API client: the pod's service account, else the kubeconfig."""
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(memo: kopf.Memo, **_: Any) -> None:
+        if "op" in memo:
+            await memo["op"].kube.close()
+        if "server" in memo:
+            memo["server"].shutdown()
+
+    @kopf.on.create(*RUNS, registry=registry, id="reconcile")
+    @kopf.on.update(*RUNS, registry=registry, id="reconcile", field="spec")
+    @kopf.on.resume(*RUNS, registry=registry, id="reconcile", when=_unfinished)
+    async def reconcile_run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        with metrics.reconcile_timer():
+            await reconcile(memo["op"], _plain(body))
+
+    @kopf.on.event(*RUNS, registry=registry, id="count")
+    def count_phase(body: kopf.Body, type: str | None, **_: Any) -> None:
+        if type != "DELETED":
+            track_phase(_plain(body))
+
+    @kopf.on.delete(*RUNS, registry=registry, optional=True)
+    def deleted(body: kopf.Body, **_: Any) -> None:
+        forget(_plain(body))
+
+    @kopf.timer(*RUNS, registry=registry, interval=settings.progress_interval_seconds, when=_running)
+    async def progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await record_progress(memo["op"], _plain(body))
+
+    @kopf.index(*RUNS, registry=registry, id="runs_seen")
+    def runs_seen(
+        namespace: str | None, name: str, body: kopf.Body, **_: Any
+    ) -> dict[tuple[str | None, str], Any]:
+        """The runs as last seen, so job events that change nothing cost no API call."""
+        meta = body.get("metadata") or {}
+        keep = {k: meta[k] for k in ("uid", "deletionTimestamp", "resourceVersion") if k in meta}
+        return {(namespace, name): {"metadata": keep, "status": _plain_status(body)}}
+
+    for plural in JOB_RESOURCES:
+
+        @kopf.on.event("kubeflow.org", "v1", plural, registry=registry, labels=OURS, id=f"follow-{plural}")
+        async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
+            runs_seen: kopf.Index[Any, Any] = kwargs["runs_seen"]  # kopf passes indexes by their id
+            job = _plain(body)
+            key = (job["metadata"]["namespace"], (job["metadata"].get("labels") or {}).get(RUN_LABEL, ""))
+            known = next(iter(runs_seen.get(key, [])), None)
+            await follow_job(memo["op"], job, type, known)
+
+
+def run(settings: OperatorSettings) -> None:
+    """Run the operator until SIGTERM/SIGINT (``tac2sol operator``)."""
+    registry = kopf.OperatorRegistry()
+    register(registry, settings)
+    scope: dict[str, Any] = (
+        {"namespaces": [settings.namespace]} if settings.namespace else {"clusterwide": True}
+    )
+    log.info(
+        "tac2sol operator: watching %s; metrics and /healthz on %s:%d",
+        f"namespace {settings.namespace}" if settings.namespace else "all namespaces",
+        settings.metrics_host,
+        settings.metrics_port,
+    )
+    kopf.run(registry=registry, standalone=True, memo=kopf.Memo(settings=settings), **scope)
+
+
+def _plain_status(body: kopf.Body) -> dict[str, Any]:
+    import copy
+
+    return copy.deepcopy(dict(body.get("status") or {}))
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    """A plain, private copy of a kopf body (the renderers and status code take dicts)."""
+    import copy
+
+    return copy.deepcopy(dict(body))

@@ -1,0 +1,541 @@
+"""The operator's work behind the kopf entry points (``handlers.py``).
+
+``reconcile``: read spec -> validate (the CLI's pydantic models) -> plan -> render -> server-side
+apply (owner references and labels come from the renderer) -> status. Running it twice, or after
+a crash half-way, changes nothing that is already right.
+
+``follow_job``: a Kubeflow job's conditions -> the run's phase, conditions and an Event.
+
+``record_progress``: the master pod's ``/metrics`` -> ``status.progress`` (and ``status.evaluation``).
+
+Phases and conditions: ``tac2sol.operator.lifecycle``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from lightkube import ApiError
+from tac2sol.operator import lifecycle, metrics
+from tac2sol.operator.kube import Kube, TransientError, status_code
+from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTED, condition
+from tac2sol.operator.plan import Plan
+from tac2sol.operator.planner import format_bytes, make_plan
+from tac2sol.operator.progress import read_progress
+from tac2sol.operator.render import (
+    KUBEFLOW_API_VERSION,
+    RUN_LABEL,
+    SPEC_ANNOTATION,
+    RenderOptions,
+    child_names,
+    job_kind,
+    render_children,
+    spec_fingerprint,
+)
+from tac2sol.operator.settings import OperatorSettings
+from tac2sol.operator.spec import TrainingRun, parse_training_run
+from tac2sol.operator.status import Phase
+
+from tac2sol.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+RETRY_SOON = 5.0  # seconds: conflicts, throttling, a dropped connection
+RETRY_LATER = 30.0  # seconds: something a person or another controller has to fix first
+
+
+@dataclass(frozen=True)
+class Operator:
+    """What every handler needs; built once at startup and kept in kopf's ``memo``."""
+
+    kube: Kube
+    settings: OperatorSettings
+    options: RenderOptions
+
+
+def render_options(settings: OperatorSettings) -> RenderOptions:
+    return RenderOptions(
+        trainer_image=settings.trainer_image,
+        image_pull_policy=settings.image_pull_policy,
+        nccl_debug=settings.nccl_debug,
+        memory_per_process=settings.memory_per_process,
+        cpu_per_process=settings.cpu_per_process,
+        select_gpu_product=settings.select_gpu_product,
+        # Two progress reads fit in the trainer's last minute, so the final numbers are seen.
+        metrics_linger_seconds=min(600.0, 2 * settings.progress_interval_seconds),
+    )
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# --- status writes --------------------------------------------------------------------------------
+
+
+async def write_status(
+    op: Operator,
+    namespace: str,
+    name: str,
+    change: Callable[[dict[str, Any]], dict[str, Any] | None],
+    *,
+    why: tuple[str, str],
+    body: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Change the run's status. When the phase changes (or a Running run starts Restarting),
+    post an Event with ``why`` (reason, message) and count the run in its new phase. Returns the
+    run as stored (None: nothing to write)."""
+    written = await op.kube.update_run_status(namespace, name, change, body=body)
+    if written is None:
+        return None
+    run, stored = written
+    old, new = run.get("status") or {}, stored.get("status") or {}
+    old_phase, phase = old.get("phase"), new.get("phase")
+    if phase and (phase != old_phase or _running_reason(old) != _running_reason(new)):
+        reason, message = why
+        failed = phase == Phase.FAILED.value
+        await op.kube.post_event(run, type_="Warning" if failed else "Normal", reason=reason, message=message)
+        metrics.set_run_phase(namespace, name, phase)
+        log.info("%s/%s: %s -> %s (%s)", namespace, name, old_phase or "-", phase, reason)
+    return stored
+
+
+def _running_reason(status: dict[str, Any]) -> str | None:
+    """Why a Running run runs: JobRunning or Restarting (an Event marks each change)."""
+    if status.get("phase") != Phase.RUNNING.value:
+        return None
+    return next((c.get("reason") for c in status.get("conditions") or [] if c["type"] == "Running"), None)
+
+
+def _with(
+    run: dict[str, Any],
+    *,
+    phase: str | None = None,
+    message: str | None = None,
+    conditions: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    **fields: Any,
+) -> dict[str, Any]:
+    """A copy of the run's status with these changes (never mutates ``run``)."""
+    status = copy.deepcopy(run.get("status") or {})
+    if conditions:
+        status["conditions"] = lifecycle.merge_conditions(
+            status.get("conditions") or [], list(conditions), now()
+        )
+    if phase is not None:
+        status["phase"] = phase
+    if message is not None:
+        status["message"] = message
+    for key, value in fields.items():
+        if value is None:
+            status.pop(key, None)
+        else:
+            status[key] = value
+    return status
+
+
+async def _fail(
+    op: Operator,
+    body: dict[str, Any],
+    *,
+    reason: str,
+    message: str,
+    plan: Plan | None = None,
+) -> None:
+    """Phase Failed before any job exists (invalid spec, no fitting plan)."""
+    gen = body["metadata"].get("generation")
+
+    def change(run: dict[str, Any]) -> dict[str, Any]:
+        return _with(
+            run,
+            phase=Phase.FAILED.value,
+            message=message,
+            conditions=[
+                condition(PLANNED, False, reason, message, generation=gen),
+                condition("Failed", True, reason, message, generation=gen),
+            ],
+            observedGeneration=gen,
+            plan=plan.to_api() if plan is not None else None,
+        )
+
+    await write_status(
+        op, body["metadata"]["namespace"], body["metadata"]["name"], change, why=(reason, message), body=body
+    )
+
+
+# --- reconcile --------------------------------------------------------------------------------------
+
+
+def _run_data(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "generation", "labels", "annotations")
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {k: meta[k] for k in keep if k in meta},
+        "spec": body.get("spec"),
+    }
+
+
+def no_fit_message(plan: Plan) -> str:
+    """Why nothing fits, with the arithmetic, and the ways out the planner found."""
+    arithmetic = " ".join(
+        f"{r}." for r in plan.reasons if "weights alone" in r or r.startswith("nothing fits")
+    )
+    ways = "; ".join(plan.ways_out) or "none found"
+    return (
+        f"no layout of {plan.model} fits {plan.world_size} x {plan.gpu_type} "
+        f"(best: {format_bytes(plan.per_gpu_memory_bytes)} per GPU > "
+        f"usable {format_bytes(plan.usable_memory_bytes)}). "
+        f"{arithmetic} Ways out: {ways}"
+    )
+
+
+def _plan_summary(plan: Plan) -> str:
+    layout = plan.strategy + (f" ZeRO-{plan.zero_stage}" if plan.zero_stage is not None else "")
+    return (
+        f"{layout}, {plan.precision}, {plan.nodes} x {plan.gpus_per_node} {plan.gpu_type}, "
+        f"{format_bytes(plan.per_gpu_memory_bytes)} per GPU, "
+        f"gradient accumulation {plan.gradient_accumulation_steps}"
+    )
+
+
+def _changed_fields(applied: dict[str, Any], wanted: dict[str, Any], prefix: str = "spec") -> list[str]:
+    out = []
+    for key in sorted(applied.keys() | wanted.keys()):
+        a, w = applied.get(key), wanted.get(key)
+        if isinstance(a, dict) and isinstance(w, dict):
+            out.extend(_changed_fields(a, w, f"{prefix}.{key}"))
+        elif a != w:
+            out.append(f"{prefix}.{key}")
+    return out
+
+
+def _applied_run(body: dict[str, Any], job: dict[str, Any]) -> TrainingRun:
+    """The run as its job was made: the spec stored on the job, with today's ``spec.suspend``."""
+    spec = json.loads(job["metadata"]["annotations"][SPEC_ANNOTATION])
+    spec["suspend"] = bool((body.get("spec") or {}).get("suspend", False))
+    return TrainingRun.model_validate({**_run_data(body), "spec": spec})
+
+
+def _owned_by(obj: dict[str, Any], uid: str | None) -> bool:
+    return any(
+        ref.get("uid") == uid and ref.get("controller")
+        for ref in obj["metadata"].get("ownerReferences") or []
+    )
+
+
+async def reconcile(op: Operator, body: dict[str, Any]) -> None:
+    """Bring the run's children and status in line with its spec (create, update and resume)."""
+    meta = body["metadata"]
+    ns, name, gen = meta["namespace"], meta["name"], meta.get("generation")
+    status = body.get("status") or {}
+    source = f"TrainingRun {ns}/{name}"
+
+    latest: dict[str, Any] | None = body
+    if status.get("observedGeneration") != gen and lifecycle.phase_is_operator_owned(status):
+        latest = await write_status(
+            op,
+            ns,
+            name,
+            lambda run: _with(
+                run,
+                phase=Phase.PENDING.value,
+                message=f"generation {gen} accepted; planning",
+                conditions=[
+                    condition(PLANNED, "Unknown", "Accepted", "planning this generation", generation=gen)
+                ],
+            ),
+            why=("Accepted", f"generation {gen} accepted; planning"),
+            body=body,
+        )
+
+    job = await _existing_job(op, body)
+    try:
+        run = parse_training_run(_run_data(body), source=source)
+        invalid = None
+    except InvalidInput as exc:
+        run, invalid = None, str(exc)
+
+    rejected: str | None = None
+    if job is not None:
+        # The job keeps the spec it was made from; only spec.suspend follows the run.
+        effective = _applied_run(body, job)
+        if run is None:
+            rejected = f"the new spec is invalid: {invalid}"
+        elif spec_fingerprint(run) != spec_fingerprint(effective):
+            applied, wanted = json.loads(spec_fingerprint(effective)), json.loads(spec_fingerprint(run))
+            rejected = "changed: " + ", ".join(_changed_fields(applied, wanted))
+    elif run is None:
+        message = invalid or f"{source}: invalid spec"
+        await _fail(op, body, reason=lifecycle.INVALID_SPEC, message=message)
+        raise kopf.PermanentError(message)
+    else:
+        effective = run
+
+    if effective.spec.dataset.uri is not None:
+        message = (
+            f"{source}: spec.dataset.uri: the operator mounts data from a PersistentVolumeClaim and does not "
+            "download datasets; copy the file onto a claim and set spec.dataset.pvc and spec.dataset.path"
+        )
+        await _fail(op, body, reason=lifecycle.INVALID_SPEC, message=message)
+        raise kopf.PermanentError(message)
+
+    plan = make_plan(effective)
+    if not plan.fits:
+        message = f"{source}: {no_fit_message(plan)}"
+        await _fail(op, body, reason=lifecycle.PLAN_DOES_NOT_FIT, message=message, plan=plan)
+        raise kopf.PermanentError(message)
+
+    try:
+        children = render_children(effective, plan, op.options)
+    except InvalidInput as exc:
+        await _condition_only(op, body, JOB_CREATED, "RenderFailed", f"could not render the job: {exc}")
+        raise kopf.PermanentError(f"could not render the children of {source}: {exc}") from None
+
+    stored = await _apply_all(op, body, children)
+    kind = stored["kind"]
+    if job is None or job["metadata"].get("uid") != stored["metadata"].get("uid"):
+        metrics.job_created(kind)
+
+    rejection = [
+        condition(
+            SPEC_CHANGE_REJECTED,
+            True,
+            "JobExists",
+            f"spec changed while {kind} {stored['metadata']['name']} exists ({rejected}); the job keeps the "
+            "spec it was created with, only spec.suspend applies: delete and re-create the run to change it",
+            generation=gen,
+        )
+        if rejected
+        else condition(SPEC_CHANGE_REJECTED, False, "SpecApplied", "", generation=gen)
+    ]
+
+    state = lifecycle.job_state(stored)
+    created = f"{kind} {stored['metadata']['name']} created; waiting for its pods"
+    why = (state.reason, state.message) if state else ("JobApplied", created)
+
+    def change(current: dict[str, Any]) -> dict[str, Any]:
+        st = current.get("status") or {}
+        conditions = [
+            condition(PLANNED, True, "PlanFits", _plan_summary(plan), generation=gen),
+            condition(
+                JOB_CREATED,
+                True,
+                "JobApplied",
+                f"{kind} {stored['metadata']['name']} applied",
+                generation=gen,
+            ),
+            *rejection,
+        ]
+        phase, message = None, None
+        if lifecycle.phase_is_operator_owned(st):
+            phase = state.phase if state else Phase.PLANNING.value
+            message = state.message if state else created
+            if state is not None:
+                conditions.extend(lifecycle.job_conditions(state, gen))
+            else:
+                conditions.append(condition("Failed", False, "WaitingForPods", "", generation=gen))
+        return _with(
+            current,
+            phase=phase,
+            message=message,
+            conditions=conditions,
+            observedGeneration=gen,
+            plan=plan.to_api(),
+            jobRef={
+                "apiVersion": KUBEFLOW_API_VERSION,
+                "kind": kind,
+                "name": stored["metadata"]["name"],
+                "namespace": ns,
+                "uid": stored["metadata"].get("uid"),
+            },
+        )
+
+    await write_status(op, ns, name, change, why=why, body=latest)
+    if rejected:
+        # Not an error of the operator: the condition says what to do; no retry would help.
+        log.warning("%s: spec change rejected (%s)", source, rejected)
+
+
+async def _existing_job(op: Operator, body: dict[str, Any]) -> dict[str, Any] | None:
+    """This run's job, if one exists (found by the status' jobRef kind, else the spec's launcher)."""
+    meta = body["metadata"]
+    ref = (body.get("status") or {}).get("jobRef") or {}
+    launcher = (body.get("spec") or {}).get("launcher", "pytorchjob")
+    kind = ref.get("kind") or ("MPIJob" if launcher == "mpijob" else "PyTorchJob")
+    # None also when the kind is not installed: applying it then says so (JobKindMissing).
+    job = await op.kube.get(KUBEFLOW_API_VERSION, kind, meta["namespace"], child_names(meta["name"]).job)
+    if job is None:
+        return None
+    if not _owned_by(job, meta.get("uid")) or SPEC_ANNOTATION not in (
+        job["metadata"].get("annotations") or {}
+    ):
+        message = (
+            f"a {kind} named {job['metadata']['name']} already exists in {meta['namespace']} "
+            "and does not belong to this run; delete it or rename the run"
+        )
+        await _condition_only(op, body, JOB_CREATED, "NameTaken", message, phase=Phase.PENDING.value)
+        raise kopf.TemporaryError(message, delay=RETRY_LATER)
+    return job
+
+
+async def _condition_only(
+    op: Operator, body: dict[str, Any], type_: str, reason: str, message: str, phase: str | None = None
+) -> None:
+    gen = body["metadata"].get("generation")
+    await write_status(
+        op,
+        body["metadata"]["namespace"],
+        body["metadata"]["name"],
+        lambda run: _with(
+            run,
+            phase=phase if phase and lifecycle.phase_is_operator_owned(run.get("status") or {}) else None,
+            message=message if phase else None,
+            conditions=[condition(type_, False, reason, message, generation=gen)],
+        ),
+        why=(reason, message),
+    )
+
+
+async def _apply_all(op: Operator, body: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
+    """Apply the children in order; returns the last (the job). Errors become kopf retries."""
+    stored: dict[str, Any] = {}
+    for obj in children:
+        what = f"{obj['kind']} {obj['metadata']['name']}"
+        try:
+            stored = await op.kube.apply(obj)
+        except TransientError as exc:
+            raise kopf.TemporaryError(f"applying {what}: {exc}", delay=RETRY_SOON) from exc
+        except ApiError as exc:
+            code = status_code(exc)
+            if code == 404 and obj["kind"] != "ConfigMap":
+                message = (
+                    f"the {obj['kind']} kind is not installed (kubeflow.org/v1); install the Kubeflow "
+                    "training-operator CRDs; retrying"
+                )
+                await _condition_only(
+                    op, body, JOB_CREATED, "JobKindMissing", message, phase=Phase.PENDING.value
+                )
+                raise kopf.TemporaryError(message, delay=RETRY_LATER) from exc
+            if code in (409, 429) or (code is not None and code >= 500):
+                raise kopf.TemporaryError(f"applying {what}: {exc}", delay=RETRY_SOON) from exc
+            message = f"could not create {what}: {exc}"
+            await _condition_only(op, body, JOB_CREATED, "ApplyFailed", message)
+            raise kopf.TemporaryError(message, delay=RETRY_LATER) from exc
+    return stored
+
+
+# --- the job's conditions -> the run ----------------------------------------------------------------
+
+
+async def follow_job(
+    op: Operator, job: dict[str, Any], event_type: str | None, known: dict[str, Any] | None = None
+) -> None:
+    """Mirror a job's conditions into its run (a kopf event handler on PyTorchJobs and MPIJobs).
+
+    ``known`` is the run as the operator last saw it (kopf's in-memory index): when the job's
+    state would change nothing there, no API call is made (the training-operator rewrites a job's
+    status often)."""
+    meta = job["metadata"]
+    ns = meta["namespace"]
+    run_name = (meta.get("labels") or {}).get(RUN_LABEL)
+    owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    if not run_name or owner is None:
+        return
+    if event_type == "DELETED":
+        await _job_deleted(op, ns, run_name, job)
+        return
+    state = lifecycle.job_state(job)
+    if state is None:
+        return
+    if state.phase == Phase.FAILED.value:
+        pods = await op.kube.list_pods(ns, {"training.kubeflow.org/job-name": meta["name"]})
+        details = lifecycle.pod_failures(pods)
+        if details:
+            state = lifecycle.JobState(
+                state.phase, state.reason, f"{state.message.rstrip('.')}: {'; '.join(details)}",
+                state.start_time, state.completion_time,
+            )  # fmt: skip
+
+    def change(run: dict[str, Any]) -> dict[str, Any] | None:
+        if run["metadata"].get("uid") != owner.get("uid") or run["metadata"].get("deletionTimestamp"):
+            return None  # a job of an older run of the same name, or the run is going away
+        st = run.get("status") or {}
+        gen = st.get("observedGeneration")
+        return _with(
+            run,
+            phase=state.phase,
+            message=state.message,
+            conditions=lifecycle.job_conditions(state, gen),
+            startTime=state.start_time or st.get("startTime"),
+            completionTime=state.completion_time or st.get("completionTime"),
+        )
+
+    if known is not None and state.phase != Phase.FAILED.value:
+        unchanged = change(known)
+        if unchanged is None or unchanged == (known.get("status") or {}):
+            return
+    await write_status(op, ns, run_name, change, why=(state.reason, state.message))
+
+
+async def _job_deleted(op: Operator, ns: str, run_name: str, job: dict[str, Any]) -> None:
+    """A job deleted under a run that has not finished fails the run (it is not re-created)."""
+    uid = job["metadata"].get("uid")
+    message = f"{job['kind']} {job['metadata']['name']} was deleted before it finished"
+
+    def change(run: dict[str, Any]) -> dict[str, Any] | None:
+        st = run.get("status") or {}
+        if run["metadata"].get("deletionTimestamp") or st.get("phase") in lifecycle.TERMINAL:
+            return None
+        if (st.get("jobRef") or {}).get("uid") != uid:
+            return None
+        gen = st.get("observedGeneration")
+        return _with(
+            run,
+            phase=Phase.FAILED.value,
+            message=message,
+            conditions=[condition("Failed", True, "JobDeleted", message, generation=gen),
+                        condition("Running", False, "JobDeleted", "", generation=gen)],
+        )  # fmt: skip
+
+    await write_status(op, ns, run_name, change, why=("JobDeleted", message))
+
+
+# --- progress -------------------------------------------------------------------------------------
+
+
+async def record_progress(op: Operator, body: dict[str, Any]) -> None:
+    """Read the master pod's /metrics into ``status.progress`` (and ``status.evaluation``)."""
+    found = await read_progress(op.kube, body, timeout=op.settings.progress_timeout_seconds, now=now())
+    if found is None:
+        return
+    progress, evaluation = found
+    patch: dict[str, Any] = {"progress": progress}
+    if evaluation:
+        patch["evaluation"] = evaluation
+    meta = body["metadata"]
+    await op.kube.patch_run_status(meta["namespace"], meta["name"], patch)
+
+
+def forget(body: dict[str, Any]) -> None:
+    """The run is being deleted: its children go by garbage collection; drop it from the phase gauge."""
+    meta = body["metadata"]
+    metrics.forget_run(meta["namespace"], meta["name"])
+
+
+def track_phase(body: dict[str, Any]) -> None:
+    """Count an existing run's phase (at startup, before anything changes)."""
+    meta = body["metadata"]
+    phase = (body.get("status") or {}).get("phase")
+    if phase:
+        metrics.set_run_phase(meta["namespace"], meta["name"], phase)
+
+
+__all__ = ["Operator", "follow_job", "forget", "job_kind", "reconcile", "record_progress", "render_options"]

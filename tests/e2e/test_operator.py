@@ -1,0 +1,665 @@
+"""The operator against the real test control plane: `tac2sol operator --namespace NS` runs as a
+real process, as a ServiceAccount holding exactly the RBAC rules of `tac2sol.operator.rbac`; the
+training-operator makes the pods, kube-scheduler places them on kwok's fake GPU nodes, and kwok
+drives them to success or failure as their annotations say. Nothing here is mocked.
+
+The one stand-in: kwok pods have no network, so the progress test serves a real trainer metrics
+registry on 127.0.0.1 and points the master pod's status.podIP there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client import start_http_server
+from tac2sol.operator import rbac
+from tac2sol.trainer.metrics import TrainerMetrics
+
+pytestmark = pytest.mark.k8s
+
+REPO = Path(__file__).resolve().parents[2]
+RUNS = REPO / "runs"
+TAC2SOL = Path(sys.executable).parent / "tac2sol"
+SYSTEM_NS = "tac2sol-system"
+SA = "tac2sol-operator"
+
+
+# --- fixtures ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crd(control_plane: Any, wait: Any) -> None:
+    control_plane.kubectl(
+        "apply", "--server-side", "-f", str(REPO / "manifests" / "crds" / "trainingruns.tac2sol.dev.yaml")
+    )
+    control_plane.kubectl(
+        "wait", "--for=condition=Established", "crd/trainingruns.tac2sol.dev", "--timeout=30s"
+    )
+
+
+@pytest.fixture(scope="module")
+def operator_kubeconfig(control_plane: Any, crd: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A kubeconfig of ServiceAccount tac2sol-system/tac2sol-operator, which may do only what the
+    ClusterRole rendered from `rbac.RULES` allows (bound per test namespace by a RoleBinding)."""
+    cp = control_plane
+    if not cp.exists("namespace", SYSTEM_NS):
+        cp.kubectl("create", "namespace", SYSTEM_NS)
+    cp.apply({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": SA, "namespace": SYSTEM_NS}})
+    cp.apply(rbac.cluster_role())
+    token = cp.kubectl("-n", SYSTEM_NS, "create", "token", SA, "--duration=3h").stdout.strip()
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {"name": "test", "cluster": {"server": cp.server, "certificate-authority": str(cp.ca_cert)}}
+        ],
+        "users": [{"name": SA, "user": {"token": token}}],
+        "contexts": [{"name": SA, "context": {"cluster": "test", "user": SA}}],
+        "current-context": SA,
+    }
+    path = tmp_path_factory.mktemp("operator") / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class OperatorProcess:
+    """One `tac2sol operator` process; its output goes to a log file the assertions quote."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    _port: int | None = field(default=None)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            match = re.search(r"serving operator metrics and /healthz on [^:]+:(\d+)", self.log())
+            assert match, f"the operator did not say where it serves /metrics:\n{self.tail()}"
+            self._port = int(match.group(1))
+        return self._port
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as rsp:
+                return rsp.status, rsp.read().decode()
+        except OSError as exc:
+            return 0, str(exc)
+
+    def metric(self, name: str, **labels: str) -> float:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        _, text = self.get("/metrics")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    return float(sample.value)
+        return 0.0
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def start_operator(
+    control_plane: Any, namespace: str, operator_kubeconfig: Path, tmp_path: Path, wait: Any
+) -> Iterator[Callable[..., OperatorProcess]]:
+    """`start_operator()` runs `tac2sol operator --namespace <the test's namespace>` as the SA."""
+    control_plane.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": SA, "namespace": namespace},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": rbac.CLUSTER_ROLE_NAME,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": SYSTEM_NS}],
+        }
+    )
+    started: list[OperatorProcess] = []
+
+    def start(*extra: str) -> OperatorProcess:
+        log_path = tmp_path / f"operator-{len(started)}.log"
+        env = {**control_plane.env, "KUBECONFIG": str(operator_kubeconfig), "PYTHONSAFEPATH": "1"}
+        env.pop("TAC2SOL_LOG_FORMAT", None)
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(
+                [
+                    str(TAC2SOL),
+                    "operator",
+                    "--namespace",
+                    namespace,
+                    "--metrics-port",
+                    "0",
+                    "--trainer-image",
+                    "tac2sol/trainer:e2e",
+                    *extra,
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        op = OperatorProcess(proc, log_path)
+        started.append(op)
+
+        def healthy() -> bool:
+            assert proc.poll() is None, f"the operator exited with {proc.returncode}:\n{op.tail()}"
+            return "serving operator metrics" in op.log() and op.get("/healthz")[0] == 200
+
+        wait("the operator's /healthz", healthy, timeout=60)
+        return op
+
+    yield start
+    for op in started:
+        op.stop()
+        if op.proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            print(f"--- operator log ({op.log_path}):\n{op.tail(80)}")
+
+
+@pytest.fixture
+def claims(control_plane: Any, namespace: str) -> Iterator[None]:
+    """The PVCs the runs in runs/ name (tac2sol-data, tac2sol-output), bound to throwaway PVs."""
+    pvs = []
+    for claim, modes in (("tac2sol-data", ["ReadOnlyMany"]), ("tac2sol-output", ["ReadWriteMany"])):
+        pv = f"{namespace}-{claim}"[:63]
+        pvs.append(pv)
+        control_plane.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": pv},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": modes,
+                    "storageClassName": "",
+                    "hostPath": {"path": "/nonexistent/kwok-pods-never-mount-it"},
+                    "claimRef": {"namespace": namespace, "name": claim},
+                },
+            }
+        )
+        control_plane.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": claim, "namespace": namespace},
+                "spec": {
+                    "accessModes": modes,
+                    "storageClassName": "",
+                    "volumeName": pv,
+                    "resources": {"requests": {"storage": "1Gi"}},
+                },
+            }
+        )
+    yield
+    control_plane.kubectl("delete", "pv", *pvs, "--wait=false", "--ignore-not-found", check=False)
+
+
+# --- helpers ----------------------------------------------------------------------------------------
+
+
+def run_manifest(file: str, name: str | None = None, **spec: Any) -> dict[str, Any]:
+    """A run from runs/<file>.yaml with `spec` changes (`resources__podAnnotations=...`)."""
+    data = yaml.safe_load((RUNS / f"{file}.yaml").read_text())
+    if name:
+        data["metadata"]["name"] = name
+    for dotted, value in spec.items():
+        node = data["spec"]
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return data
+
+
+def kwok(outcome: str = "succeed", seconds: int = 1, exit_code: int | None = None) -> dict[str, str]:
+    """Pod annotations that tell kwok how the trainer container ends (hack/kwok/stages.yaml)."""
+    out = {"kwok.tac2sol.dev/outcome": outcome, "kwok.tac2sol.dev/run-seconds": str(seconds)}
+    if exit_code is not None:
+        out["kwok.tac2sol.dev/exit-code"] = str(exit_code)
+    return out
+
+
+def get_run(cp: Any, ns: str, name: str) -> dict[str, Any]:
+    return dict(cp.get_json("-n", ns, "trainingrun", name))
+
+
+def status(cp: Any, ns: str, name: str) -> dict[str, Any]:
+    return dict(get_run(cp, ns, name).get("status") or {})
+
+
+def cond(st: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == type_), {})
+
+
+def wait_phase(
+    cp: Any, ns: str, name: str, phase: str, wait: Any, op: OperatorProcess, timeout: float = 60
+) -> dict:
+    def probe() -> dict[str, Any] | None:
+        assert op.proc.poll() is None, f"the operator exited:\n{op.tail()}"
+        st = status(cp, ns, name)
+        return st if st.get("phase") == phase else None
+
+    try:
+        return dict(wait(f"TrainingRun {name} to be {phase}", probe, timeout=timeout))
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nstatus: {json.dumps(status(cp, ns, name))[:3000]}\n{op.tail()}"
+        ) from None
+
+
+def events(cp: Any, ns: str, name: str) -> list[str]:
+    items = cp.get_json(
+        "-n", ns, "events", "--field-selector", f"involvedObject.name={name},involvedObject.kind=TrainingRun"
+    )
+    # Posted one after another: the resourceVersion orders them (timestamps have 1 s resolution).
+    return [e["reason"] for e in sorted(items["items"], key=lambda e: int(e["metadata"]["resourceVersion"]))]
+
+
+def children(cp: Any, ns: str, kind: str) -> list[dict[str, Any]]:
+    return list(cp.get_json("-n", ns, kind, "-l", "app.kubernetes.io/managed-by=tac2sol-operator")["items"])
+
+
+# --- tests ------------------------------------------------------------------------------------------
+
+
+def test_qwen32b_becomes_a_pytorchjob_that_runs_to_success(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    t0 = time.monotonic()
+    cp.kubectl("apply", "-n", ns, "-f", str(RUNS / "qwen32b.yaml"))
+    job = wait("PyTorchJob qwen32b", lambda: cp.exists("-n", ns, "pytorchjob", "qwen32b"), timeout=30)
+    created_after = time.monotonic() - t0
+    assert job and created_after < 10, f"the job took {created_after:.1f} s"
+
+    job = cp.get_json("-n", ns, "pytorchjob", "qwen32b")
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert set(replicas) == {"Master"} and replicas["Master"]["replicas"] == 1  # 1 node x 4 GPUs as planned
+    container = replicas["Master"]["template"]["spec"]["containers"][0]
+    assert container["name"] == "pytorch" and container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert job["spec"]["nprocPerNode"] == "4"
+    train = yaml.safe_load(cp.get_json("-n", ns, "configmap", "qwen32b-train-config")["data"]["train.yaml"])
+    assert train["distributed"]["precision"] == "fp16" and train["distributed"]["strategy"] == "ddp"
+
+    st = wait_phase(cp, ns, "qwen32b", "Succeeded", wait, op, timeout=90)
+    assert st["plan"]["strategy"] == "ddp" and st["plan"]["worldSize"] == 4 and st["plan"]["fits"] is True
+    assert st["jobRef"] == {
+        "apiVersion": "kubeflow.org/v1",
+        "kind": "PyTorchJob",
+        "name": "qwen32b",
+        "namespace": ns,
+        "uid": job["metadata"]["uid"],
+    }
+    assert st["observedGeneration"] == 1 and cond(st, "Succeeded")["status"] == "True"
+    # The training-operator made the pod; the scheduler put it on a fake GPU node; kwok ran it.
+    wait(
+        "kopf to drop its timer's finalizer",
+        lambda: not get_run(cp, ns, "qwen32b")["metadata"].get("finalizers"),
+    )
+    (pod,) = cp.get_json("-n", ns, "pods", "-l", "training.kubeflow.org/job-name=qwen32b")["items"]
+    assert pod["metadata"]["ownerReferences"][0]["kind"] == "PyTorchJob"
+    assert pod["spec"]["nodeName"] in ("gpu-node-0", "gpu-node-1")
+    assert pod["status"]["phase"] == "Succeeded"
+    # An Event per transition, in order.
+    reasons = events(cp, ns, "qwen32b")
+    assert [r for r in reasons if r in ("Accepted", "JobApplied", "JobRunning", "JobSucceeded")] == [
+        "Accepted",
+        "JobApplied",
+        "JobRunning",
+        "JobSucceeded",
+    ], f"{reasons}\n{op.tail()}"
+    table = cp.kubectl("get", "trainingruns", "-n", ns, "-o", "wide").stdout
+    assert re.search(r"qwen32b\s+Succeeded\s+qwen2\.5-coder-32b\s+4\s+rtx8000\s+ddp", table), table
+    # The operator's own metrics saw it.
+    assert op.metric("tac2sol_operator_jobs_created_total", kind="PyTorchJob") == 1
+    assert op.metric("tac2sol_trainingruns", phase="Succeeded") == 1
+    assert op.metric("tac2sol_operator_reconciliations_total", result="success") >= 1
+
+
+def test_a_failing_pod_fails_the_run_with_its_reason(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    cp.apply(run_manifest("qwen32b", "bad", resources__podAnnotations=kwok("fail", exit_code=3)), ns)
+    st = wait_phase(cp, ns, "bad", "Failed", wait, op, timeout=90)
+    failed = cond(st, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "JobFailed"
+    assert "pod bad-master-0 container pytorch exited with code 3 (Error" in st["message"]
+    assert "Warning" in cp.kubectl("get", "events", "-n", ns, "--field-selector", "reason=JobFailed").stdout
+
+
+def test_a_killed_pod_restarts_the_job_and_the_run_says_so(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """Exit code 137 (SIGKILL: OOM, preemption) is retryable under restartPolicy ExitCode: the
+    training-operator re-creates the pod (Restarting) and the run shows it."""
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    cp.apply(
+        run_manifest("qwen32b", "oom", resources__podAnnotations=kwok("fail", seconds=1, exit_code=137)), ns
+    )
+
+    def restarting() -> dict[str, Any] | None:
+        assert op.proc.poll() is None, op.tail()
+        st = status(cp, ns, "oom")
+        return st if cond(st, "Running").get("reason") == "Restarting" else None
+
+    st = wait("TrainingRun oom to show Restarting", restarting, timeout=60)
+    assert st["phase"] == "Running" and cond(st, "Failed")["status"] == "False"
+    assert "Restarting" in events(cp, ns, "oom")
+
+
+def test_deepseek_v3_fails_with_the_arithmetic_and_no_job(
+    control_plane: Any, namespace: str, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    cp.kubectl("apply", "-n", ns, "-f", str(RUNS / "deepseek-v3.yaml"))
+    st = wait_phase(cp, ns, "deepseek-v3", "Failed", wait, op)
+    assert cond(st, "Failed")["reason"] == "PlanDoesNotFit" and cond(st, "Planned")["status"] == "False"
+    assert "4-bit weights alone: 669.1B linear params x 0.516 B" in st["message"]
+    assert "= 349 GB" in st["message"] and "4 x 48.0 GiB = 192.0 GiB" in st["message"]
+    assert "Ways out: more GPUs" in st["message"]
+    assert st["plan"]["fits"] is False
+    time.sleep(1)
+    assert children(cp, ns, "pytorchjobs") == [] and children(cp, ns, "configmaps") == []
+    assert "PlanDoesNotFit" in events(cp, ns, "deepseek-v3")
+
+
+def test_an_invalid_spec_fails_and_a_fixed_one_is_planned_again(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """The CRD schema cannot know the model catalog; the operator's pydantic models do."""
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    cp.apply(run_manifest("qwen32b", "typo", model={"name": "qwen-coder-32b"}), ns)
+    st = wait_phase(cp, ns, "typo", "Failed", wait, op)
+    assert cond(st, "Failed")["reason"] == "InvalidSpec"
+    assert "spec.model.name: 'qwen-coder-32b' is not in the catalog" in st["message"]
+    assert not cp.exists("-n", ns, "pytorchjob", "typo")
+    cp.kubectl(
+        "patch",
+        "-n",
+        ns,
+        "trainingrun",
+        "typo",
+        "--type=merge",
+        "-p",
+        '{"spec":{"model":{"name":"qwen2.5-coder-32b"}}}',
+    )
+    wait("PyTorchJob typo after the fix", lambda: cp.exists("-n", ns, "pytorchjob", "typo"), timeout=30)
+    st = wait_phase(cp, ns, "typo", "Succeeded", wait, op, timeout=90)
+    assert st["observedGeneration"] == 2 and cond(st, "Failed")["status"] == "False"
+
+
+def test_suspend_and_resume(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    cp.apply(run_manifest("qwen32b", "pausable", resources__podAnnotations=kwok("run-forever")), ns)
+    wait_phase(cp, ns, "pausable", "Running", wait, op, timeout=60)
+    cp.kubectl(
+        "patch", "-n", ns, "trainingrun", "pausable", "--type=merge", "-p", '{"spec":{"suspend":true}}'
+    )
+    st = wait_phase(cp, ns, "pausable", "Suspended", wait, op)
+    assert cp.get_json("-n", ns, "pytorchjob", "pausable")["spec"]["runPolicy"]["suspend"] is True
+    assert cond(st, "SpecChangeRejected")["status"] == "False"  # suspend is the one change a job takes
+    wait(
+        "the suspended job's pods to go",
+        lambda: not cp.get_json("-n", ns, "pods", "-l", "training.kubeflow.org/job-name=pausable")["items"],
+        timeout=30,
+    )
+    cp.kubectl(
+        "patch", "-n", ns, "trainingrun", "pausable", "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    wait_phase(cp, ns, "pausable", "Running", wait, op, timeout=60)
+    assert cp.get_json("-n", ns, "pytorchjob", "pausable")["spec"]["runPolicy"]["suspend"] is False
+    assert [r for r in events(cp, ns, "pausable") if r.startswith("Job")][-2:] == [
+        "JobSuspended",
+        "JobRunning",
+    ]
+
+
+def test_a_spec_change_while_the_job_exists_is_rejected_and_reconciling_again_changes_nothing(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    cp.apply(run_manifest("qwen32b", "steady", resources__podAnnotations=kwok("run-forever")), ns)
+    wait_phase(cp, ns, "steady", "Running", wait, op)
+    job_before = cp.get_json("-n", ns, "pytorchjob", "steady")
+    cm_before = cp.get_json("-n", ns, "configmap", "steady-train-config")
+
+    cp.kubectl(
+        "patch",
+        "-n",
+        ns,
+        "trainingrun",
+        "steady",
+        "--type=merge",
+        "-p",
+        '{"spec":{"training":{"learningRate":0.00005}}}',
+    )
+    rejected = wait(
+        "SpecChangeRejected",
+        lambda: cond(status(cp, ns, "steady"), "SpecChangeRejected").get("status") == "True",
+    )
+    assert rejected
+    st = status(cp, ns, "steady")
+    assert "spec.training.learningRate" in cond(st, "SpecChangeRejected")["message"]
+    assert st["phase"] == "Running"
+
+    # Restarting the operator resumes the run: the same server-side apply again, which is a no-op.
+    op.stop()
+    op = start_operator()
+    wait(
+        "the restarted operator to reconcile",
+        lambda: op.metric("tac2sol_operator_reconciliations_total", result="success") >= 1,
+        timeout=30,
+    )
+    job_after = cp.get_json("-n", ns, "pytorchjob", "steady")
+    cm_after = cp.get_json("-n", ns, "configmap", "steady-train-config")
+    assert job_after["metadata"]["generation"] == job_before["metadata"]["generation"]
+    assert job_after["metadata"]["uid"] == job_before["metadata"]["uid"]
+    assert cm_after["metadata"]["resourceVersion"] == cm_before["metadata"]["resourceVersion"]
+    assert "learning_rate: 0.0001" in cm_after["data"]["train.yaml"]
+
+
+def test_deleting_the_run_collects_its_children(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    cp.apply(run_manifest("qwen32b", "doomed", resources__podAnnotations=kwok("run-forever")), ns)
+    wait_phase(cp, ns, "doomed", "Running", wait, op)
+    # kopf's finalizer, held while the progress timer runs; the children are left to garbage collection.
+    assert get_run(cp, ns, "doomed")["metadata"].get("finalizers") == ["tac2sol.dev/finalizer"]
+    cp.kubectl("delete", "-n", ns, "trainingrun", "doomed", "--wait=true", "--timeout=30s")
+    wait(
+        "the garbage collector to delete the job and the ConfigMap",
+        lambda: not children(cp, ns, "pytorchjobs") and not children(cp, ns, "configmaps"),
+        timeout=60,
+    )
+    wait("the job's pods to go", lambda: not cp.get_json("-n", ns, "pods")["items"], timeout=60)
+
+
+def test_killing_the_operator_mid_reconcile_leaves_no_duplicates(
+    control_plane: Any, namespace: str, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    names = [f"burst-{i:02d}" for i in range(12)]
+    op = start_operator()
+    # Suspended runs: jobs without pods, so the test measures the operator, not the scheduler.
+    docs = [run_manifest("qwen32b", n, suspend=True) for n in names]
+    cp.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+    wait("the first ConfigMap", lambda: children(cp, ns, "configmaps"), timeout=30, interval=0.05)
+    op.stop(signal.SIGKILL)
+    unfinished = [n for n in names if "jobRef" not in status(cp, ns, n)]
+    assert unfinished, "every run was done before the kill; the test did not interrupt a reconcile"
+
+    op = start_operator()
+    for n in names:
+        # Converged: the job's phase and the operator's own record of the job (jobRef).
+        wait(
+            f"{n} to converge",
+            lambda n=n: "jobRef" in wait_phase(cp, ns, n, "Suspended", wait, op),
+            timeout=60,
+        )
+        job = cp.get_json("-n", ns, "pytorchjob", n)
+        assert status(cp, ns, n)["jobRef"]["uid"] == job["metadata"]["uid"]
+    assert sorted(j["metadata"]["name"] for j in children(cp, ns, "pytorchjobs")) == names
+    assert sorted(c["metadata"]["name"] for c in children(cp, ns, "configmaps")) == [
+        f"{n}-train-config" for n in names
+    ]
+
+
+def _free_port_range(count: int) -> int:
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            base = s.getsockname()[1]
+        if base + count > 65535:
+            continue
+        try:
+            held = []
+            for i in range(count):
+                t = socket.socket()
+                held.append(t)
+                t.bind(("127.0.0.1", base + i))
+            return base
+        except OSError:
+            continue
+        finally:
+            for t in held:
+                t.close()
+    raise AssertionError(f"no {count} consecutive free ports")
+
+
+def test_progress_is_read_from_the_master_pods_metrics(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    base = _free_port_range(4)
+    ranks = []
+    for rank in range(4):  # one trainer registry per local rank, as the 4 torchrun processes serve them
+        m = TrainerMetrics(run="watched", rank=rank, device=f"cuda:{rank}")
+        start_http_server(base + rank, addr="127.0.0.1", registry=m.registry)
+        m.global_step.set(120)
+        m.max_steps.set(480)
+        m.progress.set(0.25)
+        m.epoch.set(0.75)
+        m.loss.set(0.9)
+        m.eta.set(5400)
+        m.tokens_per_second.set(500.0 + rank)
+        ranks.append(m)
+    op = start_operator("--progress-interval", "1")
+    cp.apply(
+        run_manifest("qwen32b", "watched", metricsPort=base, resources__podAnnotations=kwok("run-forever")),
+        ns,
+    )
+    wait_phase(cp, ns, "watched", "Running", wait, op)
+    # kwok pods have no network: point the master pod at this machine, where its metrics are served.
+    cp.kubectl(
+        "patch",
+        "-n",
+        ns,
+        "pod",
+        "watched-master-0",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        json.dumps({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}}),
+    )
+    st = wait("status.progress", lambda: status(cp, ns, "watched").get("progress"), timeout=30)
+    assert {k: v for k, v in st.items() if k != "updatedAt"} == {
+        "step": 120,
+        "totalSteps": 480,
+        "percent": 25,
+        "epoch": 0.75,
+        "loss": 0.9,
+        "etaSeconds": 5400.0,
+        "tokensPerSecond": 2006.0,  # all 4 ranks
+    }
+    ranks[0].record_eval({"samples": 25, "semanticSimilarityMean": 0.83, "exactMatchRate": 0.1})
+    ev = wait("status.evaluation", lambda: status(cp, ns, "watched").get("evaluation"), timeout=30)
+    assert ev == {"samples": 25, "semanticSimilarityMean": 0.83, "exactMatch": 0.1}
+    assert re.search(r"watched\s+Running\s+\S+\s+4\s+rtx8000\s+25", cp.kubectl("get", "tr", "-n", ns).stdout)
+
+
+def test_the_mpijob_launcher(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    cp.apply(run_manifest("llama-3.1-70b", "mpi", launcher="mpijob", resources__podAnnotations=kwok()), ns)
+    st = wait_phase(cp, ns, "mpi", "Succeeded", wait, op, timeout=90)
+    assert st["jobRef"]["kind"] == "MPIJob" and st["plan"]["zeroStage"] == 3
+    job = cp.get_json("-n", ns, "mpijob", "mpi")
+    assert (
+        job["spec"]["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"][0]["command"][0]
+        == "mpirun"
+    )
+    roles = sorted(
+        p["metadata"]["labels"]["training.kubeflow.org/replica-type"]
+        for p in cp.get_json("-n", ns, "pods", "-l", "training.kubeflow.org/job-name=mpi")["items"]
+    )
+    assert roles == ["launcher", "worker"]
+    assert "ds_config.json" in cp.get_json("-n", ns, "configmap", "mpi-train-config")["data"]
+
+
+def test_a_hundred_runs_at_once_all_reach_their_jobs(
+    control_plane: Any, namespace: str, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    names = [f"many-{i:03d}" for i in range(100)]
+    docs = [run_manifest("qwen32b", n, suspend=True) for n in names]
+    t0 = time.monotonic()
+    cp.kubectl(
+        "apply",
+        "--server-side",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input="\n---\n".join(json.dumps(d) for d in docs),
+        timeout=120,
+    )
+    wait("100 PyTorchJobs", lambda: len(children(cp, ns, "pytorchjobs")) == 100, timeout=150, interval=1)
+    took = time.monotonic() - t0
+    print(f"100 TrainingRuns -> 100 PyTorchJobs in {took:.1f} s")
+    assert sorted(j["metadata"]["name"] for j in children(cp, ns, "pytorchjobs")) == names
+    assert len(children(cp, ns, "configmaps")) == 100
+    assert op.metric("tac2sol_operator_jobs_created_total", kind="PyTorchJob") == 100
+    assert op.proc.poll() is None and os.path.exists(op.log_path)
