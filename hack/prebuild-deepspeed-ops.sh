@@ -5,7 +5,9 @@
 #   - cpu_adam (only with --cpu-adam; ~10 min to compile on 2 cores): DeepSpeed's optimizer when
 #     the plan offloads the optimizer (not needed on a CPU, where nothing is offloaded).
 # Cache: ~/.cache/tac2sol/deepspeed-ops/<key>, the key naming the DeepSpeed, torch and Python
-# versions and the CPU (the ops are compiled with -march=native). Prints that directory on
+# versions, the CPU (cpu_adam is compiled with -march=native) and where torch and DeepSpeed are
+# installed: the build records absolute include paths, and a second virtualenv sharing the
+# directory would make ninja rebuild the op inside a job. Prints that directory on
 # stdout (the only stdout line): export it as TORCH_EXTENSIONS_DIR for the job. ~2 min cold.
 # Usage: bash hack/prebuild-deepspeed-ops.sh [--cpu-adam]
 # Environment: TAC2SOL_CACHE (default ~/.cache/tac2sol), PYTHON (default .venv/bin/python).
@@ -22,9 +24,11 @@ ops=ShareMemCommBuilder
 say() { echo "prebuild-deepspeed-ops: $*" >&2; }
 
 versions=$("$PY" -c '
-import sys
+import hashlib, importlib.util, sys, sysconfig
 from importlib.metadata import version
-print("ds" + version("deepspeed"), "torch" + version("torch"), "py%d%d" % sys.version_info[:2], sep="-")')
+where = [importlib.util.find_spec(m).origin for m in ("torch", "deepspeed")] + [sysconfig.get_paths()["include"]]
+print("ds" + version("deepspeed"), "torch" + version("torch"), "py%d%d" % sys.version_info[:2],
+      hashlib.sha256("|".join(where).encode()).hexdigest()[:8], sep="-")')
 cpu=$( (uname -m; grep -m1 -E "^(model name|flags)" /proc/cpuinfo; grep -m1 "^flags" /proc/cpuinfo) \
     | sha256sum | cut -c1-10)
 dir=$CACHE/deepspeed-ops/${versions//+/_}-$(uname -m)-$cpu

@@ -212,6 +212,22 @@ def _install_rank_filter(rank: int, world_size: int) -> None:
         handler.addFilter(_RankFilter(rank, quiet))
 
 
+SHM_OP = "deepspeed_shm_comm"
+
+
+def _warn_unless_ops_prebuilt(info: LaunchInfo) -> None:
+    """deepspeed.init_distributed loads a C++ op on a CPU: JIT-built inside a multi-rank job it
+    takes minutes per rank and can abort the job at exit. hack/prebuild-deepspeed-ops.sh builds it
+    once; TORCH_EXTENSIONS_DIR points the ranks at it."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if info.rank != 0 or (root and (Path(root) / SHM_OP / f"{SHM_OP}.so").is_file()):
+        return
+    log.warning(
+        f"DeepSpeed's CPU op {SHM_OP} is not prebuilt under TORCH_EXTENSIONS_DIR={root or '(unset)'}: every "
+        "rank will JIT-build it; run: export TORCH_EXTENSIONS_DIR=$(bash hack/prebuild-deepspeed-ops.sh)"
+    )
+
+
 def _cuda_available() -> bool:
     import torch
 
@@ -257,6 +273,8 @@ def init_distributed(cfg: TrainConfig) -> DistEnv:
                     "distributed.strategy is 'deepspeed' but the deepspeed package is not installed; "
                     "install tac2sol[trainer] or plan 'ddp'"
                 )
+            if not on_gpu and info.world_size > 1:
+                _warn_unless_ops_prebuilt(info)
             import deepspeed
 
             deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)

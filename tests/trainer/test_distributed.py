@@ -204,3 +204,19 @@ def test_quant_storage_matches_the_model_dtype_under_zero3(tmp_path: Path) -> No
         bnb = dist.bnb_config_kwargs(cfg, env)
         assert bnb["bnb_4bit_quant_storage"] == dist.model_load_kwargs(cfg, env)["dtype"]
     assert "bnb_4bit_quant_storage" not in dist.bnb_config_kwargs(_cfg(tmp_path, strategy="ddp"), _env())
+
+
+def test_warns_when_deepspeed_cpu_ops_are_not_prebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    info = LaunchInfo("torchrun", 0, 0, 2, 2, 0)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    with caplog.at_level("WARNING", logger="tac2sol.trainer.distributed"):
+        dist._warn_unless_ops_prebuilt(info)
+    assert "hack/prebuild-deepspeed-ops.sh" in caplog.text
+    caplog.clear()
+    (tmp_path / dist.SHM_OP).mkdir()
+    (tmp_path / dist.SHM_OP / f"{dist.SHM_OP}.so").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="tac2sol.trainer.distributed"):
+        dist._warn_unless_ops_prebuilt(info)
+    assert caplog.text == ""
