@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# The cluster tour (`make cluster-demo`): a real control plane on 127.0.0.1 (hack/cluster.sh), the
+# tac2sol operator running against it, `kubectl apply -f runs/qwen32b.yaml`, and the simulated
+# PyTorchJob (kwok's fake 4 x RTX 8000 nodes) running to completion; then DeepSeek-V3, which the
+# planner refuses with the arithmetic. Everything the tour started is stopped at the end.
+#
+# Environment (optional): TAC2SOL_DEMO_KEEP=1 leaves the cluster and the operator running;
+# TAC2SOL_DEMO_NAMESPACE (tac2sol-demo); the TAC2SOL_CLUSTER_DIR and port variables of
+# hack/cluster.sh choose which cluster (default ~/.cache/tac2sol/cluster).
+set -euo pipefail
+HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HACK")
+cd "$REPO"
+export PYTHONSAFEPATH=1
+CACHE=${TAC2SOL_CACHE:-$HOME/.cache/tac2sol}
+STATE=${TAC2SOL_CLUSTER_DIR:-$CACHE/cluster}
+NS=${TAC2SOL_DEMO_NAMESPACE:-tac2sol-demo}
+TAC2SOL=${TAC2SOL:-$REPO/.venv/bin/tac2sol}
+KEEP=${TAC2SOL_DEMO_KEEP:-}
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; }
+
+started_cluster=""
+operator_pid=""
+cleanup() {
+    local rc=$?
+    if [[ -z $KEEP ]]; then
+        if [[ -n $operator_pid ]]; then
+            kill -TERM "$operator_pid" 2>/dev/null || true
+            wait "$operator_pid" 2>/dev/null || true
+        fi
+        if [[ -n $started_cluster ]]; then
+            bash "$HACK/cluster.sh" down >/dev/null 2>&1 || true
+        elif [[ -n ${KUBECONFIG:-} ]]; then
+            kubectl delete namespace "$NS" --wait=false --ignore-not-found >/dev/null 2>&1 || true
+        fi
+    fi
+    ((rc == 0)) || echo "cluster-demo: failed (exit $rc); operator log: $STATE/logs/tac2sol-operator.log" >&2
+    exit "$rc"
+}
+trap cleanup EXIT
+
+step "1. A control plane: etcd, kube-apiserver, controllers, scheduler, training-operator, kwok"
+if bash "$HACK/cluster.sh" status >/dev/null 2>&1; then
+    echo "already up ($STATE)"
+else
+    bash "$HACK/cluster.sh" up
+    started_cluster=1
+fi
+# shellcheck disable=SC1091
+source "$STATE/cluster.env"
+export PATH=$CACHE/bin:$PATH
+show kubectl get nodes -L nvidia.com/gpu.product -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvidia\.com/gpu,PRODUCT:.metadata.labels.nvidia\.com/gpu\.product'
+
+step "2. The TrainingRun CRD and a namespace with the data and output claims"
+show kubectl apply --server-side -f manifests/crds/trainingruns.tac2sol.dev.yaml
+kubectl wait --for=condition=Established crd/trainingruns.tac2sol.dev --timeout=30s >/dev/null
+kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=60s >/dev/null
+kubectl create namespace "$NS" >/dev/null
+for claim in tac2sol-data tac2sol-output; do
+    # Fake storage: kwok's pods never mount it, the scheduler only needs the claims bound.
+    kubectl apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $NS-$claim}
+spec:
+  capacity: {storage: 100Gi}
+  accessModes: [ReadWriteMany, ReadOnlyMany]
+  storageClassName: ""
+  hostPath: {path: /nonexistent/kwok-pods-never-mount-it}
+  claimRef: {namespace: $NS, name: $claim}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: $claim, namespace: $NS}
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: ""
+  volumeName: $NS-$claim
+  resources: {requests: {storage: 100Gi}}
+EOF
+done
+echo "namespace $NS with claims tac2sol-data and tac2sol-output"
+
+step "3. The operator, out of cluster: tac2sol operator --namespace $NS"
+mkdir -p "$STATE/logs"
+"$TAC2SOL" operator --namespace "$NS" --metrics-port 0 --progress-interval 5 \
+    >"$STATE/logs/tac2sol-operator.log" 2>&1 &
+operator_pid=$!
+for _ in $(seq 100); do
+    grep -q "serving operator metrics" "$STATE/logs/tac2sol-operator.log" && break
+    kill -0 "$operator_pid" 2>/dev/null || { cat "$STATE/logs/tac2sol-operator.log" >&2; exit 1; }
+    sleep 0.2
+done
+port=$(sed -n 's/.*serving operator metrics and \/healthz on [^:]*:\([0-9]*\).*/\1/p' "$STATE/logs/tac2sol-operator.log")
+echo "operator pid $operator_pid; /metrics and /healthz on 127.0.0.1:$port; log $STATE/logs/tac2sol-operator.log"
+
+step "4. kubectl apply -f runs/qwen32b.yaml"
+echo "\$ tac2sol plan runs/qwen32b.yaml"
+"$TAC2SOL" plan runs/qwen32b.yaml | sed -n 2,11p
+show kubectl apply -n "$NS" -f runs/qwen32b.yaml
+last=""
+for _ in $(seq 240); do
+    table=$(kubectl get trainingruns -n "$NS" -o wide)
+    if [[ $table != "$last" ]]; then
+        echo "$table" | sed -n "$([[ -z $last ]] && echo 1 || echo 2),\$p"
+        last=$table
+    fi
+    phase=$(kubectl get trainingrun qwen32b -n "$NS" -o jsonpath='{.status.phase}')
+    [[ $phase == Succeeded || $phase == Failed ]] && break
+    sleep 0.5
+done
+[[ $phase == Succeeded ]] || { echo "qwen32b ended $phase" >&2; exit 1; }
+
+step "5. What the operator made, and what ran"
+show kubectl get pytorchjobs,configmaps,pods -n "$NS" -l app.kubernetes.io/managed-by=tac2sol-operator -o wide
+show kubectl get pods -n "$NS" -o wide
+echo '$ kubectl get configmap qwen32b-train-config -o jsonpath={.data.train\.yaml} | grep -A9 ^distributed'
+kubectl get configmap qwen32b-train-config -n "$NS" -o jsonpath='{.data.train\.yaml}' | grep -A9 '^distributed'
+show kubectl get events -n "$NS" --field-selector involvedObject.kind=TrainingRun --sort-by=.metadata.resourceVersion
+
+step "6. DeepSeek-V3 (671B): refused with the arithmetic, no job"
+show kubectl apply -n "$NS" -f runs/deepseek-v3.yaml
+for _ in $(seq 60); do
+    [[ $(kubectl get trainingrun deepseek-v3 -n "$NS" -o jsonpath='{.status.phase}') == Failed ]] && break
+    sleep 0.5
+done
+show kubectl get trainingruns -n "$NS"
+kubectl get trainingrun deepseek-v3 -n "$NS" -o jsonpath='{.status.message}' | fold -s -w 110
+echo
+show curl -s "http://127.0.0.1:$port/metrics" -o /dev/null -w 'operator /metrics: HTTP %{http_code}\n'
+curl -s "http://127.0.0.1:$port/metrics" | grep -E '^tac2sol_(trainingruns|operator_jobs_created_total)'
+
+step "Done"
+if [[ -n $KEEP ]]; then
+    echo "left running (TAC2SOL_DEMO_KEEP=1): source $STATE/cluster.env; operator pid $operator_pid"
+else
+    echo "stopping the operator${started_cluster:+ and the cluster}"
+fi
