@@ -34,6 +34,8 @@ cleanup() {
             bash "$HACK/cluster.sh" down >/dev/null 2>&1 || true
         elif [[ -n ${KUBECONFIG:-} ]]; then
             kubectl delete namespace "$NS" --wait=false --ignore-not-found >/dev/null 2>&1 || true
+            kubectl delete pv "$NS-tac2sol-data" "$NS-tac2sol-output" --wait=false --ignore-not-found \
+                >/dev/null 2>&1 || true
         fi
     fi
     ((rc == 0)) || echo "cluster-demo: failed (exit $rc); operator log: $STATE/logs/tac2sol-operator.log" >&2
@@ -57,6 +59,8 @@ step "2. The TrainingRun CRD and a namespace with the data and output claims"
 show kubectl apply --server-side -f manifests/crds/trainingruns.tac2sol.dev.yaml
 kubectl wait --for=condition=Established crd/trainingruns.tac2sol.dev --timeout=30s >/dev/null
 kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=60s >/dev/null
+# A PV keeps the claim it was bound to: start from fresh ones.
+kubectl delete pv "$NS-tac2sol-data" "$NS-tac2sol-output" --ignore-not-found >/dev/null
 kubectl create namespace "$NS" >/dev/null
 for claim in tac2sol-data tac2sol-output; do
     # Fake storage: kwok's pods never mount it, the scheduler only needs the claims bound.
@@ -100,16 +104,16 @@ step "4. kubectl apply -f runs/qwen32b.yaml"
 echo "\$ tac2sol plan runs/qwen32b.yaml"
 "$TAC2SOL" plan runs/qwen32b.yaml | sed -n 2,11p
 show kubectl apply -n "$NS" -f runs/qwen32b.yaml
-last=""
+echo "\$ kubectl get trainingruns -o wide   (each time the phase changes)"
+last="" phase=""
 for _ in $(seq 240); do
-    table=$(kubectl get trainingruns -n "$NS" -o wide)
-    if [[ $table != "$last" ]]; then
-        echo "$table" | sed -n "$([[ -z $last ]] && echo 1 || echo 2),\$p"
-        last=$table
-    fi
     phase=$(kubectl get trainingrun qwen32b -n "$NS" -o jsonpath='{.status.phase}')
+    if [[ $phase != "$last" ]]; then
+        kubectl get trainingruns -n "$NS" -o wide | sed -n "$([[ -z $last ]] && echo 1 || echo 2),\$p"
+        last=$phase
+    fi
     [[ $phase == Succeeded || $phase == Failed ]] && break
-    sleep 0.5
+    sleep 0.25
 done
 [[ $phase == Succeeded ]] || { echo "qwen32b ended $phase" >&2; exit 1; }
 
