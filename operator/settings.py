@@ -17,6 +17,8 @@ from tac2sol.errors import InvalidInput
 
 FIELD_MANAGER = "tac2sol-operator"
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/tac2sol/tac2sol-trainer:{__version__}"
+# `tac2sol operator` flags whose name is not the field's (errors name what the user typed).
+FLAGS = {"progress_interval_seconds": "--progress-interval"}
 
 
 class OperatorSettings(BaseSettings):
@@ -80,7 +82,8 @@ def load_settings(**overrides: object) -> OperatorSettings:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
-        source = f"--{field.replace('_', '-')}" if field in given else f"TAC2SOL_{field.upper()}"
+        flag = FLAGS.get(field, f"--{field.replace('_', '-')}")
+        source = flag if field in given else f"TAC2SOL_{field.upper()}"
         raise InvalidInput(
             f"operator setting {source}: {err['msg']} (got {err.get('input')!r}); "
             f"see `tac2sol operator --help`"

@@ -39,7 +39,7 @@ def test_an_empty_namespace_means_all(monkeypatch: pytest.MonkeyPatch) -> None:
         pytest.param(
             {"TAC2SOL_IMAGE_PULL_POLICY": "Sometimes"}, {}, "TAC2SOL_IMAGE_PULL_POLICY", id="env-policy"
         ),
-        pytest.param({}, {"progress_interval_seconds": 0}, "--progress-interval-seconds", id="flag-interval"),
+        pytest.param({}, {"progress_interval_seconds": 0}, "--progress-interval", id="flag-interval"),
     ],
 )
 def test_a_bad_setting_names_its_source(

@@ -1,0 +1,267 @@
+"""Apply -> job created: the tac2sol operator against a plain ``kubectl apply`` of the same jobs.
+
+On one real control plane (hack/cluster.sh; started here on free ports unless ``--kubeconfig``
+names a running one), side by side:
+
+* operator path: ``kubectl apply --server-side`` of TrainingRuns (runs/qwen32b.yaml renamed) into
+  a namespace watched by ``tac2sol operator``; latency = the PyTorchJob's ADDED watch event
+  minus the moment the apply started;
+* baseline: ``kubectl apply --server-side`` of the very PyTorchJobs the operator renders for the
+  same runs (owner references dropped), into another namespace; same measurement.
+
+Two shapes: ``--single N`` objects one at a time (each waits for its job before the next), and a
+burst of ``--burst M`` objects in one apply (latency of object i = its job's ADDED - burst start).
+All runs are ``suspend: true`` so that no pods are made: this measures the API path, not kwok.
+Printed: p50/p99/max per path and shape, and the operator/kubectl ratios, measured in this run.
+
+    .venv/bin/python bench/operator_apply_latency.py [--single 20] [--burst 100] [--kubeconfig PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE = Path(os.environ.get("TAC2SOL_CACHE", Path.home() / ".cache" / "tac2sol"))
+KUBECTL = str(CACHE / "bin" / "kubectl")
+TAC2SOL = str(Path(sys.executable).parent / "tac2sol")
+PORT_VARS = (
+    "TAC2SOL_ETCD_PORT",
+    "TAC2SOL_ETCD_PEER_PORT",
+    "TAC2SOL_APISERVER_PORT",
+    "TAC2SOL_TRAINING_OPERATOR_METRICS_PORT",
+    "TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT",
+    "TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT",
+)
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@contextmanager
+def control_plane(kubeconfig: str | None) -> Iterator[dict[str, str]]:
+    """Env for kubectl/the operator: the given cluster, or one started (and stopped) here."""
+    if kubeconfig:
+        yield {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONSAFEPATH": "1"}
+        return
+    state = tempfile.mkdtemp(prefix="tac2sol-bench-cluster-")
+    env = {**os.environ, "TAC2SOL_CLUSTER_DIR": state, "PYTHONSAFEPATH": "1"}
+    env.update(zip(PORT_VARS, map(str, _free_ports(len(PORT_VARS))), strict=True))
+    say(f"starting a control plane in {state} (hack/cluster.sh up) ...")
+    t0 = time.monotonic()
+    subprocess.run(
+        ["bash", str(REPO / "hack" / "cluster.sh"), "up"], env=env, check=True, capture_output=True
+    )
+    say(f"control plane up in {time.monotonic() - t0:.0f} s")
+    try:
+        yield {**env, "KUBECONFIG": f"{state}/kubeconfig"}
+    finally:
+        subprocess.run(["bash", str(REPO / "hack" / "cluster.sh"), "down"], env=env, capture_output=True)
+
+
+def kubectl(env: dict[str, str], *args: str, input: str | None = None) -> str:
+    proc = subprocess.run([KUBECTL, *args], env=env, input=input, capture_output=True, text=True, timeout=600)
+    if proc.returncode:
+        raise SystemExit(f"kubectl {' '.join(args[:3])} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+class JobWatch:
+    """Records when each PyTorchJob of a namespace is first seen (a watch in a thread)."""
+
+    def __init__(self, env: dict[str, str], namespace: str) -> None:
+        self.seen: dict[str, float] = {}
+        self._cv = threading.Condition()
+        self._proc = subprocess.Popen(
+            [
+                KUBECTL,
+                "get",
+                "pytorchjobs",
+                "-n",
+                namespace,
+                "--watch",
+                "--output-watch-events",
+                "-o",
+                "jsonpath={.type} {.object.metadata.name}{'\\n'}",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            now = time.monotonic()
+            kind, _, name = line.strip().partition(" ")
+            if kind == "ADDED" and name:
+                with self._cv:
+                    self.seen.setdefault(name, now)
+                    self._cv.notify_all()
+
+    def wait_for(self, names: list[str], timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while not all(n in self.seen for n in names):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = [n for n in names if n not in self.seen]
+                    raise SystemExit(f"timed out waiting for {len(missing)} jobs, e.g. {missing[:3]}")
+                self._cv.wait(left)
+
+    def close(self) -> None:
+        self._proc.terminate()
+
+
+def runs(prefix: str, count: int) -> list[dict[str, Any]]:
+    base = yaml.safe_load((REPO / "runs" / "qwen32b.yaml").read_text())
+    out = []
+    for i in range(count):
+        run = json.loads(json.dumps(base))
+        run["metadata"]["name"] = f"{prefix}-{i:03d}"
+        run["spec"]["suspend"] = True
+        out.append(run)
+    return out
+
+
+def plain_jobs(items: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
+    """The PyTorchJobs the operator renders for these runs, without owner references."""
+    from tac2sol.operator.planner import make_plan
+    from tac2sol.operator.reconcile import render_options
+    from tac2sol.operator.render import render_job
+    from tac2sol.operator.settings import OperatorSettings
+    from tac2sol.operator.spec import parse_training_run
+
+    opts = render_options(OperatorSettings())
+    jobs = []
+    for item in items:
+        data = json.loads(json.dumps(item))
+        data["metadata"].update(namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
+        run = parse_training_run(data)
+        job = render_job(run, make_plan(run), opts)
+        del job["metadata"]["ownerReferences"]
+        jobs.append(job)
+    return jobs
+
+
+def measure(
+    env: dict[str, str], ns: str, objects: list[dict[str, Any]], names: list[str], burst: bool
+) -> list[float]:
+    """Seconds from apply start to each job's ADDED event."""
+    watch = JobWatch(env, ns)
+    time.sleep(1.0)  # the watch is established
+    out: list[float] = []
+    try:
+        if burst:
+            t0 = time.monotonic()
+            kubectl(env, "apply", "--server-side", "-n", ns, "-f", "-", input=yaml.safe_dump_all(objects))
+            watch.wait_for(names)
+            out = [watch.seen[n] - t0 for n in names]
+        else:
+            for obj, name in zip(objects, names, strict=True):
+                t0 = time.monotonic()
+                kubectl(env, "apply", "--server-side", "-n", ns, "-f", "-", input=yaml.safe_dump(obj))
+                watch.wait_for([name])
+                out.append(watch.seen[name] - t0)
+    finally:
+        watch.close()
+    return out
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--single", type=int, default=20, help="objects applied one at a time (default 20)")
+    ap.add_argument("--burst", type=int, default=100, help="objects applied in one go (default 100)")
+    ap.add_argument("--kubeconfig", help="use this running cluster instead of starting one")
+    args = ap.parse_args()
+    tag = secrets.token_hex(3)
+    with control_plane(args.kubeconfig) as env:
+        kubectl(
+            env, "apply", "--server-side", "-f", str(REPO / "manifests/crds/trainingruns.tac2sol.dev.yaml")
+        )
+        kubectl(env, "wait", "--for=condition=Established", "crd/trainingruns.tac2sol.dev", "--timeout=60s")
+        op_ns, plain_ns = f"bench-operator-{tag}", f"bench-kubectl-{tag}"
+        for ns in (op_ns, plain_ns):
+            kubectl(env, "create", "namespace", ns)
+        log = Path(tempfile.mkstemp(prefix="tac2sol-bench-operator-", suffix=".log")[1])
+        with log.open("wb") as out:
+            operator = subprocess.Popen(
+                [TAC2SOL, "operator", "--namespace", op_ns, "--metrics-port", "0"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            for _ in range(300):
+                if "serving operator metrics" in log.read_text() or operator.poll() is not None:
+                    break
+                time.sleep(0.1)
+            time.sleep(2.0)  # kopf lists and starts its watches
+            results: dict[tuple[str, str], list[float]] = {}
+            for shape, count in (("single", args.single), ("burst", args.burst)):
+                if count <= 0:
+                    continue
+                for path, ns in (("kubectl", plain_ns), ("operator", op_ns)):
+                    items = runs(f"{shape[0]}{path[0]}", count)
+                    names = [r["metadata"]["name"] for r in items]
+                    objects = items if path == "operator" else plain_jobs(items, ns)
+                    say(f"{shape}: {count} x {path} ...")
+                    results[(shape, path)] = measure(env, ns, objects, names, burst=shape == "burst")
+        finally:
+            operator.terminate()
+            operator.wait(timeout=30)
+            for ns in (op_ns, plain_ns):
+                subprocess.run(
+                    [KUBECTL, "delete", "namespace", ns, "--wait=false"], env=env, capture_output=True
+                )
+    load = os.getloadavg()[0]
+    cores = os.cpu_count()
+    print(f"\napply -> PyTorchJob created, seconds (one cluster, one run; load {load:.1f}, {cores} cores)")
+    print(f"{'shape':<8}{'path':<10}{'n':>5}{'p50':>9}{'p99':>9}{'max':>9}")
+    for (shape, path), values in results.items():
+        p50, p99 = pct(values, 50), pct(values, 99)
+        print(f"{shape:<8}{path:<10}{len(values):>5}{p50:>9.3f}{p99:>9.3f}{max(values):>9.3f}")
+    for shape in ("single", "burst"):
+        if (shape, "operator") in results:
+            op, kc = results[(shape, "operator")], results[(shape, "kubectl")]
+            r50, r99 = pct(op, 50) / pct(kc, 50), pct(op, 99) / pct(kc, 99)
+            print(f"{shape}: operator/kubectl p50 {r50:.2f}x, p99 {r99:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
