@@ -94,6 +94,7 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         # Up to 32 runs reconciled at once: enough for a burst of 100 applies, bounded for the apiserver.
         settings.batching.worker_limit = 32
         memo["op"] = Operator(kube=Kube.connect(), settings=ours, options=render_options(ours))
+        memo["runs_seen"] = {}  # shared by every object's (shallow) copy of the memo
         metrics.declare_phases(PHASES)
         loop = asyncio.get_running_loop()
         memo["server"] = metrics.serve(
@@ -119,10 +120,19 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         with metrics.reconcile_timer():
             await reconcile(memo["op"], _plain(body))
 
-    @kopf.on.event(*RUNS, registry=registry, id="count")
-    def count_phase(body: kopf.Body, type: str | None, **_: Any) -> None:
-        if type != "DELETED":
-            track_phase(_plain(body))
+    @kopf.on.event(*RUNS, registry=registry, id="observe")
+    async def observe_run(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+        """Every run event: count its phase, and remember the run as last seen, so that job events
+        that would change nothing in it cost no API call (the training-operator rewrites job
+        status often). Not a kopf index: indexes stall kopf's cluster-wide mode (kopf 1.45)."""
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if type == "DELETED":
+            memo["runs_seen"].pop(key, None)
+            return
+        keep = {k: meta[k] for k in ("uid", "deletionTimestamp", "resourceVersion") if k in meta}
+        memo["runs_seen"][key] = {"metadata": keep, "status": _plain_status(body)}
+        track_phase(_plain(body))
 
     @kopf.on.delete(*RUNS, registry=registry, optional=True)
     def deleted(body: kopf.Body, **_: Any) -> None:
@@ -132,24 +142,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     async def progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await record_progress(memo["op"], _plain(body))
 
-    @kopf.index(*RUNS, registry=registry, id="runs_seen")
-    def runs_seen(
-        namespace: str | None, name: str, body: kopf.Body, **_: Any
-    ) -> dict[tuple[str | None, str], Any]:
-        """The runs as last seen, so job events that change nothing cost no API call."""
-        meta = body.get("metadata") or {}
-        keep = {k: meta[k] for k in ("uid", "deletionTimestamp", "resourceVersion") if k in meta}
-        return {(namespace, name): {"metadata": keep, "status": _plain_status(body)}}
-
     for plural in JOB_RESOURCES:
 
         @kopf.on.event("kubeflow.org", "v1", plural, registry=registry, labels=OURS, id=f"follow-{plural}")
-        async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
-            runs_seen: kopf.Index[Any, Any] = kwargs["runs_seen"]  # kopf passes indexes by their id
+        async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
             job = _plain(body)
             key = (job["metadata"]["namespace"], (job["metadata"].get("labels") or {}).get(RUN_LABEL, ""))
-            known = next(iter(runs_seen.get(key, [])), None)
-            await follow_job(memo["op"], job, type, known)
+            await follow_job(memo["op"], job, type, memo["runs_seen"].get(key))
 
 
 def run(settings: OperatorSettings) -> None:
