@@ -130,7 +130,8 @@ class OperatorProcess:
 def start_operator(
     control_plane: Any, namespace: str, operator_kubeconfig: Path, tmp_path: Path, wait: Any
 ) -> Iterator[Callable[..., OperatorProcess]]:
-    """`start_operator()` runs `tac2sol operator --namespace <the test's namespace>` as the SA."""
+    """`start_operator()` runs `tac2sol operator --namespace <the test's namespace>` as the SA;
+    `start_operator(cluster_wide=True)` runs it for all namespaces (the test binds the ClusterRole)."""
     control_plane.apply(
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -146,8 +147,9 @@ def start_operator(
     )
     started: list[OperatorProcess] = []
 
-    def start(*extra: str) -> OperatorProcess:
+    def start(*extra: str, cluster_wide: bool = False) -> OperatorProcess:
         log_path = tmp_path / f"operator-{len(started)}.log"
+        scope = [] if cluster_wide else ["--namespace", namespace]
         env = {**control_plane.env, "KUBECONFIG": str(operator_kubeconfig), "PYTHONSAFEPATH": "1"}
         env.pop("TAC2SOL_LOG_FORMAT", None)
         with log_path.open("wb") as out:
@@ -155,8 +157,7 @@ def start_operator(
                 [
                     str(TAC2SOL),
                     "operator",
-                    "--namespace",
-                    namespace,
+                    *scope,
                     "--metrics-port",
                     "0",
                     "--trainer-image",
@@ -663,3 +664,33 @@ def test_a_hundred_runs_at_once_all_reach_their_jobs(
     assert len(children(cp, ns, "configmaps")) == 100
     assert op.metric("tac2sol_operator_jobs_created_total", kind="PyTorchJob") == 100
     assert op.proc.poll() is None and os.path.exists(op.log_path)
+
+
+def test_cluster_wide_mode_with_the_cluster_role(
+    control_plane: Any, namespace: str, start_operator: Any, wait: Any
+) -> None:
+    """Without --namespace the operator watches every namespace, scans CRDs, and needs the
+    ClusterRole bound cluster-wide (the chart's default)."""
+    cp, ns = control_plane, namespace
+    binding = f"{SA}-{ns}"[:63]
+    cp.apply(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": binding},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": rbac.CLUSTER_ROLE_NAME,
+            },
+            "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": SYSTEM_NS}],
+        }
+    )
+    try:
+        op = start_operator(cluster_wide=True)
+        cp.apply(run_manifest("qwen32b", "everywhere", suspend=True), ns)
+        wait("a converged run", lambda: "jobRef" in wait_phase(cp, ns, "everywhere", "Suspended", wait, op))
+        assert "watching all namespaces" in op.log()
+        assert "Forbidden" not in op.log() and "forbidden" not in op.log(), op.tail()
+    finally:
+        cp.kubectl("delete", "clusterrolebinding", binding, "--ignore-not-found")
