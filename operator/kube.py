@@ -53,6 +53,18 @@ def is_not_found(exc: BaseException) -> bool:
     return status_code(exc) == 404
 
 
+def namespace_going_away(exc: BaseException) -> bool:
+    """The namespace is being deleted (403 "being terminated") or already gone (404 on the
+    namespace itself): whatever lives in it goes too, so there is nothing to create or retry."""
+    if not isinstance(exc, ApiError) or exc.status is None:
+        return False
+    message = exc.status.message or ""
+    if status_code(exc) == 403 and "because it is being terminated" in message:
+        return True
+    details = exc.status.details
+    return status_code(exc) == 404 and details is not None and details.kind == "namespaces"
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     return dict(obj) if isinstance(obj, dict) else obj.to_dict()
 
@@ -174,6 +186,8 @@ class Kube:
             event = cast(Event, Event.from_dict(_event(run, type_, reason, message, datetime.now(UTC))))
             await self._client.create(event)
         except (ApiError, *TransientError) as exc:
+            if namespace_going_away(exc):
+                return
             log.warning("could not post Event %s on %s: %s", reason, run["metadata"]["name"], exc)
 
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import kopf
 from lightkube import ApiError
 from tac2sol.operator import lifecycle, metrics
-from tac2sol.operator.kube import Kube, TransientError, status_code
+from tac2sol.operator.kube import Kube, TransientError, namespace_going_away, status_code
 from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTED, condition
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.planner import format_bytes, make_plan
@@ -300,6 +300,9 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
         raise kopf.PermanentError(f"could not render the children of {source}: {exc}") from None
 
     stored = await _apply_all(op, body, children)
+    if stored is None:
+        log.info("%s: namespace is being deleted; nothing created", source)
+        return
     kind = stored["kind"]
     if job is None or job["metadata"].get("uid") != stored["metadata"].get("uid"):
         metrics.job_created(kind)
@@ -404,8 +407,11 @@ async def _condition_only(
     )
 
 
-async def _apply_all(op: Operator, body: dict[str, Any], children: list[dict[str, Any]]) -> dict[str, Any]:
-    """Apply the children in order; returns the last (the job). Errors become kopf retries."""
+async def _apply_all(
+    op: Operator, body: dict[str, Any], children: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Apply the children in order; returns the last (the job), or None when the run's namespace
+    is being deleted. Other errors become kopf retries."""
     stored: dict[str, Any] = {}
     for obj in children:
         what = f"{obj['kind']} {obj['metadata']['name']}"
@@ -414,6 +420,8 @@ async def _apply_all(op: Operator, body: dict[str, Any], children: list[dict[str
         except TransientError as exc:
             raise kopf.TemporaryError(f"applying {what}: {exc}", delay=RETRY_SOON) from exc
         except ApiError as exc:
+            if namespace_going_away(exc):
+                return None
             code = status_code(exc)
             if code == 404 and obj["kind"] != "ConfigMap":
                 message = (
