@@ -53,8 +53,13 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
     data = work / "sample.jsonl"
     if not data.exists():
         write_sample(data)
-    ops = subprocess.run(["bash", str(REPO / "hack" / "prebuild-deepspeed-ops.sh")], check=True,
-                         capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
+    ops = subprocess.run(
+        ["bash", str(REPO / "hack" / "prebuild-deepspeed-ops.sh")],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
     return model, data, Path(ops.stdout.strip().splitlines()[-1])
 
 
@@ -64,8 +69,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_mode(work: Path, name: str, model: Path, data: Path, env: dict[str, str], args: argparse.Namespace,
-             round_no: int) -> dict[str, Any]:
+def run_mode(
+    work: Path,
+    name: str,
+    model: Path,
+    data: Path,
+    env: dict[str, str],
+    args: argparse.Namespace,
+    round_no: int,
+) -> dict[str, Any]:
     run_dir = work / f"{name}-{round_no}"
     config = {
         "run_name": f"bench-{name}",
@@ -74,9 +86,15 @@ def run_mode(work: Path, name: str, model: Path, data: Path, env: dict[str, str]
         "quantization": args.quantization,
         "model": {"name_or_path": str(model)},
         "data": {"path": str(data), "validation_ratio": 0.0, "max_seq_length": args.seq, "max_rows": 200},
-        "training": {"max_steps": args.steps, "per_device_batch_size": args.batch, "learning_rate": 1e-3,
-                     "lr_scheduler": "constant_with_warmup", "warmup_ratio": 0.0, "logging_steps": 5,
-                     "save_steps": 100_000},
+        "training": {
+            "max_steps": args.steps,
+            "per_device_batch_size": args.batch,
+            "learning_rate": 1e-3,
+            "lr_scheduler": "constant_with_warmup",
+            "warmup_ratio": 0.0,
+            "logging_steps": 5,
+            "save_steps": 100_000,
+        },
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
         "distributed": {"precision": "fp32", "expected_world_size": 2, **MODES[name]},
         "evaluation": {"enabled": False},
@@ -84,9 +102,21 @@ def run_mode(work: Path, name: str, model: Path, data: Path, env: dict[str, str]
     }
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "train.yaml").write_text(yaml.safe_dump(config))
-    cmd = [str(BIN / "torchrun"), "--nnodes", "1", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", str(_free_port()), str(BIN / "tac2sol"), "train", "--config",
-           str(run_dir / "train.yaml")]
+    cmd = [
+        str(BIN / "torchrun"),
+        "--nnodes",
+        "1",
+        "--nproc_per_node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(BIN / "tac2sol"),
+        "train",
+        "--config",
+        str(run_dir / "train.yaml"),
+    ]
     started = time.monotonic()
     with (run_dir / "job.log").open("w") as log:
         done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, check=False, timeout=1200)
@@ -122,8 +152,15 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     model, data, ops = prepare(args.work)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAC2SOL_", "RANK", "MASTER_"))}
-    env.update(PYTHONSAFEPATH="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(ops), TAC2SOL_DEBUG_PARTITION="1")
+    env.update(
+        PYTHONSAFEPATH="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        DS_ACCELERATOR="cpu",
+        TORCH_EXTENSIONS_DIR=str(ops),
+        TAC2SOL_DEBUG_PARTITION="1",
+    )
 
     results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     with tempfile.TemporaryDirectory(dir=args.work) as tmp:
@@ -135,9 +172,11 @@ def main() -> None:
                 results[name].append(r)
 
     base = statistics.median(r["median_step_s"] for r in results["ddp"])
-    print(f"\n2 CPU ranks (gloo), tiny Llama + LoRA r8, {args.quantization}, batch {args.batch}/rank, "
-          f"seq <= {args.seq}, {args.steps} steps (first {WARMUP_STEPS} skipped), {args.rounds} round(s), "
-          f"{os.cpu_count()} CPUs")
+    print(
+        f"\n2 CPU ranks (gloo), tiny Llama + LoRA r8, {args.quantization}, batch {args.batch}/rank, "
+        f"seq <= {args.seq}, {args.steps} steps (first {WARMUP_STEPS} skipped), {args.rounds} round(s), "
+        f"{os.cpu_count()} CPUs"
+    )
     print(f"{'mode':<7} {'median step ms':>15} {'per round ms':>24} {'x DDP':>7} {'opt. state/rank':>16}")
     for name in modes:
         per_round = [r["median_step_s"] for r in results[name]]
@@ -147,8 +186,10 @@ def main() -> None:
         print(f"{name:<7} {1000 * med:>15.1f} {rounds:>24} {med / base:>7.2f} {share:>16.2f}")
     for name in modes[1:]:
         med = statistics.median(r["median_step_s"] for r in results[name])
-        print(f"DDP vs {name}: DDP step time is {100 * (1 - base / med):.0f}% lower "
-              f"({name} takes {100 * (med / base - 1):+.0f}% per step); the doc claims DDP 40-60% faster")
+        print(
+            f"DDP vs {name}: DDP step time is {100 * (1 - base / med):.0f}% lower "
+            f"({name} takes {100 * (med / base - 1):+.0f}% per step); the doc claims DDP 40-60% faster"
+        )
 
 
 if __name__ == "__main__":

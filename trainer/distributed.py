@@ -399,8 +399,10 @@ def _checkpointing_kwargs_name() -> str:
     from transformers import TrainingArguments
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return "activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in names else (
-        "gradient_checkpointing_kwargs"
+    return (
+        "activation_checkpointing_kwargs"
+        if "activation_checkpointing_kwargs" in names
+        else ("gradient_checkpointing_kwargs")
     )
 
 

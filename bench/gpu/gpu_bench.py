@@ -51,9 +51,17 @@ def say(message: str) -> None:
 def gpu_key(name: str, memory: int, major: int) -> str:
     """The catalog key of this device (precision and the estimate's overheads come from it)."""
     n = name.lower()
-    for needle, key in (("h100", "h100-80"), ("h200", "h100-80"), ("a100", "a100-80" if memory > 50 * GIB
-                        else "a100-40"), ("rtx 8000", "rtx8000"), ("l40s", "l40s"), ("a10g", "a10g"),
-                        ("l4", "l4"), ("t4", "t4"), ("v100", "v100-32")):
+    for needle, key in (
+        ("h100", "h100-80"),
+        ("h200", "h100-80"),
+        ("a100", "a100-80" if memory > 50 * GIB else "a100-40"),
+        ("rtx 8000", "rtx8000"),
+        ("l40s", "l40s"),
+        ("a10g", "a10g"),
+        ("l4", "l4"),
+        ("t4", "t4"),
+        ("v100", "v100-32"),
+    ):
         if needle in n:
             return key
     return "h100-80" if major >= 9 else "a100-80" if major >= 8 else "rtx8000"
@@ -70,11 +78,17 @@ def build_model(directory: Path) -> Path:
     tiny = ensure_tiny_model(directory.parent / "tiny-model")
     tokenizer = AutoTokenizer.from_pretrained(tiny)
     config = LlamaConfig(
-        vocab_size=ARCH["vocab"], hidden_size=ARCH["hidden"], intermediate_size=ARCH["intermediate"],
-        num_hidden_layers=ARCH["layers"], num_attention_heads=ARCH["heads"],
-        num_key_value_heads=ARCH["kv_heads"], max_position_embeddings=4096,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        vocab_size=ARCH["vocab"],
+        hidden_size=ARCH["hidden"],
+        intermediate_size=ARCH["intermediate"],
+        num_hidden_layers=ARCH["layers"],
+        num_attention_heads=ARCH["heads"],
+        num_key_value_heads=ARCH["kv_heads"],
+        max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -94,19 +108,41 @@ def planner_estimate(key: str, mode: str, batch: int, seq: int, r: int) -> int:
     from tac2sol.operator.catalog import GPUS, ModelFacts, lora_trainable_params
     from tac2sol.operator.planner import Layout, estimate
 
-    facts = ModelFacts(family="llama", layers=ARCH["layers"], hidden=ARCH["hidden"],
-                       intermediate=ARCH["intermediate"], vocab=ARCH["vocab"], heads=ARCH["heads"],
-                       kv_heads=ARCH["kv_heads"], context=4096)
+    facts = ModelFacts(
+        family="llama",
+        layers=ARCH["layers"],
+        hidden=ARCH["hidden"],
+        intermediate=ARCH["intermediate"],
+        vocab=ARCH["vocab"],
+        heads=ARCH["heads"],
+        kv_heads=ARCH["kv_heads"],
+        context=4096,
+    )
     plan = MODES[mode]
     layout = Layout("single" if plan["strategy"] == "single" else "deepspeed", plan.get("zero_stage"))
     return estimate(
-        facts, layout=layout, gpu=GPUS[key], world=1, gpus_per_node=1, batch=batch, seq=seq,
-        trainable=lora_trainable_params(facts, LORA_TARGETS, r), quantized=True, checkpointing=True,
+        facts,
+        layout=layout,
+        gpu=GPUS[key],
+        world=1,
+        gpus_per_node=1,
+        batch=batch,
+        seq=seq,
+        trainable=lora_trainable_params(facts, LORA_TARGETS, r),
+        quantized=True,
+        checkpointing=True,
     ).per_gpu
 
 
-def run_mode(work: Path, mode: str, model: Path, data: Path, precision: str, args: argparse.Namespace,
-             env: dict[str, str]) -> dict[str, Any]:
+def run_mode(
+    work: Path,
+    mode: str,
+    model: Path,
+    data: Path,
+    precision: str,
+    args: argparse.Namespace,
+    env: dict[str, str],
+) -> dict[str, Any]:
     run_dir = work / mode
     shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True)
@@ -117,9 +153,15 @@ def run_mode(work: Path, mode: str, model: Path, data: Path, precision: str, arg
         "quantization": "nf4",
         "model": {"name_or_path": str(model), "target_modules": LORA_TARGETS},
         "data": {"path": str(data), "validation_ratio": 0.0, "max_seq_length": args.seq},
-        "training": {"max_steps": args.steps, "per_device_batch_size": args.batch, "learning_rate": 1e-4,
-                     "lr_scheduler": "constant_with_warmup", "warmup_ratio": 0.0, "logging_steps": 10,
-                     "save_steps": 100_000},
+        "training": {
+            "max_steps": args.steps,
+            "per_device_batch_size": args.batch,
+            "learning_rate": 1e-4,
+            "lr_scheduler": "constant_with_warmup",
+            "warmup_ratio": 0.0,
+            "logging_steps": 10,
+            "save_steps": 100_000,
+        },
         "lora": {"r": args.r, "alpha": 2 * args.r, "dropout": 0.0},
         "distributed": {"precision": precision, "expected_world_size": 1, **MODES[mode]},
         "evaluation": {"enabled": False},
@@ -128,8 +170,14 @@ def run_mode(work: Path, mode: str, model: Path, data: Path, precision: str, arg
     (run_dir / "train.yaml").write_text(yaml.safe_dump(config))
     started = time.monotonic()
     with (run_dir / "job.log").open("w") as log:
-        done = subprocess.run([str(BIN / "tac2sol"), "train", "--config", str(run_dir / "train.yaml")],
-                              env=env, stdout=log, stderr=subprocess.STDOUT, check=False, timeout=300)
+        done = subprocess.run(
+            [str(BIN / "tac2sol"), "train", "--config", str(run_dir / "train.yaml")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            check=False,
+            timeout=300,
+        )
     if done.returncode != 0:
         tail = "\n".join((run_dir / "job.log").read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"{mode}: tac2sol train exited {done.returncode}\n{tail}")
@@ -167,8 +215,10 @@ def main() -> None:
     props = torch.cuda.get_device_properties(0)
     key = gpu_key(props.name, props.total_memory, props.major)
     precision = precision_for(GPUS[key])
-    say(f"gpu_bench: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / GIB:.0f} GiB) "
-        f"-> catalog {key}, {precision}")
+    say(
+        f"gpu_bench: {props.name} (sm_{props.major}{props.minor}, {props.total_memory / GIB:.0f} GiB) "
+        f"-> catalog {key}, {precision}"
+    )
 
     args.work.mkdir(parents=True, exist_ok=True)
     mark = time.monotonic()
@@ -181,8 +231,9 @@ def main() -> None:
     say(f"gpu_bench: model and data ready in {time.monotonic() - mark:.0f} s")
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TAC2SOL_", "RANK", "MASTER_"))}
-    env.update(PYTHONSAFEPATH="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
-               TAC2SOL_DEBUG_PARTITION="1")
+    env.update(
+        PYTHONSAFEPATH="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", TAC2SOL_DEBUG_PARTITION="1"
+    )
     results = {}
     for mode in MODES:
         say(f"gpu_bench: {mode} ({args.steps} steps) ...")
@@ -192,18 +243,26 @@ def main() -> None:
 
     base = results["single"]["median_step_s"]
     longest = results["single"]["longest_tokens"]
-    print(f"\n{props.name}, 1 process, ~1.1B Llama (random) NF4 + LoRA r{args.r}, {precision}, "
-          f"batch {args.batch}, max_seq_length {args.seq} (longest row {longest} tokens), {args.steps} steps")
-    print(f"{'mode':<7} {'step ms':>8} {'x single':>9} {'tokens/s':>9} {'peak alloc GiB':>15} "
-          f"{'reserved GiB':>13} {'estimate GiB':>13} {'alloc/est':>10}")
+    print(
+        f"\n{props.name}, 1 process, ~1.1B Llama (random) NF4 + LoRA r{args.r}, {precision}, "
+        f"batch {args.batch}, max_seq_length {args.seq} (longest row {longest} tokens), {args.steps} steps"
+    )
+    print(
+        f"{'mode':<7} {'step ms':>8} {'x single':>9} {'tokens/s':>9} {'peak alloc GiB':>15} "
+        f"{'reserved GiB':>13} {'estimate GiB':>13} {'alloc/est':>10}"
+    )
     for mode, r in results.items():
         est = planner_estimate(key, mode, args.batch, args.seq, args.r)
         alloc = r["peak_allocated"]
-        print(f"{mode:<7} {1000 * r['median_step_s']:>8.1f} {r['median_step_s'] / base:>9.2f} "
-              f"{r['tokens_per_s'] or 0:>9.0f} {alloc / GIB:>15.2f} {r['peak_reserved'] / GIB:>13.2f} "
-              f"{est / GIB:>13.2f} {alloc / est:>10.2f}")
-    print("The estimate assumes every sequence at max_seq_length; batches here are padded to their "
-          "longest row only, so alloc/est < 1 is expected when rows are shorter.")
+        print(
+            f"{mode:<7} {1000 * r['median_step_s']:>8.1f} {r['median_step_s'] / base:>9.2f} "
+            f"{r['tokens_per_s'] or 0:>9.0f} {alloc / GIB:>15.2f} {r['peak_reserved'] / GIB:>13.2f} "
+            f"{est / GIB:>13.2f} {alloc / est:>10.2f}"
+        )
+    print(
+        "The estimate assumes every sequence at max_seq_length; batches here are padded to their "
+        "longest row only, so alloc/est < 1 is expected when rows are shorter."
+    )
 
 
 if __name__ == "__main__":

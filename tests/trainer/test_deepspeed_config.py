@@ -117,8 +117,12 @@ def test_precision(precision: str, fp16: bool, bf16: bool) -> None:
 def test_hf_fills_what_the_trainer_knows() -> None:
     ds = build_deepspeed_config(_dist(zero_stage=3))
     assert ds is not None
-    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-                "gradient_clipping"):
+    for key in (
+        "train_batch_size",
+        "train_micro_batch_size_per_gpu",
+        "gradient_accumulation_steps",
+        "gradient_clipping",
+    ):
         assert ds[key] == "auto", key
     assert ds["zero_allow_untested_optimizer"] is True
     assert "optimizer" not in ds and "scheduler" not in ds  # the Trainer's AdamW and schedule
@@ -128,10 +132,24 @@ def test_hf_fills_what_the_trainer_knows() -> None:
     ("hidden", "stage", "expected"),
     [
         (5120, 2, {"reduce_bucket_size": 26_214_400, "allgather_bucket_size": 26_214_400}),
-        (8192, 3, {"reduce_bucket_size": 67_108_864, "stage3_prefetch_bucket_size": 60_397_977,
-                   "stage3_param_persistence_threshold": 81_920}),
-        (None, 3, {"reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
-                   "stage3_param_persistence_threshold": "auto"}),
+        (
+            8192,
+            3,
+            {
+                "reduce_bucket_size": 67_108_864,
+                "stage3_prefetch_bucket_size": 60_397_977,
+                "stage3_param_persistence_threshold": 81_920,
+            },
+        ),
+        (
+            None,
+            3,
+            {
+                "reduce_bucket_size": "auto",
+                "stage3_prefetch_bucket_size": "auto",
+                "stage3_param_persistence_threshold": "auto",
+            },
+        ),
         (4096, 0, {}),
     ],
     ids=["qwen32b-zero2", "llama70b-zero3", "unknown-hidden", "zero0-no-buckets"],

@@ -19,33 +19,70 @@ LAUNCHERS = {
     "nothing": ({"HOME": "/root"}, LaunchInfo("none", 0, 0, 1, 1, 0)),
     # torchrun --nnodes 2 --nproc_per_node 4, second node, third process
     "torchrun": (
-        {"RANK": "6", "WORLD_SIZE": "8", "LOCAL_RANK": "2", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1",
-         "MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "TORCHELASTIC_RUN_ID": "none"},
+        {
+            "RANK": "6",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "2",
+            "LOCAL_WORLD_SIZE": "4",
+            "GROUP_RANK": "1",
+            "MASTER_ADDR": "job-master-0",
+            "MASTER_PORT": "23456",
+            "TORCHELASTIC_RUN_ID": "none",
+        },
         LaunchInfo("torchrun", 6, 2, 8, 4, 1),
     ),
     # PyTorchJob worker pod that runs torchrun: torchrun overrides RANK/WORLD_SIZE for its child
     "pytorchjob-torchrun": (
-        {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1",
-         "PET_NPROC_PER_NODE": "4", "PET_NODE_RANK": "1", "PET_NNODES": "2",
-         "MASTER_ADDR": "run-master-0", "MASTER_PORT": "23456"},
+        {
+            "RANK": "5",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "LOCAL_WORLD_SIZE": "4",
+            "GROUP_RANK": "1",
+            "PET_NPROC_PER_NODE": "4",
+            "PET_NODE_RANK": "1",
+            "PET_NNODES": "2",
+            "MASTER_ADDR": "run-master-0",
+            "MASTER_PORT": "23456",
+        },
         LaunchInfo("torchrun", 5, 1, 8, 4, 1),
     ),
     # PyTorchJob, one process per pod, the trainer started directly (no torchrun)
     "pytorchjob-direct": (
-        {"RANK": "2", "WORLD_SIZE": "3", "PET_NPROC_PER_NODE": "1", "PET_NODE_RANK": "2",
-         "PET_NNODES": "3", "MASTER_ADDR": "run-master-0", "MASTER_PORT": "23456"},
+        {
+            "RANK": "2",
+            "WORLD_SIZE": "3",
+            "PET_NPROC_PER_NODE": "1",
+            "PET_NODE_RANK": "2",
+            "PET_NNODES": "3",
+            "MASTER_ADDR": "run-master-0",
+            "MASTER_PORT": "23456",
+        },
         LaunchInfo("env", 2, 0, 3, 1, 2),
     ),
     # deepspeed --num_nodes 2 --num_gpus 2: launch.py sets LOCAL_SIZE and CROSS_RANK/CROSS_SIZE
     "deepspeed": (
-        {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_SIZE": "2", "CROSS_RANK": "1",
-         "CROSS_SIZE": "2", "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29500"},
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "4",
+            "LOCAL_RANK": "1",
+            "LOCAL_SIZE": "2",
+            "CROSS_RANK": "1",
+            "CROSS_SIZE": "2",
+            "MASTER_ADDR": "10.0.0.1",
+            "MASTER_PORT": "29500",
+        },
         LaunchInfo("deepspeed", 3, 1, 4, 2, 1),
     ),
     # mpirun -np 4 -npernode 2 (OpenMPI, MPIJob)
     "openmpi": (
-        {"OMPI_COMM_WORLD_RANK": "2", "OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_RANK": "0",
-         "OMPI_COMM_WORLD_LOCAL_SIZE": "2", "OMPI_COMM_WORLD_NODE_RANK": "1"},
+        {
+            "OMPI_COMM_WORLD_RANK": "2",
+            "OMPI_COMM_WORLD_SIZE": "4",
+            "OMPI_COMM_WORLD_LOCAL_RANK": "0",
+            "OMPI_COMM_WORLD_LOCAL_SIZE": "2",
+            "OMPI_COMM_WORLD_NODE_RANK": "1",
+        },
         LaunchInfo("mpi", 2, 0, 4, 2, 1),
     ),
     # MPICH / Intel MPI (hydra)
@@ -65,11 +102,15 @@ def test_detect_launch(name: str) -> None:
 @pytest.mark.parametrize(
     ("environ", "message"),
     [
-        pytest.param({"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK='x' is not an integer",
-                     id="not-an-int"),
+        pytest.param(
+            {"RANK": "x", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "RANK='x' is not an integer", id="not-an-int"
+        ),
         pytest.param({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"}, "rank 2 is outside", id="rank-big"),
-        pytest.param({"RANK": "0", "WORLD_SIZE": "4", "PET_NPROC_PER_NODE": "4"},
-                     "start the trainer with torchrun", id="pytorchjob-nproc-without-torchrun"),
+        pytest.param(
+            {"RANK": "0", "WORLD_SIZE": "4", "PET_NPROC_PER_NODE": "4"},
+            "start the trainer with torchrun",
+            id="pytorchjob-nproc-without-torchrun",
+        ),
     ],
 )
 def test_detect_launch_refuses(environ: dict[str, str], message: str) -> None:
@@ -83,7 +124,12 @@ def test_mpirun_env_becomes_torch_env() -> None:
     info = detect_launch(environ)
     export_launch_env(info, environ)
     assert {k: environ[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")} == {
-        "RANK": "2", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+        "RANK": "2",
+        "WORLD_SIZE": "4",
+        "LOCAL_RANK": "0",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+    }
 
 
 def test_multinode_mpirun_without_master_addr_or_mpi4py_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -95,23 +141,37 @@ def test_multinode_mpirun_without_master_addr_or_mpi4py_is_refused(monkeypatch: 
 
 def _cfg(tmp_path: Path, **distributed: object) -> TrainConfig:
     return TrainConfig(
-        model={"name_or_path": "tiny"}, data={"path": tmp_path / "d.jsonl"}, output_dir=tmp_path,
+        model={"name_or_path": "tiny"},
+        data={"path": tmp_path / "d.jsonl"},
+        output_dir=tmp_path,
         distributed=distributed,
     )
 
 
 def _env(world: int = 1, device: str = "cpu", rank: int = 0) -> DistEnv:
-    return DistEnv(rank=rank, local_rank=rank % 4, world_size=world, local_world_size=min(world, 4),
-                   node_rank=rank // 4, is_main=rank == 0, backend="gloo" if world > 1 else None,
-                   device=device, launcher="torchrun" if world > 1 else "none")
+    return DistEnv(
+        rank=rank,
+        local_rank=rank % 4,
+        world_size=world,
+        local_world_size=min(world, 4),
+        node_rank=rank // 4,
+        is_main=rank == 0,
+        backend="gloo" if world > 1 else None,
+        device=device,
+        launcher="torchrun" if world > 1 else "none",
+    )
 
 
 @pytest.mark.parametrize(
     ("plan", "env", "message"),
     [
         pytest.param({"precision": "fp16"}, _env(), "'fp16' but this process has no CUDA GPU", id="fp16-cpu"),
-        pytest.param({"strategy": "ddp", "expected_world_size": 4}, _env(2),
-                     "expected_world_size is 4 but the torchrun launcher started 2", id="world-size"),
+        pytest.param(
+            {"strategy": "ddp", "expected_world_size": 4},
+            _env(2),
+            "expected_world_size is 4 but the torchrun launcher started 2",
+            id="world-size",
+        ),
         pytest.param({}, _env(2), "strategy is 'single' but 2 ranks", id="single-with-ranks"),
     ],
 )
@@ -179,14 +239,30 @@ def test_log_all_ranks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ("plan", "device", "expected"),
     [
         pytest.param({}, "cpu", {"dtype": "float32", "device_map": {"": "cpu"}}, id="single-cpu"),
-        pytest.param({"strategy": "ddp", "precision": "fp16"}, "cuda:1",
-                     {"dtype": "float16", "device_map": {"": "cuda:1"}}, id="ddp-own-copy-per-rank"),
-        pytest.param({"strategy": "deepspeed", "zero_stage": 2, "precision": "bf16"}, "cuda:0",
-                     {"dtype": "bfloat16", "device_map": {"": "cuda:0"}}, id="zero2"),
-        pytest.param({"strategy": "deepspeed", "zero_stage": 3, "precision": "fp16"}, "cuda:0",
-                     {"dtype": "float32"}, id="zero3-no-device-map"),
-        pytest.param({"strategy": "deepspeed", "zero_stage": 3, "precision": "bf16"}, "cuda:0",
-                     {"dtype": "bfloat16"}, id="zero3-bf16"),
+        pytest.param(
+            {"strategy": "ddp", "precision": "fp16"},
+            "cuda:1",
+            {"dtype": "float16", "device_map": {"": "cuda:1"}},
+            id="ddp-own-copy-per-rank",
+        ),
+        pytest.param(
+            {"strategy": "deepspeed", "zero_stage": 2, "precision": "bf16"},
+            "cuda:0",
+            {"dtype": "bfloat16", "device_map": {"": "cuda:0"}},
+            id="zero2",
+        ),
+        pytest.param(
+            {"strategy": "deepspeed", "zero_stage": 3, "precision": "fp16"},
+            "cuda:0",
+            {"dtype": "float32"},
+            id="zero3-no-device-map",
+        ),
+        pytest.param(
+            {"strategy": "deepspeed", "zero_stage": 3, "precision": "bf16"},
+            "cuda:0",
+            {"dtype": "bfloat16"},
+            id="zero3-bf16",
+        ),
     ],
 )
 def test_model_load_kwargs(

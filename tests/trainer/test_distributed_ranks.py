@@ -30,8 +30,19 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 STEPS = 20
 RUN_TIMEOUT_S = 480
-_LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "GROUP_RANK",
-                "CROSS_RANK", "CROSS_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+_LAUNCH_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "LOCAL_SIZE",
+    "GROUP_RANK",
+    "CROSS_RANK",
+    "CROSS_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +50,10 @@ def ds_ops_dir() -> Path:
     """DeepSpeed's CPU ops, built once per machine and cached under ~/.cache/tac2sol."""
     done = subprocess.run(
         ["bash", str(REPO / "hack" / "prebuild-deepspeed-ops.sh")],
-        capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable}, check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHON": sys.executable},
+        check=False,
     )
     if done.returncode != 0:
         pytest.fail(f"hack/prebuild-deepspeed-ops.sh failed:\n{done.stderr[-3000:]}")
@@ -50,12 +64,18 @@ def ds_ops_dir() -> Path:
 def rank_env(ds_ops_dir: Path) -> dict[str, str]:
     """The environment of a 2-rank job: no launcher variables or TAC2SOL_* settings leak in."""
     env = {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if k not in _LAUNCH_VARS and not k.startswith(("TAC2SOL_", "OMPI_", "PMI_", "PET_"))
     }
     env.update(
-        PYTHONSAFEPATH="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-        DS_ACCELERATOR="cpu", TORCH_EXTENSIONS_DIR=str(ds_ops_dir), TAC2SOL_DEBUG_PARTITION="1",
+        PYTHONSAFEPATH="1",
+        HF_HUB_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        DS_ACCELERATOR="cpu",
+        TORCH_EXTENSIONS_DIR=str(ds_ops_dir),
+        TAC2SOL_DEBUG_PARTITION="1",
         PYTHONFAULTHANDLER="1",  # a rank that gets SIGABRT (see run_job) prints its stack first
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
     )
@@ -69,7 +89,12 @@ def _free_port() -> int:
 
 
 def write_config(
-    directory: Path, model_dir: Path, data: Path, *, distributed: dict[str, Any], quantization: str,
+    directory: Path,
+    model_dir: Path,
+    data: Path,
+    *,
+    distributed: dict[str, Any],
+    quantization: str,
     training: dict[str, Any] | None = None,
 ) -> Path:
     """A small trainer config: 20 steps of batch 2 per rank, every step logged, no evaluation."""
@@ -80,8 +105,13 @@ def write_config(
         "model": {"name_or_path": str(model_dir)},
         "data": {"path": str(data), "validation_ratio": 0.0, "max_seq_length": 256, "max_rows": 120},
         "training": {
-            "max_steps": STEPS, "learning_rate": 2e-3, "lr_scheduler": "constant_with_warmup",
-            "warmup_ratio": 0.0, "per_device_batch_size": 2, "logging_steps": 1, "save_steps": 1000,
+            "max_steps": STEPS,
+            "learning_rate": 2e-3,
+            "lr_scheduler": "constant_with_warmup",
+            "warmup_ratio": 0.0,
+            "per_device_batch_size": 2,
+            "logging_steps": 1,
+            "save_steps": 1000,
             **(training or {}),
         },
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
@@ -100,18 +130,47 @@ def launch_command(launcher: str, config: Path) -> list[str]:
     if launcher == "torchrun":
         # Static rendezvous on 127.0.0.1 ("localhost" may resolve to ::1 while a store listens
         # on IPv4); no restarts: a failed rank fails the job, as in a PyTorchJob pod.
-        return [str(BIN / "torchrun"), "--nnodes", "1", "--nproc_per_node", "2", "--master-addr", "127.0.0.1",
-                "--master-port", str(_free_port()), "--max-restarts", "0", *train]
+        return [
+            str(BIN / "torchrun"),
+            "--nnodes",
+            "1",
+            "--nproc_per_node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(_free_port()),
+            "--max-restarts",
+            "0",
+            *train,
+        ]
     if launcher == "deepspeed":
         # --no_local_rank: tac2sol reads LOCAL_RANK from the environment, not from argv.
-        return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(_free_port()),
-                "--no_local_rank", *train]
+        return [
+            str(BIN / "deepspeed"),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(_free_port()),
+            "--no_local_rank",
+            *train,
+        ]
     if launcher == "mpi":
         mpirun = shutil.which("mpirun")
         if mpirun is None:
             pytest.skip("mpirun is not installed (bash hack/install-tools.sh installs openmpi-bin)")
-        return [mpirun, "--allow-run-as-root", "--oversubscribe", "--bind-to", "none", "-np", "2",
-                "-x", f"MASTER_PORT={_free_port()}", *train]
+        return [
+            mpirun,
+            "--allow-run-as-root",
+            "--oversubscribe",
+            "--bind-to",
+            "none",
+            "-np",
+            "2",
+            "-x",
+            f"MASTER_PORT={_free_port()}",
+            *train,
+        ]
     raise AssertionError(launcher)
 
 
@@ -119,8 +178,13 @@ def start_job(launcher: str, config: Path, env: dict[str, str], log: Path) -> su
     """The launcher in its own session, so the job's whole process tree can be ended."""
     with log.open("a") as out:
         return subprocess.Popen(
-            launch_command(launcher, config), env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
-            cwd=config.parent, start_new_session=True,
+            launch_command(launcher, config),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=config.parent,
+            start_new_session=True,
         )
 
 
@@ -183,10 +247,22 @@ def check_adapter_reload(cfg_path: Path, out: Path) -> None:
     from tac2sol.trainer.model import load_for_inference
 
     cfg = TrainConfig.from_file(cfg_path)
-    here = DistEnv(rank=0, local_rank=0, world_size=1, local_world_size=1, node_rank=0, is_main=True,
-                   backend=None, device="cpu")
-    model = load_for_inference(cfg, out / "adapter", {"dtype": torch.float32, "device_map": {"": "cpu"}},
-                               bnb_config_kwargs(cfg, here))
+    here = DistEnv(
+        rank=0,
+        local_rank=0,
+        world_size=1,
+        local_world_size=1,
+        node_rank=0,
+        is_main=True,
+        backend=None,
+        device="cpu",
+    )
+    model = load_for_inference(
+        cfg,
+        out / "adapter",
+        {"dtype": torch.float32, "device_map": {"": "cpu"}},
+        bnb_config_kwargs(cfg, here),
+    )
     probe = torch.load(out / "rank-report" / "probe-logits.pt")
     with torch.no_grad():
         logits = model(input_ids=probe["input_ids"]).logits.float()
@@ -208,8 +284,9 @@ def test_two_ranks_train(
     case: str, tmp_path: Path, tiny_model_dir: Path, sample_file: Path, rank_env: dict[str, str]
 ) -> None:
     launcher, quantization, plan, opt_share, param_share = CASES[case]
-    cfg_path = write_config(tmp_path / case, tiny_model_dir, sample_file, distributed=plan,
-                            quantization=quantization)
+    cfg_path = write_config(
+        tmp_path / case, tiny_model_dir, sample_file, distributed=plan, quantization=quantization
+    )
     log = tmp_path / f"{case}.log"
     started = time.monotonic()
     rc = run_job(launcher, cfg_path, rank_env, log)
@@ -265,7 +342,10 @@ def test_zero2_resumes_after_a_rank_is_killed(
 
     steps = 40
     cfg_path = write_config(
-        tmp_path / "resume", tiny_model_dir, sample_file, quantization="none",
+        tmp_path / "resume",
+        tiny_model_dir,
+        sample_file,
+        quantization="none",
         distributed={"strategy": "deepspeed", "zero_stage": 2},
         training={"max_steps": steps, "save_steps": 10, "save_total_limit": 2},
     )
