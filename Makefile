@@ -32,6 +32,7 @@ tools:
 
 test: venv tools
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	bash hack/mypy.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
@@ -40,7 +41,7 @@ test-fast: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
+	$(BIN)/ruff format --check .
 
 typecheck: venv
 	bash hack/mypy.sh
