@@ -247,6 +247,8 @@ def test_monitoring_is_off_by_default_and_labelled_when_on(render: Render, kinds
     keep = pod_monitor["spec"]["podMetricsEndpoints"][0]["relabelings"][0]
     assert keep["action"] == "keep" and re.fullmatch(keep["regex"], "metrics-3")
     assert not re.fullmatch(keep["regex"], "http")
+    # The target's run label (for `up`) must not rename the trainer's own run label to exported_run.
+    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
     assert pod_monitor["spec"]["namespaceSelector"] == {"any": True}
     namespaced = _one(render({**ALL_ON, **NAMESPACED}), "PodMonitor")
     assert namespaced["spec"]["namespaceSelector"] == {"matchNames": ["team-a"]}
