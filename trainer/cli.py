@@ -73,7 +73,8 @@ def train_command(
 
     cfg = load_config(config, _overrides(output, resume, max_steps, dataset, metrics_port))
     result = train(cfg, say=typer.echo)
-    typer.echo(f"adapter: {result.adapter_dir}\nrun manifest: {result.run_json}")
+    if result.is_main:
+        typer.echo(f"adapter: {result.adapter_dir}\nrun manifest: {result.run_json}")
 
 
 def preflight_command(

@@ -63,6 +63,7 @@ class TrainResult:
     eval_summary: dict[str, Any] | None = None
     eval_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    is_main: bool = True  # rank 0: the rank that wrote the adapter and speaks for the run
 
 
 def _versions() -> dict[str, str]:
@@ -492,6 +493,7 @@ def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: flo
         eval_summary=summary,
         eval_dir=eval_dir,
         timings=timings,
+        is_main=env.is_main,
     )
 
 

@@ -307,6 +307,8 @@ def test_two_ranks_train(
     reports = rank_reports(out)
     assert [r["launcher"] for r in reports] == [launcher, launcher]
     check_training(reports)
+    # Logs come from rank 0 only: the run's summary is printed once, not once per rank.
+    assert log.read_text(errors="replace").count("run manifest: ") == 1, _tail(log)
 
     # Partitioning: Adam keeps 2 values per trainable element; one rank alone would hold all.
     for r in reports:
