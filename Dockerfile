@@ -71,7 +71,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-dev python3-venv ninja-build g++ libaio-dev \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /wheels/ /wheels/
-# torch first, from the CUDA 12 index; then the trainer extra. DeepSpeed's ops are compiled at install
+# torch first, from the CUDA 12 index; then the trainer extra, and remote-data (s3fs, gcsfs: s3:// and
+# gs:// dataset URIs). DeepSpeed's ops are compiled at install
 # time (DS_BUILD_*), so no rank JIT-compiles them: fused Adam (GPU), CPU Adam (ZeRO offload), async I/O
 # (ZeRO-Infinity NVMe), and the utils op (flatten/unflatten).
 RUN --mount=type=secret,id=pip_cert \
@@ -81,7 +82,7 @@ RUN --mount=type=secret,id=pip_cert \
     && /opt/tac2sol/bin/pip install "setuptools>=69" "wheel>=0.43" \
     && set -- /wheels/tac2sol-*.whl \
     && DS_BUILD_OPS=0 DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 DS_BUILD_AIO=1 DS_BUILD_UTILS=1 \
-       /opt/tac2sol/bin/pip install --no-build-isolation "$1[trainer]" \
+       /opt/tac2sol/bin/pip install --no-build-isolation "$1[trainer,remote-data]" \
     && /opt/tac2sol/bin/ds_report
 
 FROM ${CUDA_RUNTIME_BASE} AS trainer

@@ -11,15 +11,21 @@ The operator renders this object from a TrainingRun and its plan
 from __future__ import annotations
 
 import contextvars
+import posixpath
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 Precision = Literal["fp16", "bf16", "fp32"]
 Strategy = Literal["single", "ddp", "deepspeed"]
+# The schemes data.uri (and the TrainingRun's spec.dataset.uri) accept; fsspec reads each one.
+DATA_URI_PATTERN = r"^(https?|s3|gs|hf)://\S+$"
+# Where a download lands when data.uri is given without data.path (under output_dir).
+DATA_SOURCE_DIR = Path("data") / "source"
 
 
 class _Section(BaseModel):
@@ -37,8 +43,23 @@ class ModelSection(_Section):
     tokenizer: str | None = Field(None, description="Tokenizer path or id when it differs from the model.")
 
 
+def uri_basename(uri: str) -> str:
+    """The file name a URI names (query and fragment aside), or '' when it names a directory."""
+    return posixpath.basename(urlsplit(uri).path)
+
+
 class DataSection(_Section):
-    path: Path = Field(description="JSONL file with input (TAC), output (Solidity) and metadata per line.")
+    path: Path | None = Field(
+        None,
+        description="JSONL file with input (TAC), output (Solidity) and metadata per line; with uri, where "
+        "the download lands (default <output_dir>/data/source/<file name of the uri>).",
+    )
+    uri: str | None = Field(
+        None,
+        pattern=DATA_URI_PATTERN,
+        description="Download the JSONL from here first (https://, s3://, gs://, hf://datasets/...; "
+        "see tac2sol.trainer.fetch); re-runs reuse the copy while the remote file is unchanged.",
+    )
     validation_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of groups held out.")
     split_seed: int = 42
     drop_artifact_rows: bool = Field(
@@ -55,6 +76,28 @@ class DataSection(_Section):
         "(truncate_input); the Solidity completion is never cut.",
     )
     cache_dir: Path | None = Field(None, description="Tokenization cache; default <output>/cache.")
+    _path_from_uri: bool = PrivateAttr(False)  # path derived by TrainConfig: not written back
+
+    @model_validator(mode="after")
+    def _path_or_uri(self) -> DataSection:
+        if self.path is None and self.uri is None:
+            raise ValueError(
+                "give data.path (a local JSONL file) or data.uri (https://, s3://, gs:// or hf:// to "
+                "download)"
+            )
+        if self.uri is not None and self.path is None and not uri_basename(self.uri):
+            raise ValueError(
+                f"data.uri {self.uri!r} names no file (it ends with '/'); give the file's URI, "
+                "or set data.path to say where the download goes"
+            )
+        return self
+
+    @property
+    def file(self) -> Path:
+        """The local JSONL file (for a uri, where the download lands). Set once TrainConfig is built."""
+        if self.path is None:
+            raise ValueError("data.path is resolved by TrainConfig; build the section through it")
+        return self.path
 
 
 class TrainingSection(_Section):
@@ -166,6 +209,14 @@ class TrainConfig(BaseSettings):
     evaluation: EvalSection = EvalSection()
     metrics: MetricsSection = MetricsSection()
 
+    @model_validator(mode="after")
+    def _download_target(self) -> TrainConfig:
+        """data.uri without data.path downloads to <output_dir>/data/source/<file name>."""
+        if self.data.path is None and self.data.uri is not None:
+            self.data.path = Path(self.output_dir) / DATA_SOURCE_DIR / uri_basename(self.data.uri)
+            self.data._path_from_uri = True
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -190,7 +241,11 @@ class TrainConfig(BaseSettings):
             _FILE_VALUES.reset(token)
 
     def dump_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        """The config as YAML; a data.path derived from data.uri is left out (it follows output_dir)."""
+        values = self.model_dump(mode="json")
+        if self.data._path_from_uri:
+            values["data"].pop("path")
+        return yaml.safe_dump(values, sort_keys=False)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

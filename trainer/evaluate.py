@@ -348,8 +348,12 @@ def evaluate_adapter(cfg: Any, adapter: Path | None = None, say: Callable[[str],
     if env.device == "cpu" and cfg.distributed.precision != "fp32":
         cfg = cfg.model_copy(update={"distributed": DistributedSection(precision="fp32")})
     tokenizer = load_tokenizer(str(adapter), field="--adapter")
+    if cfg.data.uri is not None and not cfg.data.file.is_file():  # trained elsewhere: fetch it again
+        from tac2sol.trainer.fetch import fetch
+
+        fetch(cfg.data.uri, cfg.data.file, say=say)
     pf = run_preflight(
-        cfg.data.path,
+        cfg.data.file,
         tokenizer=tokenizer,
         max_seq_length=cfg.data.max_seq_length,
         drop_artifact_rows=cfg.data.drop_artifact_rows,

@@ -248,6 +248,7 @@ class _Fitted:
     train_loss: float | None
     eval_loss: float | None
     preflight: dict[str, Any]
+    source: dict[str, Any] | None  # data.uri: where the file came from (the fetch sidecar)
     split: dict[str, Any]
     params: dict[str, Any]
     throughput: dict[str, Any]
@@ -274,11 +275,19 @@ def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg)
     args = training_arguments(cfg, env, has_eval=cfg.data.validation_ratio > 0)
 
+    # -- data: download (data.uri; each node's local rank 0 first, the others reuse its copy) --
+    fetched = None
+    if cfg.data.uri is not None:
+        from tac2sol.trainer.fetch import fetch
+
+        with args.main_process_first(local=True, desc="download"):
+            fetched = fetch(cfg.data.uri, cfg.data.file, progress=env.is_main, say=echo)
+
     # -- data: preflight (rank 0 first: it fills the tokenization cache the others read) -------
     cache_dir = cfg.data.cache_dir or out / "cache"
     with args.main_process_first(local=False, desc="preflight"):
         pf = run_preflight(
-            cfg.data.path,
+            cfg.data.file,
             tokenizer=tokenizer,
             max_seq_length=cfg.data.max_seq_length,
             drop_artifact_rows=cfg.data.drop_artifact_rows,
@@ -395,6 +404,7 @@ def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
         train_loss=result.training_loss,
         eval_loss=eval_loss,
         preflight=pf.report,
+        source=fetched.source if fetched is not None else None,
         split={k: v for k, v in split.manifest.items() if k != "evalLines"},
         params={"trainable": counts.trainable, "total": counts.total},
         throughput=throughput,
@@ -457,6 +467,8 @@ def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: flo
             "data": {
                 "file": str(cfg.data.path),
                 "sha256": fitted.preflight["sha256"],
+                "uri": cfg.data.uri,
+                "source": fitted.source,
                 "preflight": fitted.preflight,
                 "split": fitted.split,
             },
