@@ -31,7 +31,7 @@ def _overrides(
     if max_steps is not None:
         out.setdefault("training", {})["max_steps"] = max_steps
     if dataset is not None:
-        out.setdefault("data", {})["path"] = str(dataset)
+        out.setdefault("data", {}).update(path=str(dataset), uri=None)  # a local file instead of data.uri
     if metrics_port is not None:
         out.setdefault("metrics", {})["port"] = metrics_port
     return out
@@ -52,7 +52,9 @@ def load_config(config: Path, overrides: dict[str, Any]) -> Any:
 
 OutputOpt = Annotated[Path | None, typer.Option("--output", help="Output directory (output_dir).")]
 MaxStepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (training.max_steps).")]
-DatasetOpt = Annotated[Path | None, typer.Option("--dataset", help="JSONL dataset (data.path).")]
+DatasetOpt = Annotated[
+    Path | None, typer.Option("--dataset", help="Local JSONL dataset (data.path; replaces data.uri).")
+]
 PortOpt = Annotated[int | None, typer.Option("--metrics-port", help="Base port of /metrics (metrics.port).")]
 
 

@@ -77,7 +77,9 @@ def run_tour(
             "(not real contracts; metadata.synthetic = true). Use --dataset FILE for real data."
         )
 
-    overrides: dict[str, object] = {"data": {"path": str(data_path)}}
+    overrides: dict[str, object] = {"data": {"path": str(data_path), "uri": None}}
+    if dataset is None and run.spec.dataset.uri is not None:  # train downloads it
+        overrides = {}
     if output is not None:
         overrides["output_dir"] = str(output)
     if metrics_port is not None:
