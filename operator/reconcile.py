@@ -279,14 +279,6 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
     else:
         effective = run
 
-    if effective.spec.dataset.uri is not None:
-        message = (
-            f"{source}: spec.dataset.uri: the operator mounts data from a PersistentVolumeClaim and does not "
-            "download datasets; copy the file onto a claim and set spec.dataset.pvc and spec.dataset.path"
-        )
-        await _fail(op, body, reason=lifecycle.INVALID_SPEC, message=message)
-        raise kopf.PermanentError(message)
-
     plan = make_plan(effective)
     if not plan.fits:
         message = f"{source}: {no_fit_message(plan)}"

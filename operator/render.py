@@ -8,13 +8,15 @@ Layout of a trainer pod (both kinds)::
 
     /etc/tac2sol/train.yaml      the trainer config (TrainConfig) rendered from the run and its plan
     /etc/tac2sol/ds_config.json  the DeepSpeed config (DeepSpeed plans only; same generator as the trainer)
-    /data                        spec.dataset.pvc (read-only)
-    /output                      spec.output.pvc (or an emptyDir); checkpoints, adapter, reports
+    /data                        spec.dataset.pvc (read-only); none for a spec.dataset.uri run
+    /output                      spec.output.pvc (or an emptyDir); checkpoints, adapter, reports, and
+                                 data/source/ where a spec.dataset.uri is downloaded to
     /var/cache/huggingface       HF_HOME: the output claim's .cache/huggingface (downloads survive restarts)
     /dev/shm                     memory-backed emptyDir of spec.resources.shmSize (NCCL, dataloaders)
 
 The Hugging Face token comes from the Secret named in ``spec.hfTokenSecret`` through an env
-``valueFrom``; it is never copied into the ConfigMap.
+``valueFrom``, the dataset download's credentials from ``spec.dataset.credentialsSecret`` through
+``envFrom``; neither is ever copied into the ConfigMap.
 """
 
 from __future__ import annotations
@@ -241,6 +243,12 @@ def _env(run: TrainingRun, opts: RenderOptions) -> list[dict[str, Any]]:
     return env
 
 
+def _env_from(run: TrainingRun) -> dict[str, Any]:
+    """Every key of ``spec.dataset.credentialsSecret`` as an env variable (AWS_*, FSSPEC_GS ...)."""
+    secret = run.spec.dataset.credentials_secret
+    return {"envFrom": [{"secretRef": {"name": secret}}]} if secret else {}
+
+
 def _volumes(run: TrainingRun) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     s = run.spec
     name = run.metadata.name
@@ -303,6 +311,7 @@ def trainer_container(
         "imagePullPolicy": s.image_pull_policy or opts.image_pull_policy,
         "command": list(command),
         "env": _env(run, opts),
+        **_env_from(run),
         "ports": trainer_metrics_ports(s.metrics_port, plan.gpus_per_node),
         "resources": resources,
         "volumeMounts": mounts,

@@ -20,6 +20,7 @@ from pydantic import ConfigDict, Field, StringConstraints, ValidationError, fiel
 from tac2sol.operator.apimodel import ApiModel
 from tac2sol.operator.catalog import GPUS, MODELS, ModelFacts, find_model, resolve_model
 from tac2sol.operator.status import TrainingRunStatus
+from tac2sol.trainer.config import DATA_URI_PATTERN
 
 from tac2sol.errors import InvalidInput
 
@@ -96,6 +97,11 @@ class DatasetSpec(ApiModel):
             "dataset.pvc needs dataset.path (a file on that claim)",
             ".pvc",
         ),
+        _cel(
+            "!has(self.credentialsSecret) || has(self.uri)",
+            "dataset.credentialsSecret needs dataset.uri (the credentials are for its download)",
+            ".credentialsSecret",
+        ),
     )
 
     pvc: str | None = Field(
@@ -116,8 +122,26 @@ class DatasetSpec(ApiModel):
         None,
         min_length=1,
         max_length=2048,
-        pattern=r"^(https?|s3|gs|hf)://\S+$",
-        description="Download location instead of a path: https://, s3://, gs:// or hf://datasets/...",
+        pattern=DATA_URI_PATTERN,
+        description=(
+            "Download the JSONL from here instead of reading a path: https://, s3://, gs:// or "
+            "hf://datasets/<org>/<name>/<file>. Each node's first trainer process downloads it to "
+            "<output>/data/source/<file name> (a partial file renamed when complete) before training; "
+            "a restarted or repeated run reuses that copy while the remote size and ETag are unchanged. "
+            "Credentials: spec.hfTokenSecret for hf://, spec.dataset.credentialsSecret for s3:// and gs://."
+        ),
+    )
+    credentials_secret: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_LABEL,
+        description=(
+            "Secret (in the run's namespace) whose keys become environment variables of the trainer "
+            "(envFrom) for the download of dataset.uri: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+            "AWS_SESSION_TOKEN, AWS_ENDPOINT_URL (S3-compatible stores) for s3://; FSSPEC_GS "
+            """({"token": <service-account key JSON>}) for gs://. Never copied into the ConfigMap."""
+        ),
     )
     validation_ratio: float = Field(
         0.05, ge=0.0, le=0.5, description="Share of rows held out for evaluation."
@@ -611,6 +635,11 @@ def check_training_run(run: TrainingRun) -> None:
         )
     if d.pvc is not None and d.path is None:
         raise _Problem(("spec", "dataset", "pvc"), "a pvc needs dataset.path, the file on that claim")
+    if d.credentials_secret is not None and d.uri is None:
+        raise _Problem(
+            ("spec", "dataset", "credentialsSecret"),
+            "credentials are for the download of dataset.uri; remove it or give dataset.uri",
+        )
     stage_set = s.deepspeed.stage != "auto"
     if s.strategy == "ddp":
         if stage_set:

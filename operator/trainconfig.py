@@ -16,8 +16,6 @@ from tac2sol.operator.plan import Plan
 from tac2sol.operator.spec import TrainingRun, resolved_lora_targets
 from tac2sol.trainer.config import TrainConfig
 
-from tac2sol.errors import InvalidInput
-
 DEFAULT_EPOCHS = 3.0
 
 
@@ -40,16 +38,11 @@ def to_train_config(run: TrainingRun, plan: Plan, **overrides: Any) -> TrainConf
     """The trainer config for ``run`` as planned. ``overrides`` are merged section-wise, e.g.
     ``output_dir="/output/run"``, ``data={"path": "/data/x.jsonl"}`` (the operator's mount paths).
 
-    A run whose data is a ``dataset.uri`` needs ``data={"path": <local copy>}`` from the caller
-    (whoever downloads it); the trainer reads local files only.
+    A run whose data is a ``dataset.uri`` carries ``data.uri`` and no path: the trainer downloads it
+    to ``<output_dir>/data/source/`` (``tac2sol.trainer.fetch``).
     """
     values = train_config_values(run, plan)
     _merge(values, overrides)
-    if values["data"].get("path") is None:
-        raise InvalidInput(
-            "spec.dataset.uri: the trainer reads a local file; download it first and pass data.path "
-            "(the operator does this with an init container)"
-        )
     return _Rendered(**values)
 
 
@@ -75,6 +68,7 @@ def train_config_values(run: TrainingRun, plan: Plan) -> dict[str, Any]:
         },
         "data": {
             "path": s.dataset.path,
+            "uri": s.dataset.uri,
             "validation_ratio": s.dataset.validation_ratio,
             "split_seed": s.dataset.split_seed,
             "drop_artifact_rows": s.dataset.drop_artifact_rows,

@@ -397,6 +397,30 @@ def test_deepseek_v3_fails_with_the_arithmetic_and_no_job(
     assert "PlanDoesNotFit" in events(cp, ns, "deepseek-v3")
 
 
+def test_a_dataset_uri_run_gets_a_job_that_downloads_under_the_output(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """spec.dataset.uri: no data claim, data.uri in the trainer config, credentials by envFrom."""
+    cp, ns = control_plane, namespace
+    op = start_operator()
+    uri = "s3://tac2sol-data/sets/tac2sol-500.jsonl"
+    cp.apply(run_manifest("qwen32b", "from-s3", dataset={"uri": uri, "credentialsSecret": "s3-creds"}), ns)
+    wait("PyTorchJob from-s3", lambda: cp.exists("-n", ns, "pytorchjob", "from-s3"), timeout=30)
+    train = yaml.safe_load(cp.get_json("-n", ns, "configmap", "from-s3-train-config")["data"]["train.yaml"])
+    assert train["data"]["uri"] == uri and "path" not in train["data"]
+    assert train["output_dir"] == "/output/qwen32b"
+    job = cp.get_json("-n", ns, "pytorchjob", "from-s3")
+    pod = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == ["config", "dshm", "output"]
+    assert pod["containers"][0]["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    st = wait(
+        "the run to be planned",
+        lambda: s if cond(s := status(cp, ns, "from-s3"), "Planned").get("status") == "True" else None,
+        timeout=30,
+    )
+    assert st.get("phase") != "Failed" and st["plan"]["fits"] is True, f"{st}\n{op.tail()}"
+
+
 def test_an_invalid_spec_fails_and_a_fixed_one_is_planned_again(
     control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
 ) -> None:

@@ -78,6 +78,12 @@ def test_every_run_in_runs_is_accepted(crd: Any, namespace: str, file: str) -> N
     assert proc.returncode == 0, proc.stderr
 
 
+def test_a_uri_run_with_credentials_is_accepted(crd: Any, namespace: str) -> None:
+    run = _with(spec__dataset={"uri": "s3://bucket/sets/x.jsonl", "credentialsSecret": "s3-creds"})
+    proc = _dry_run(crd, namespace, run)
+    assert proc.returncode == 0, proc.stderr
+
+
 INVALID = [
     pytest.param(
         {"spec__training__maxSteps": 100},
@@ -96,6 +102,12 @@ INVALID = [
         "spec.dataset.pvc",
         "dataset.pvc needs dataset.path",
         id="pvc-without-path",
+    ),
+    pytest.param(
+        {"spec__dataset__credentialsSecret": "s3-creds"},
+        "spec.dataset.credentialsSecret",
+        "dataset.credentialsSecret needs dataset.uri",
+        id="credentials-without-uri",
     ),
     pytest.param(
         {"spec__strategy": "ddp", "spec__deepspeed": {"stage": 3}},

@@ -265,6 +265,11 @@ CEL_REJECTS = [
         {"spec.dataset.path": ..., "spec.dataset.uri": "s3://b/x"},
         "pvc needs dataset.path",
     ),
+    (
+        "credentials-without-uri",
+        {"spec.dataset.credentialsSecret": "s3-creds"},
+        "credentialsSecret needs dataset.uri",
+    ),
     ("long-name", {"metadata.name": "a" * 51}, "at most 50 characters"),
 ]
 

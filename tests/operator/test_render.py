@@ -78,6 +78,11 @@ CASES = {
     "qwen72b-mpijob": _load("qwen2.5-72b", launcher="mpijob", resources__nodes=2),
     # A CPU run with data in the image and no claims: no GPUs, emptyDirs for output and cache.
     "tiny-cpu": _load("tiny-local"),
+    # Data from an S3 URI: no data claim, the trainer downloads under /output, credentials by envFrom.
+    "qwen32b-s3-uri": _load(
+        "qwen32b",
+        dataset={"uri": "s3://tac2sol-data/sets/tac2sol-500.jsonl", "credentialsSecret": "s3-creds"},
+    ),
 }
 
 
@@ -218,6 +223,27 @@ def test_the_hf_token_is_a_secret_reference_never_config() -> None:
     }
     assert "hf-token" not in json.dumps(config_map) and "HF_TOKEN" not in json.dumps(config_map)
     assert env["PYTHONUNBUFFERED"]["value"] == "1" and env["NCCL_DEBUG"]["value"] == "WARN"
+
+
+def test_a_uri_run_downloads_under_the_output_with_credentials_from_its_secret() -> None:
+    config_map, job = _render(CASES["qwen32b-s3-uri"])
+    train = yaml.safe_load(config_map["data"]["train.yaml"])
+    assert train["data"]["uri"] == "s3://tac2sol-data/sets/tac2sol-500.jsonl"
+    assert "path" not in train["data"]  # the trainer derives <output_dir>/data/source/tac2sol-500.jsonl
+    from tac2sol.trainer.config import TrainConfig
+
+    cfg = TrainConfig(**train)
+    assert str(cfg.data.file) == "/output/qwen32b/data/source/tac2sol-500.jsonl"
+    pod = _pod(job)
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    assert "data" not in volumes and "persistentVolumeClaim" in volumes["output"]
+    container = pod["spec"]["containers"][0]
+    assert not any(m["mountPath"] == "/data" for m in container["volumeMounts"])
+    assert container["envFrom"] == [{"secretRef": {"name": "s3-creds"}}]
+    assert "s3-creds" not in json.dumps(config_map)
+    # A path run gets no envFrom at all.
+    _, plain = _render(CASES["qwen32b"])
+    assert "envFrom" not in _pod(plain)["spec"]["containers"][0]
 
 
 def test_pods_get_shm_mounts_scheduling_and_scrape_wiring() -> None:

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.spec import load_training_run, parse_training_run
 from tac2sol.operator.trainconfig import to_train_config
 from tac2sol.trainer.config import TrainConfig
-
-from tac2sol.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
 MakeRun = Callable[..., dict[str, Any]]
@@ -79,12 +78,16 @@ def test_environment_does_not_leak_into_the_rendering(
     assert cfg.run_name == "base" and cfg.training.learning_rate == 2e-4
 
 
-def test_uri_dataset_needs_a_local_path(make_run: MakeRun) -> None:
-    run = parse_training_run(make_run(**{"spec.dataset": {"uri": "https://example.org/x.jsonl"}}))
-    with pytest.raises(InvalidInput, match=r"spec\.dataset\.uri"):
-        to_train_config(run, make_plan(run))
-    cfg = to_train_config(run, make_plan(run), data={"path": "/data/x.jsonl"})
-    assert str(cfg.data.path) == "/data/x.jsonl"
+def test_uri_dataset_is_downloaded_by_the_trainer_under_the_output(make_run: MakeRun) -> None:
+    uri = "https://example.org/sets/x.jsonl"
+    run = parse_training_run(make_run(**{"spec.dataset": {"uri": uri, "credentialsSecret": "s3-creds"}}))
+    cfg = to_train_config(run, make_plan(run), output_dir="/output/base")
+    assert cfg.data.uri == uri and cfg.data.file == Path("/output/base/data/source/x.jsonl")
+    dumped = yaml.safe_load(cfg.dump_yaml())
+    assert dumped["data"]["uri"] == uri and "path" not in dumped["data"]
+    assert "s3-creds" not in cfg.dump_yaml()  # a Secret's name and keys never reach the config
+    local = to_train_config(run, make_plan(run), data={"path": "/data/x.jsonl"})  # the download target
+    assert local.data.file == Path("/data/x.jsonl") and local.data.uri == uri
 
 
 def test_tiny_local_round_trips_through_a_file(tmp_path: Path) -> None:
