@@ -243,6 +243,16 @@ def test_a_uri_without_a_path_downloads_under_the_output() -> None:
     assert both.data.file == Path("/data/x.jsonl") and "path" in yaml.safe_load(both.dump_yaml())["data"]
 
 
+def test_the_dataset_flag_replaces_the_uri(tmp_path: Path) -> None:
+    """--dataset FILE means that local file: it must not become the target of the download."""
+    from tac2sol.trainer.cli import _overrides, load_config
+
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({"model": {"name_or_path": "m"}, "data": {"uri": "https://h/x.jsonl"}}))
+    cfg = load_config(path, _overrides(dataset=tmp_path / "mine.jsonl"))
+    assert cfg.data.uri is None and cfg.data.file == tmp_path / "mine.jsonl"
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
@@ -307,3 +317,50 @@ def test_train_with_only_a_uri(
     assert run["results"]["globalStep"] == 2
     assert "path" not in yaml.safe_load((out / "config.yaml").read_text())["data"]
     assert server.count("GET", "sets/sample.jsonl") == 1
+
+
+@pytest.mark.dist
+def test_two_ranks_download_once(
+    server: FileServer, tmp_path: Path, tiny_model_dir: Path, sample_file: Path
+) -> None:
+    """Under torchrun (2 CPU ranks, one node): local rank 0 downloads, rank 1 finds its copy."""
+    import os
+    import subprocess
+
+    server.files["sample.jsonl"] = sample_file.read_bytes()
+    out = tmp_path / "out"
+    config = {
+        "run_name": "uri-ddp",
+        "output_dir": str(out),
+        "quantization": "none",
+        "model": {"name_or_path": str(tiny_model_dir)},
+        "data": {"uri": server.url("sample.jsonl"), "max_seq_length": 256, "validation_ratio": 0.0},
+        "training": {"max_steps": 2, "per_device_batch_size": 2, "save_steps": 1000},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0},
+        "distributed": {"strategy": "ddp", "precision": "fp32", "expected_world_size": 2},
+        "evaluation": {"enabled": False},
+        "metrics": {"enabled": False},
+    }
+    path = tmp_path / "train.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    bindir = Path(sys.executable).parent
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TAC2SOL_", "PET_"))}
+    env.update(PYTHONSAFEPATH="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
+    launch = [str(bindir / "torchrun"), "--nnodes=1", "--nproc_per_node=2", "--master-addr=127.0.0.1"]
+    launch += [f"--master-port={port}", "--max-restarts=0"]
+    done = subprocess.run(
+        [*launch, str(bindir / "tac2sol"), "train", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert server.count("GET", "sample.jsonl") == 1, server.seen  # rank 1 reused rank 0's copy
+    assert server.count("HEAD", "sample.jsonl") == 2  # each rank asked once
+    assert done.stdout.count("data: downloading") == 1 and "data: reusing" not in done.stdout  # rank 0 speaks
+    run = json.loads((out / "run.json").read_text())
+    assert run["environment"]["worldSize"] == 2 and run["data"]["uri"] == server.url("sample.jsonl")
