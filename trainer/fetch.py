@@ -5,7 +5,8 @@ is complete, so ``path`` never holds half a file (and two nodes sharing one outp
 write the same partial file). A sidecar ``<path>.source.json`` records where it came from (uri,
 remote size, ETag / modification time when the store gives them), its sha256 and when it was
 fetched. A later run asks the store for the file's size and ETag (a HEAD request for HTTP) and
-reuses the copy while they match; when the remote file changed it downloads again.
+reuses the copy while they match and the copy still hashes to the recorded sha256; when the
+remote file changed (or the copy did) it downloads again.
 
 Backends: HTTP(S) is fsspec's own (aiohttp, in the ``trainer`` extra), ``hf://`` is
 huggingface_hub's HfFileSystem, ``s3://`` and ``gs://`` need s3fs / gcsfs (the ``remote-data``
@@ -77,7 +78,7 @@ def fetch(uri: str, path: Path, *, progress: bool = True, say: Say | None = None
     fs, rpath = _filesystem(uri, scheme)
     remote = _remote(uri, scheme, fs, rpath)
     side = read_sidecar(path)
-    if side is not None and _unchanged(uri, side, remote, path):
+    if side is not None and _unchanged(uri, side, remote, path) and _intact(path, side):
         message = (
             f"data: reusing {path} (fetched {side.get('fetchedAt')} from {uri}; the remote file is unchanged)"
         )
@@ -161,6 +162,14 @@ def _unchanged(uri: str, side: dict[str, Any], remote: dict[str, Any], path: Pat
         log.info("the store gives no size, version or time: downloading again", extra={"uri": uri})
         return False
     return all(side.get(k) == remote[k] for k in known)
+
+
+def _intact(path: Path, side: dict[str, Any]) -> bool:
+    """The local copy still has the bytes that were downloaded (one read; preflight reads it next)."""
+    if sha256_file(path) == side["sha256"]:
+        return True
+    log.warning("the local copy changed since its download: downloading again", extra={"path": str(path)})
+    return False
 
 
 # --- download -----------------------------------------------------------------------------------
@@ -282,7 +291,7 @@ def _reuse_offline(uri: str, path: Path, say: Say | None) -> Fetched | None:
     if side is None or side.get("uri") != uri or not side.get("sha256"):
         return None
     try:
-        if path.stat().st_size != side.get("size"):
+        if path.stat().st_size != side.get("size") or not _intact(path, side):
             return None
     except OSError:
         return None

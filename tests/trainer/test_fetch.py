@@ -136,9 +136,13 @@ def test_a_copy_of_another_uri_or_a_damaged_copy_is_not_reused(server: FileServe
     fetch(server.url("a.jsonl"), target, progress=False)
     target.write_bytes(b"truncated by someone")
     assert not fetch(server.url("a.jsonl"), target, progress=False).reused
+    original = target.read_bytes()
+    target.write_bytes(original.replace(b"tac a 1", b"tac X 1"))  # same size, other bytes
+    again = fetch(server.url("a.jsonl"), target, progress=False)
+    assert not again.reused and target.read_bytes() == original
     server.files["b.jsonl"] = _jsonl(5)
     assert not fetch(server.url("b.jsonl?v=2"), target, progress=False).reused
-    assert server.count("GET", "a.jsonl") == 2 and server.count("GET", "b.jsonl?v=2") == 1
+    assert server.count("GET", "a.jsonl") == 3 and server.count("GET", "b.jsonl?v=2") == 1
 
 
 def test_not_found_names_data_uri(server: FileServer, tmp_path: Path) -> None:
