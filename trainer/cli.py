@@ -80,7 +80,13 @@ def train_command(
 
 
 def preflight_command(
-    file: Annotated[Path, typer.Argument(help="JSONL dataset: input (TAC), output (Solidity), metadata.")],
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="JSONL dataset: input (TAC), output (Solidity), metadata. A path, or an https://, s3://, "
+            "gs:// or hf:// URI to download first."
+        ),
+    ],
     tokenizer: Annotated[
         str | None, typer.Option(help="Tokenizer path or hub id for token lengths and the fit ratio.")
     ] = None,
@@ -94,6 +100,9 @@ def preflight_command(
     rejects: Annotated[
         Path | None, typer.Option(help="Write rejected rows with reasons to this JSONL.")
     ] = None,
+    download_dir: Annotated[
+        Path, typer.Option(help="Where a URI is downloaded to (and reused from while unchanged).")
+    ] = Path(".cache/data"),
 ) -> None:
     """Check a dataset: schema (with line numbers), duplicates, lifter artefacts, token lengths, fit."""
     from tac2sol.trainer.data import write_jsonl
@@ -110,8 +119,9 @@ def preflight_command(
         from tac2sol.trainer.model import load_tokenizer
 
         tok = load_tokenizer(tokenizer, field="--tokenizer")
+    path = _local_copy(file, download_dir)
     result = run_preflight(
-        file,
+        path,
         tokenizer=tok,
         max_seq_length=max_seq_length,
         drop_artifact_rows=drop_artifact_rows,
@@ -140,6 +150,23 @@ def preflight_command(
         typer.echo(f"fit ratio at {r['maxSeqLength']} tokens: {r['fitRatio']:.4f} ({r['fitRows']} rows)")
     if result.rejects and rejects is None:
         typer.echo("(pass --rejects FILE to write the rejected rows with their reasons)")
+
+
+def _local_copy(file: str, download_dir: Path) -> Path:
+    """``file`` itself, or for a URI its download under ``download_dir`` (progress on stderr)."""
+    import re
+
+    from tac2sol.trainer.config import DATA_URI_PATTERN, uri_basename
+
+    if not re.match(DATA_URI_PATTERN, file):
+        return Path(file)
+    from tac2sol.trainer.fetch import fetch
+
+    if not uri_basename(file):
+        raise InvalidInput(
+            f"data.uri: {file} names no file (it ends with '/'); give the URI of one JSONL file"
+        )
+    return fetch(file, download_dir / uri_basename(file), say=lambda m: typer.echo(m, err=True)).path
 
 
 def sample_command(

@@ -368,3 +368,20 @@ def test_two_ranks_download_once(
     assert done.stdout.count("data: downloading") == 1 and "data: reusing" not in done.stdout  # rank 0 speaks
     run = json.loads((out / "run.json").read_text())
     assert run["environment"]["worldSize"] == 2 and run["data"]["uri"] == server.url("sample.jsonl")
+
+
+def test_preflight_takes_a_uri(server: FileServer, tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    server.files["rows.jsonl"] = _jsonl(12)
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [str(Path(sys.executable).parent / "tac2sol"), "data", "preflight", server.url("rows.jsonl")]
+    cmd += ["-o", "json", "--download-dir", str(tmp_path / "dl")]
+    for attempt in (1, 2):
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["rows"] == 12  # stdout stays pure JSON; progress is on stderr
+        assert ("data: reusing" in done.stderr) == (attempt == 2), done.stderr
+    assert (tmp_path / "dl" / "rows.jsonl").read_bytes() == server.files["rows.jsonl"]
+    assert server.count("GET", "rows.jsonl") == 1
