@@ -490,10 +490,11 @@ def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: flo
             "timings": {k: round(v, 2) for k, v in timings.items()},
         }
         write_json(run_json, manifest)
-        if importlib.util.find_spec("tac2sol.trainer.metrics") is not None:
-            from tac2sol.trainer.metrics import linger
+    # Every rank keeps serving its final values for a last scrape, not only rank 0.
+    if importlib.util.find_spec("tac2sol.trainer.metrics") is not None:
+        from tac2sol.trainer.metrics import linger
 
-            linger(cfg)
+        linger(cfg)
     return TrainResult(
         output_dir=out,
         adapter_dir=fitted.adapter_dir,

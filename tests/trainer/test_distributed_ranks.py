@@ -96,6 +96,7 @@ def write_config(
     distributed: dict[str, Any],
     quantization: str,
     training: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
 ) -> Path:
     """A small trainer config: 20 steps of batch 2 per rank, every step logged, no evaluation."""
     config = {
@@ -117,12 +118,25 @@ def write_config(
         "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
         "distributed": {"precision": "fp32", "expected_world_size": 2, **distributed},
         "evaluation": {"enabled": False},
-        "metrics": {"enabled": False},
+        "metrics": metrics or {"enabled": False},
     }
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "train.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def _free_port_pair() -> int:
+    """A base port whose successor is free too (rank 1 serves on base + 1)."""
+    for _ in range(50):
+        base = _free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", base + 1))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no two consecutive free ports")
 
 
 def launch_command(launcher: str, config: Path) -> list[str]:
@@ -215,6 +229,46 @@ def run_job(launcher: str, config: Path, env: dict[str, str], log: Path) -> int:
         end_job(job)
 
 
+def run_job_scraping(
+    launcher: str, config: Path, env: dict[str, str], log: Path, ports: tuple[int, ...]
+) -> tuple[int, dict[int, str]]:
+    """run_job, scraping each rank's /metrics every 0.5 s; returns the exit code and the last
+    scrape of each port that carried the step counter."""
+    import urllib.request
+
+    from tac2sol.observability import names
+
+    last: dict[int, str] = {}
+    job = start_job(launcher, config, env, log)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while job.poll() is None and time.monotonic() < deadline:
+            for port in ports:
+                with contextlib.suppress(OSError):
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                        text = response.read().decode()
+                    if f"{names.TRAIN_STEPS}{{" in text:
+                        last[port] = text
+            time.sleep(0.5)
+        if job.poll() is None:
+            pytest.fail(f"{launcher} job still running after {RUN_TIMEOUT_S} s:\n{_tail(log, 150)}")
+        return job.returncode, last
+    finally:
+        end_job(job)
+
+
+def _series(text: str, metric: str) -> dict[str, float]:
+    """rank -> value of ``metric`` in one Prometheus text scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric:
+                found[sample.labels["rank"]] = sample.value
+    return found
+
+
 def _tail(log: Path, n: int = 60) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-n:])
 
@@ -284,13 +338,35 @@ def test_two_ranks_train(
     case: str, tmp_path: Path, tiny_model_dir: Path, sample_file: Path, rank_env: dict[str, str]
 ) -> None:
     launcher, quantization, plan, opt_share, param_share = CASES[case]
+    # The DDP case also serves /metrics through `tac2sol train` itself: each rank on base port +
+    # local rank, lingering a few seconds so the last scrape sees the final step.
+    scrape = case == "ddp-qlora"
+    base = _free_port_pair() if scrape else 0
+    metrics = {"host": "127.0.0.1", "port": base, "linger_seconds": 4} if scrape else None
     cfg_path = write_config(
-        tmp_path / case, tiny_model_dir, sample_file, distributed=plan, quantization=quantization
+        tmp_path / case,
+        tiny_model_dir,
+        sample_file,
+        distributed=plan,
+        quantization=quantization,
+        metrics=metrics,
     )
     log = tmp_path / f"{case}.log"
     started = time.monotonic()
-    rc = run_job(launcher, cfg_path, rank_env, log)
+    if scrape:
+        rc, scrapes = run_job_scraping(launcher, cfg_path, rank_env, log, (base, base + 1))
+    else:
+        rc, scrapes = run_job(launcher, cfg_path, rank_env, log), {}
     assert rc == 0, f"{launcher} exited {rc}:\n{_tail(log)}"
+    if scrape:
+        from tac2sol.observability import names
+
+        assert set(scrapes) == {base, base + 1}, f"only ports {sorted(scrapes)} served the step counter"
+        assert _series(scrapes[base], names.TRAIN_STEPS) == {"0": STEPS}
+        assert _series(scrapes[base + 1], names.TRAIN_STEPS) == {"1": STEPS}
+        for text in scrapes.values():
+            assert f'run="{case}"' in text and 'device="cpu"' in text
+            assert "tac2sol_gpu_" not in text, "GPU series on a CPU run"
     print(f"{case}: {launcher} job took {time.monotonic() - started:.0f} s")
     out = cfg_path.parent / "out"
 
