@@ -98,19 +98,20 @@ build_etcd() {
     cached etcd "$ETCD_VERSION"
 }
 
-go_install() {  # go_install NAME VERSION PACKAGE [LDFLAGS]: `go install PACKAGE@VERSION` into the cache
-    local name=$1 version=$2 pkg=$3 ldflags="-s -w ${4:-}"
-    cached "$name" "$version" && return
+go_install() {  # go_install NAME VERSION PACKAGE [LDFLAGS [KEY]]: `go install PACKAGE@VERSION` into the cache
+    # KEY (default VERSION) names the cached binary; change it when LDFLAGS change.
+    local name=$1 version=$2 pkg=$3 ldflags="-s -w ${4:-}" key=${5:-$2}
+    cached "$name" "$key" && return
     go_env
     say "building $name $version ($pkg)"
-    local gobin=$CACHE/build/$name-$version
+    local gobin=$CACHE/build/$name-$key
     rm -rf "$gobin" && mkdir -p "$gobin"
     # `go install pkg@version` builds in module mode from the proxy; -mod does not apply to it.
-    run_logged "$LOGS/$name-$version.log" env GOFLAGS=-buildvcs=false GOBIN="$gobin" \
+    run_logged "$LOGS/$name-$key.log" env GOFLAGS=-buildvcs=false GOBIN="$gobin" \
         go install -trimpath -ldflags="$ldflags" "$pkg@$version"
-    mv -f "$gobin/$(basename "$pkg")" "$BIN/$name-$version"
+    mv -f "$gobin/$(basename "$pkg")" "$BIN/$name-$key"
     rm -rf "$gobin"
-    cached "$name" "$version"
+    cached "$name" "$key"
 }
 
 install_apt() {
@@ -150,6 +151,14 @@ build_etcd
 go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 go_install training-operator "$TRAINING_OPERATOR_VERSION" \
     github.com/kubeflow/training-operator/cmd/training-operator.v1
+# As helm's own Makefile does: the default Kubernetes version for `helm template`/`lint` comes
+# from its client-go (v0.37 -> 1.37); without it `helm template` assumes v1.20 and refuses the chart.
+HELM_KUBE_MAJOR=1 HELM_KUBE_MINOR=37
 go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
-    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION \
+     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=$HELM_KUBE_MAJOR \
+     -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$HELM_KUBE_MINOR \
+     -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$HELM_KUBE_MAJOR \
+     -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_KUBE_MINOR" \
+    "$HELM_VERSION-kube$HELM_KUBE_MAJOR.$HELM_KUBE_MINOR"
 build_k8s
