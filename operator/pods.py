@@ -1,0 +1,199 @@
+"""Why a run's pods are not running: the job's pods (plain dicts) -> the ``PodsReady`` condition.
+
+Pure: no I/O, no clock. The operator lists the job's pods on a timer and writes the diagnosis
+(``reconcile.record_pods``). What it reads is what ``kubectl describe pod`` shows:
+
+* the scheduler's ``PodScheduled=False`` condition (reason ``Unschedulable``, message like
+  ``0/2 nodes are available: 2 Insufficient nvidia.com/gpu``);
+* the kubelet's ``state.waiting`` of a container or init container (``ImagePullBackOff``,
+  ``CreateContainerConfigError`` with ``secret "hf-token" not found``, ``CrashLoopBackOff`` ...).
+
+When pods differ, the most useful finding wins: a pod the scheduler cannot place before a
+container the kubelet cannot start (nothing else can happen to an unplaced pod), and among kubelet
+reasons a wrong spec (missing Secret, bad image name) before pulls and crashes. The message says
+how many pods share the reason and quotes one of them (the first by name: the master).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+PODS_READY = "PodsReady"
+
+# Reasons of the condition that are no trouble (no Warning, status.message untouched).
+PODS_RUNNING = "PodsRunning"  # True: every pod runs (or has finished)
+NO_PODS = "NoPods"  # Unknown: the training-operator has not made the pods yet
+PODS_STARTING = "PodsStarting"  # False: being scheduled, pulled, created: give it time
+POD_FAILED = "PodFailed"  # False: a container exited; the job's conditions decide what follows
+NOT_STUCK = frozenset({PODS_RUNNING, NO_PODS, PODS_STARTING, POD_FAILED})
+
+UNSCHEDULABLE = "Unschedulable"
+# A container that is being set up normally waits with one of these.
+STARTING_WAITS = frozenset({"ContainerCreating", "PodInitializing"})
+# The kubelet's waiting reasons, most useful first: the spec is wrong (nothing changes until a
+# person acts), then the image, then the container runs and dies. Others rank after these.
+KUBELET_REASONS = (
+    "CreateContainerConfigError",
+    "InvalidImageName",
+    "ErrImageNeverPull",
+    "CreateContainerError",
+    "ImagePullBackOff",
+    "RunContainerError",
+    "CrashLoopBackOff",
+)
+# The kubelet alternates these two for one failing pull; one reason keeps the condition steady.
+SAME_REASON = {"ErrImagePull": "ImagePullBackOff"}
+
+
+@dataclass(frozen=True)
+class PodsDiagnosis:
+    """The ``PodsReady`` condition's status, reason and message."""
+
+    status: str  # "True", "False" or "Unknown"
+    reason: str
+    message: str
+
+    @property
+    def stuck(self) -> bool:
+        """The pods cannot start by themselves as things are (a Warning, and status.message)."""
+        return self.status == "False" and self.reason not in NOT_STUCK
+
+
+@dataclass(frozen=True)
+class _Finding:
+    rank: int  # lower is more useful
+    reason: str
+    pod: str
+    detail: str  # what to say after "pod <name>"
+
+
+def expected_pods(kind: str | None, nodes: int | None) -> int | None:
+    """Pods of a job as ``tac2sol.operator.render`` makes it: a PyTorchJob has one per node
+    (Master + Workers), an MPIJob one per node plus its Launcher. None when unknown."""
+    if not nodes:
+        return None
+    if kind == "PyTorchJob":
+        return nodes
+    if kind == "MPIJob":
+        return nodes + 1
+    return None
+
+
+def diagnose(pods: Iterable[dict[str, Any]], expected: int | None = None) -> PodsDiagnosis:
+    """The ``PodsReady`` condition for a job's pods; ``expected``: how many the job should have.
+
+    Pods being deleted are left out (a restarting job replaces them)."""
+    live = sorted(
+        (p for p in pods if not (p.get("metadata") or {}).get("deletionTimestamp")),
+        key=lambda p: p["metadata"]["name"],
+    )
+    total = max(len(live), expected or 0)
+    if not live:
+        return PodsDiagnosis("Unknown", NO_PODS, "the job has no pods yet")
+    findings = [f for f in (_finding(p) for p in live) if f is not None]
+    if not findings:
+        if len(live) < total:
+            return PodsDiagnosis(
+                "False", PODS_STARTING, f"{len(live)} of {total} pods exist; waiting for the rest"
+            )
+        finished = any((p.get("status") or {}).get("phase") == "Succeeded" for p in live)
+        return PodsDiagnosis(
+            "True", PODS_RUNNING, f"all {total} pods running" + (" or finished" if finished else "")
+        )
+    best = min(findings, key=lambda f: (f.rank, f.pod))
+    sharing = [f for f in findings if f.reason == best.reason]
+    count = f"{len(sharing)} of {total} pods"
+    if best.reason == PODS_STARTING:
+        running = len(live) - len(findings)
+        return PodsDiagnosis(
+            "False", PODS_STARTING, f"{running} of {total} pods running; pod {best.pod} {best.detail}"
+        )
+    if best.reason == POD_FAILED:
+        return PodsDiagnosis("False", POD_FAILED, f"{count} failed; pod {best.pod} {best.detail}")
+    if best.rank < 10:
+        return PodsDiagnosis(
+            "False", best.reason, f"{count} cannot be scheduled; pod {best.pod}{best.detail}"
+        )
+    return PodsDiagnosis("False", best.reason, f"{count} cannot start; pod {best.pod} {best.detail}")
+
+
+def _finding(pod: dict[str, Any]) -> _Finding | None:
+    """What keeps this pod from running; None when it runs or has finished."""
+    name = pod["metadata"]["name"]
+    status = pod.get("status") or {}
+    phase = status.get("phase")
+    scheduled = next((c for c in status.get("conditions") or [] if c.get("type") == "PodScheduled"), None)
+    if phase in (None, "Pending") and scheduled is not None and scheduled.get("status") == "False":
+        reason = scheduled.get("reason") or UNSCHEDULABLE
+        message = _clean(scheduled.get("message")) or "no message from the scheduler"
+        said = "" if reason == UNSCHEDULABLE else f" ({reason})"
+        return _Finding(0 if reason == UNSCHEDULABLE else 1, reason, name, f"{said}: {message}")
+    waits = [
+        (kind, cs)
+        for kind, key in (("init container", "initContainerStatuses"), ("container", "containerStatuses"))
+        for cs in status.get(key) or []
+        if ((cs.get("state") or {}).get("waiting") or {}).get("reason") not in (None, *STARTING_WAITS)
+    ]
+    if waits and phase in (None, "Pending", "Running"):
+        kind, cs = min(waits, key=lambda w: _kubelet_rank(w[1]["state"]["waiting"]["reason"]))
+        waiting = cs["state"]["waiting"]
+        reason = SAME_REASON.get(waiting["reason"], waiting["reason"])
+        detail = f"{kind} {cs.get('name')} is waiting ({waiting['reason']})"
+        if waiting.get("message"):
+            detail += f": {_clean(waiting['message'])}"
+        last = (cs.get("lastState") or {}).get("terminated")
+        if last and reason == "CrashLoopBackOff":
+            why = last.get("reason") or "no reason"
+            detail += f"; it last exited with code {last.get('exitCode')} ({why})"
+        return _Finding(10 + _kubelet_rank(waiting["reason"]), reason, name, detail)
+    if phase == "Running" or phase == "Succeeded":
+        return None
+    if phase == "Failed":
+        return _Finding(90, POD_FAILED, name, _failure(status))
+    if scheduled is None or scheduled.get("status") != "True":
+        return _Finding(95, PODS_STARTING, name, "is waiting to be scheduled")
+    where = f" on {pod['spec']['nodeName']}" if (pod.get("spec") or {}).get("nodeName") else ""
+    return _Finding(95, PODS_STARTING, name, f"is starting{where}")
+
+
+def _kubelet_rank(reason: str) -> int:
+    reason = SAME_REASON.get(reason, reason)
+    return KUBELET_REASONS.index(reason) if reason in KUBELET_REASONS else len(KUBELET_REASONS)
+
+
+def _failure(status: dict[str, Any]) -> str:
+    for cs in status.get("containerStatuses") or []:
+        done = (cs.get("state") or {}).get("terminated")
+        if done and done.get("exitCode", 0) != 0:
+            return (
+                f"container {cs.get('name')} exited with code {done['exitCode']} "
+                f"({done.get('reason') or 'no reason'})"
+            )
+    return f"failed ({status.get('reason') or 'no reason given'})"
+
+
+def _clean(message: str | None) -> str:
+    """One line: the scheduler's messages end with a newline or a trailing full stop."""
+    return " ".join((message or "").split()).rstrip(".")
+
+
+def is_stuck(condition: dict[str, Any] | None) -> bool:
+    """Whether a stored ``PodsReady`` condition says the pods cannot start as things are."""
+    return (
+        condition is not None
+        and condition.get("status") == "False"
+        and condition.get("reason") not in NOT_STUCK
+    )
+
+
+def pods_condition(status: dict[str, Any]) -> dict[str, Any] | None:
+    """The run status' ``PodsReady`` condition, if any."""
+    return next((c for c in status.get("conditions") or [] if c.get("type") == PODS_READY), None)
+
+
+def stuck_reason(status: dict[str, Any]) -> str | None:
+    """The reason a run's pods are stuck (for the operator gauge); None when they are not."""
+    cond = pods_condition(status)
+    return str(cond["reason"]) if cond is not None and is_stuck(cond) else None
