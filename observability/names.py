@@ -60,6 +60,8 @@ OPERATOR_RECONCILE_DURATION = "tac2sol_operator_reconcile_duration_seconds"
 OPERATOR_TRAININGRUNS = "tac2sol_trainingruns"  # label ``phase``
 OPERATOR_JOBS_CREATED = "tac2sol_operator_jobs_created_total"  # label ``kind``
 OPERATOR_ERRORS = "tac2sol_operator_errors_total"  # label ``reason``
+# Runs whose pods cannot start (PodsReady False), label ``reason``: Unschedulable, ImagePullBackOff ...
+OPERATOR_TRAININGRUNS_STUCK = "tac2sol_trainingruns_stuck"
 
 # Reconcile results (bounded): handler returned; kopf.TemporaryError (will retry);
 # kopf.PermanentError (bad spec, run Failed); any other exception (a bug: kopf backs off).

@@ -237,7 +237,12 @@ def operator(
     ] = None,
     progress_interval: Annotated[
         float | None,
-        typer.Option(help="Seconds between progress reads (TAC2SOL_PROGRESS_INTERVAL_SECONDS, default 30)."),
+        typer.Option(
+            help=(
+                "Seconds between looks at a run's pods: progress and why they do not run "
+                "(TAC2SOL_PROGRESS_INTERVAL_SECONDS, default 30)."
+            )
+        ),
     ] = None,
 ) -> None:
     """Run the operator: TrainingRuns -> PyTorchJobs/MPIJobs, against the current kubeconfig

@@ -8,6 +8,8 @@
   forget its metrics;
 * a timer on Running runs: the trainer pods' /metrics -> ``status.progress`` (kopf keeps a
   finalizer on a run while its timer runs, and removes it when the run leaves Running);
+* a timer on runs with an unfinished, unsuspended job: its pods -> the ``PodsReady`` condition
+  (why they do not run), at the same interval;
 * PyTorchJob / MPIJob events (jobs this operator made): the job's conditions -> the run's phase.
 """
 
@@ -19,13 +21,14 @@ import threading
 from typing import Any
 
 import kopf
-from tac2sol.operator import metrics
+from tac2sol.operator import lifecycle, metrics
 from tac2sol.operator.kube import Kube
 from tac2sol.operator.reconcile import (
     Operator,
     follow_job,
     forget,
     reconcile,
+    record_pods,
     record_progress,
     render_options,
     track_phase,
@@ -48,6 +51,10 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
 
 def _running(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") == Phase.RUNNING.value
+
+
+def _pods_to_watch(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
+    return lifecycle.pods_to_watch(dict(spec), dict(status))
 
 
 def _loop_answers(loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> bool:
@@ -141,6 +148,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     @kopf.timer(*RUNS, registry=registry, interval=settings.progress_interval_seconds, when=_running)
     async def progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
         await record_progress(memo["op"], _plain(body))
+
+    @kopf.timer(*RUNS, registry=registry, interval=settings.progress_interval_seconds, when=_pods_to_watch)
+    async def pods_ready(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+        await record_pods(memo["op"], _plain(body))
 
     for plural in JOB_RESOURCES:
 

@@ -147,6 +147,19 @@ def job_conditions(state: JobState, generation: int | None) -> list[dict[str, An
     return out
 
 
+# Phases in which a run's pods may be stuck: the operator looks at them on a timer (PodsReady).
+PODS_PHASES = frozenset({Phase.PENDING.value, Phase.PLANNING.value, Phase.RUNNING.value})
+
+
+def pods_to_watch(spec: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Whether the run's pods may be stuck: it has a job, is not finished and not suspended."""
+    return (
+        bool((status.get("jobRef") or {}).get("name"))
+        and status.get("phase") in PODS_PHASES
+        and not spec.get("suspend")
+    )
+
+
 def phase_is_operator_owned(status: dict[str, Any]) -> bool:
     """True while no job decides the phase: unset, Pending, or Failed by the operator itself."""
     phase = status.get("phase")

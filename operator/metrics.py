@@ -7,6 +7,7 @@ What the kopf handlers call (no kopf or kubernetes import here; cheap to call an
         ...                                    #   success | retry (kopf.TemporaryError)
                                                #   failed (kopf.PermanentError) | error (other)
     set_run_phase(namespace, name, "Running")  # tac2sol_trainingruns{phase}
+    set_run_stuck(namespace, name, "Unschedulable")  # tac2sol_trainingruns_stuck{reason}; None: not
     forget_run(namespace, name)                # on delete
     job_created("PyTorchJob")                  # tac2sol_operator_jobs_created_total{kind}
     record_error("ApplyConflict")              # tac2sol_operator_errors_total{reason}
@@ -65,6 +66,13 @@ RECONCILE_DURATION = Histogram(
 )
 TRAININGRUNS = Gauge(
     names.OPERATOR_TRAININGRUNS, "TrainingRuns this operator watches, by phase.", ["phase"], registry=REGISTRY
+)
+TRAININGRUNS_STUCK = Gauge(
+    names.OPERATOR_TRAININGRUNS_STUCK,
+    "Unfinished TrainingRuns whose pods cannot start (PodsReady False), by the scheduler's or kubelet's "
+    "reason (Unschedulable, ImagePullBackOff, CreateContainerConfigError, ...).",
+    ["reason"],
+    registry=REGISTRY,
 )
 JOBS_CREATED = Counter(
     names.base(names.OPERATOR_JOBS_CREATED),
@@ -145,7 +153,8 @@ def record_error(reason: str) -> None:
 
 
 class PhaseTracker:
-    """Counts TrainingRuns by phase from per-run updates (kopf sees one object at a time)."""
+    """Counts TrainingRuns by phase (or another per-run label) from per-run updates (kopf sees one
+    object at a time)."""
 
     def __init__(self, gauge: Gauge) -> None:
         self._gauge = gauge
@@ -177,6 +186,7 @@ class PhaseTracker:
 
 
 RUNS = PhaseTracker(TRAININGRUNS)
+STUCK = PhaseTracker(TRAININGRUNS_STUCK)
 
 
 def declare_phases(phases: Iterable[str]) -> None:
@@ -187,8 +197,14 @@ def set_run_phase(namespace: str, name: str, phase: str | None) -> None:
     RUNS.set(namespace, name, phase)
 
 
+def set_run_stuck(namespace: str, name: str, reason: str | None) -> None:
+    """Why the run's pods cannot start (a reason from the scheduler or kubelet); None: they can."""
+    STUCK.set(namespace, name, reason)
+
+
 def forget_run(namespace: str, name: str) -> None:
     RUNS.set(namespace, name, None)
+    STUCK.set(namespace, name, None)
 
 
 class _QuietHandler(WSGIRequestHandler):

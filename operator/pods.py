@@ -27,7 +27,8 @@ PODS_RUNNING = "PodsRunning"  # True: every pod runs (or has finished)
 NO_PODS = "NoPods"  # Unknown: the training-operator has not made the pods yet
 PODS_STARTING = "PodsStarting"  # False: being scheduled, pulled, created: give it time
 POD_FAILED = "PodFailed"  # False: a container exited; the job's conditions decide what follows
-NOT_STUCK = frozenset({PODS_RUNNING, NO_PODS, PODS_STARTING, POD_FAILED})
+JOB_SUSPENDED = "JobSuspended"  # False: a suspended job has no pods (written when the job says so)
+NOT_STUCK = frozenset({PODS_RUNNING, NO_PODS, PODS_STARTING, POD_FAILED, JOB_SUSPENDED})
 
 UNSCHEDULABLE = "Unschedulable"
 # A container that is being set up normally waits with one of these.

@@ -8,6 +8,9 @@ a crash half-way, changes nothing that is already right.
 
 ``record_progress``: the master pod's ``/metrics`` -> ``status.progress`` (and ``status.evaluation``).
 
+``record_pods``: the job's pods -> the ``PodsReady`` condition: why they do not run (the
+scheduler's or kubelet's reason, ``tac2sol.operator.pods``).
+
 Phases and conditions: ``tac2sol.operator.lifecycle``.
 """
 
@@ -23,12 +26,12 @@ from typing import Any
 
 import kopf
 from lightkube import ApiError
-from tac2sol.operator import lifecycle, metrics
+from tac2sol.operator import lifecycle, metrics, pods
 from tac2sol.operator.kube import Kube, TransientError, namespace_going_away, status_code
 from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTED, condition
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.planner import format_bytes, make_plan
-from tac2sol.operator.progress import read_progress
+from tac2sol.operator.progress import JOB_NAME_LABEL, read_progress
 from tac2sol.operator.render import (
     KUBEFLOW_API_VERSION,
     RUN_LABEL,
@@ -456,8 +459,8 @@ async def follow_job(
     if state is None:
         return
     if state.phase == Phase.FAILED.value:
-        pods = await op.kube.list_pods(ns, {"training.kubeflow.org/job-name": meta["name"]})
-        details = lifecycle.pod_failures(pods)
+        job_pods = await op.kube.list_pods(ns, {JOB_NAME_LABEL: meta["name"]})
+        details = lifecycle.pod_failures(job_pods)
         if details:
             state = lifecycle.JobState(
                 state.phase, state.reason, f"{state.message.rstrip('.')}: {'; '.join(details)}",
@@ -469,11 +472,20 @@ async def follow_job(
             return None  # a job of an older run of the same name, or the run is going away
         st = run.get("status") or {}
         gen = st.get("observedGeneration")
+        conditions = lifecycle.job_conditions(state, gen)
+        message = state.message
+        on_pods = pods.pods_condition(st)
+        if state.phase in (Phase.PLANNING.value, Phase.RUNNING.value) and pods.is_stuck(on_pods):
+            message = st.get("message") or message  # why the pods do not run says more than the job
+        if on_pods is not None and state.phase == Phase.SUSPENDED.value:
+            conditions.append(
+                condition(pods.PODS_READY, False, pods.JOB_SUSPENDED, "the job is suspended", generation=gen)
+            )
         return _with(
             run,
             phase=state.phase,
-            message=state.message,
-            conditions=lifecycle.job_conditions(state, gen),
+            message=message,
+            conditions=conditions,
             startTime=state.start_time or st.get("startTime"),
             completionTime=state.completion_time or st.get("completionTime"),
         )
@@ -524,6 +536,58 @@ async def record_progress(op: Operator, body: dict[str, Any]) -> None:
     await op.kube.patch_run_status(meta["namespace"], meta["name"], patch)
 
 
+# --- pods ---------------------------------------------------------------------------------------
+
+
+async def record_pods(op: Operator, body: dict[str, Any]) -> None:
+    """The job's pods -> the run's ``PodsReady`` condition (a timer while they may be stuck).
+
+    Writes only when the condition changes. While the pods are stuck, ``status.message`` says
+    why and each new reason posts one Warning Event; the phase stays (a node added or a Secret
+    created lets the pods start by themselves: the condition turns True with a Normal Event)."""
+    meta = body["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    status = body.get("status") or {}
+    ref = status.get("jobRef") or {}
+    if not ref.get("name"):
+        return
+    found = await op.kube.list_pods(ns, {JOB_NAME_LABEL: ref["name"]})
+    diagnosis = pods.diagnose(
+        found, pods.expected_pods(ref.get("kind"), (status.get("plan") or {}).get("nodes"))
+    )
+
+    def change(run: dict[str, Any]) -> dict[str, Any] | None:
+        st = run.get("status") or {}
+        if run["metadata"].get("deletionTimestamp") or not lifecycle.pods_to_watch(run.get("spec") or {}, st):
+            return None  # finished, suspended or going away since the pods were listed
+        if (st.get("jobRef") or {}).get("uid") != ref.get("uid"):
+            return None  # a newer job: its own pods will be looked at next time
+        old = pods.pods_condition(st) or {}
+        # The message is the diagnosis while stuck, and follows it while it is still ours.
+        ours = bool(old.get("message")) and st.get("message") == old.get("message")
+        message = diagnosis.message if diagnosis.stuck or ours else None
+        new = condition(
+            pods.PODS_READY,
+            diagnosis.status,
+            diagnosis.reason,
+            diagnosis.message,
+            generation=st.get("observedGeneration"),
+        )
+        return _with(run, message=message, conditions=[new])
+
+    written = await op.kube.update_run_status(ns, name, change, body=body)
+    if written is None:
+        return
+    before, stored = written
+    old = pods.pods_condition(before.get("status") or {}) or {}
+    if diagnosis.stuck and (old.get("status"), old.get("reason")) != ("False", diagnosis.reason):
+        await op.kube.post_event(stored, type_="Warning", reason=diagnosis.reason, message=diagnosis.message)
+        log.info("%s/%s: pods not running (%s): %s", ns, name, diagnosis.reason, diagnosis.message)
+    elif diagnosis.status == "True" and old.get("status") == "False":
+        await op.kube.post_event(stored, type_="Normal", reason=diagnosis.reason, message=diagnosis.message)
+        log.info("%s/%s: %s", ns, name, diagnosis.message)
+
+
 def forget(body: dict[str, Any]) -> None:
     """The run is being deleted: its children go by garbage collection; drop it from the phase gauge."""
     meta = body["metadata"]
@@ -531,11 +595,23 @@ def forget(body: dict[str, Any]) -> None:
 
 
 def track_phase(body: dict[str, Any]) -> None:
-    """Count an existing run's phase (at startup, before anything changes)."""
+    """Count an existing run's phase, and whether its pods are stuck (every event of the run)."""
     meta = body["metadata"]
-    phase = (body.get("status") or {}).get("phase")
+    status = body.get("status") or {}
+    phase = status.get("phase")
     if phase:
         metrics.set_run_phase(meta["namespace"], meta["name"], phase)
+    stuck = pods.stuck_reason(status) if phase in lifecycle.PODS_PHASES else None
+    metrics.set_run_stuck(meta["namespace"], meta["name"], stuck)
 
 
-__all__ = ["Operator", "follow_job", "forget", "job_kind", "reconcile", "record_progress", "render_options"]
+__all__ = [
+    "Operator",
+    "follow_job",
+    "forget",
+    "job_kind",
+    "reconcile",
+    "record_pods",
+    "record_progress",
+    "render_options",
+]

@@ -43,7 +43,13 @@ class OperatorSettings(BaseSettings):
         "IfNotPresent", description="Pull policy for runs that do not set spec.imagePullPolicy."
     )
     progress_interval_seconds: float = Field(
-        30.0, ge=1, le=3600, description="How often a Running run's master pod /metrics is read."
+        30.0,
+        ge=1,
+        le=3600,
+        description=(
+            "How often the operator looks at a run's pods: the master pod's /metrics while Running, "
+            "and why the pods do not run (PodsReady) while the job is unfinished."
+        ),
     )
     progress_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="Give up on one /metrics read after this long."

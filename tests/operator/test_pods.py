@@ -1,7 +1,8 @@
 """Pod diagnosis: a job's pods (shaped as the apiserver returns them) -> the PodsReady condition.
 
 The pod dicts below follow `kubectl get pod -o json` of real pods: the scheduler's PodScheduled
-condition, the kubelet's containerStatuses with state.waiting / lastState.terminated."""
+condition (NO_GPU is kube-scheduler v1.35's message, as the e2e test gets it), the kubelet's
+containerStatuses with state.waiting / lastState.terminated."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ from typing import Any
 
 import pytest
 import yaml
-from tac2sol.operator import pods
+from tac2sol.operator import lifecycle, pods
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.render import RenderOptions, render_children
 from tac2sol.operator.spec import parse_training_run
 
 T = "2025-06-01T10:00:00Z"
 NO_GPU = (
-    "0/2 nodes are available: 2 Insufficient nvidia.com/gpu. preemption: 0/2 nodes are available: "
-    "2 No preemption victims found for incoming pod."
+    "0/2 nodes are available: 2 Insufficient nvidia.com/gpu. no new claims to deallocate, preemption: "
+    "0/2 nodes are available: 2 No preemption victims found for incoming pod."
 )
 
 
@@ -177,8 +178,8 @@ CASES = [
             "False",
             "Unschedulable",
             "1 of 3 pods cannot be scheduled; pod big-worker-1: 0/2 nodes are available: 2 Insufficient "
-            "nvidia.com/gpu. preemption: 0/2 nodes are available: 2 No preemption victims found for "
-            "incoming pod",
+            "nvidia.com/gpu. no new claims to deallocate, preemption: 0/2 nodes are available: 2 No "
+            "preemption victims found for incoming pod",
         ),
         id="unschedulable",
     ),
@@ -350,3 +351,21 @@ def test_expected_pods_match_the_rendered_job(run: str, changes: dict[str, Any])
 
 def test_expected_pods_unknown() -> None:
     assert pods.expected_pods("PyTorchJob", None) is None and pods.expected_pods("TFJob", 2) is None
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "watch"),
+    [
+        pytest.param({}, {"phase": "Planning", "jobRef": {"name": "r"}}, True, id="planning"),
+        pytest.param({}, {"phase": "Running", "jobRef": {"name": "r"}}, True, id="running"),
+        pytest.param({}, {"phase": "Pending"}, False, id="no-job-yet"),
+        pytest.param({"suspend": True}, {"phase": "Planning", "jobRef": {"name": "r"}}, False, id="suspend"),
+        pytest.param({}, {"phase": "Suspended", "jobRef": {"name": "r"}}, False, id="suspended"),
+        pytest.param({}, {"phase": "Succeeded", "jobRef": {"name": "r"}}, False, id="done"),
+        pytest.param({}, {"phase": "Failed", "jobRef": {"name": "r"}}, False, id="failed"),
+    ],
+)
+def test_which_runs_have_their_pods_watched(
+    spec: dict[str, Any], status: dict[str, Any], watch: bool
+) -> None:
+    assert lifecycle.pods_to_watch(spec, status) is watch
