@@ -54,6 +54,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "Training progress in percent.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {
+        "name": "Message",
+        "type": "string",
+        "jsonPath": ".status.message",
+        "description": "Why the run is in its phase, e.g. why its pods do not run.",
+        "priority": 1,
+    },
 ]
 
 
