@@ -721,3 +721,124 @@ def test_cluster_wide_mode_with_the_cluster_role(
         assert "being terminated" not in op.log(), op.tail()
     finally:
         cp.kubectl("delete", "clusterrolebinding", binding, "--ignore-not-found")
+
+
+# --- why the pods do not run (PodsReady) ------------------------------------------------------------
+
+
+def wait_pods_ready(
+    cp: Any,
+    ns: str,
+    name: str,
+    reason: str,
+    wait: Any,
+    op: OperatorProcess,
+    timeout: float = 60,
+    saying: str = "",
+) -> dict[str, Any]:
+    """The run's status once its PodsReady condition has ``reason`` and a message ``saying``."""
+
+    def probe() -> dict[str, Any] | None:
+        assert op.proc.poll() is None, f"the operator exited:\n{op.tail()}"
+        st = status(cp, ns, name)
+        ready = cond(st, "PodsReady")
+        return st if ready.get("reason") == reason and saying in ready.get("message", "") else None
+
+    try:
+        return dict(wait(f"TrainingRun {name}: PodsReady {reason} {saying}", probe, timeout=timeout))
+    except AssertionError as exc:
+        raise AssertionError(
+            f"{exc}\nstatus: {json.dumps(status(cp, ns, name))[:3000]}\n{op.tail()}"
+        ) from None
+
+
+def test_pods_the_scheduler_cannot_place_are_named_until_a_gpu_node_joins(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """3 nodes x 4 GPUs asked, 2 x 4 there: the real kube-scheduler leaves one pod Unschedulable and
+    the run says so; a third kwok GPU node (made as hack/kwok/nodes.yaml makes the others) lets it run."""
+    cp, ns = control_plane, namespace
+    op = start_operator("--progress-interval", "1")
+    big = run_manifest(
+        "qwen32b",
+        "big",
+        resources__nodes=3,
+        training__globalBatchSize=24,
+        resources__podAnnotations=kwok("run-forever"),
+    )
+    cp.apply(big, ns)
+    # Until the volume controller binds the claims, the scheduler says so first ("unbound immediate
+    # PersistentVolumeClaims"); then it runs out of GPUs, and the condition follows what it says.
+    st = wait_pods_ready(cp, ns, "big", "Unschedulable", wait, op, saying="nvidia.com/gpu")
+    ready = cond(st, "PodsReady")
+    assert ready["status"] == "False" and "Insufficient nvidia.com/gpu" in ready["message"], ready
+    assert re.match(
+        r"1 of 3 pods cannot be scheduled; pod big-(master|worker)-\d: 0/2 nodes", ready["message"]
+    )
+    assert st["message"] == ready["message"] and st["phase"] in ("Planning", "Running")
+    wide = cp.kubectl("get", "tr", "-n", ns, "big", "-o", "wide").stdout
+    assert "1 of 3 pods cannot be scheduled" in wide and "Insufficient nvidia.com/gpu" in wide, wide
+    time.sleep(3)  # three more looks at the pods: nothing new to say, so nothing written or posted
+    assert cond(status(cp, ns, "big"), "PodsReady") == ready
+    assert events(cp, ns, "big").count("Unschedulable") == 1
+    assert re.search(r"Warning\s+Unschedulable", cp.kubectl("describe", "tr", "-n", ns, "big").stdout)
+    assert op.metric("tac2sol_trainingruns_stuck", reason="Unschedulable") == 1
+
+    node = next(yaml.safe_load_all((REPO / "hack" / "kwok" / "nodes.yaml").read_text()))
+    node_name = f"gpu-node-{ns}"[:63]
+    node["metadata"]["name"] = node["metadata"]["labels"]["kubernetes.io/hostname"] = node_name
+    try:
+        cp.apply(node)
+        st = wait_pods_ready(cp, ns, "big", "PodsRunning", wait, op, timeout=90)
+        assert cond(st, "PodsReady")["status"] == "True"
+        assert cond(st, "PodsReady")["message"] == "all 3 pods running"
+        assert "Insufficient" not in st["message"] and st["phase"] in ("Planning", "Running")
+        placed = [
+            p["spec"].get("nodeName")
+            for p in cp.get_json("-n", ns, "pods", "-l", "training.kubeflow.org/job-name=big")["items"]
+        ]
+        assert node_name in placed, placed
+        assert "PodsRunning" in events(cp, ns, "big")
+        assert op.metric("tac2sol_trainingruns_stuck", reason="Unschedulable") == 0
+    finally:
+        cp.kubectl("delete", "-n", ns, "trainingrun", "big", "--wait=true", "--timeout=60s", check=False)
+        wait(
+            "the big job's pods to go",
+            lambda: not cp.get_json("-n", ns, "pods", "-l", "training.kubeflow.org/job-name=big")["items"],
+            timeout=60,
+        )
+        cp.kubectl("delete", "node", node_name, "--ignore-not-found")
+
+
+def test_a_container_the_kubelet_cannot_create_is_named_with_its_reason(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """kwok stands in for the kubelet here (outcome=config-error in hack/kwok/stages.yaml): the
+    container waits with CreateContainerConfigError naming the HF token Secret that does not exist,
+    as a real kubelet reports it; the run's PodsReady condition and message carry it."""
+    cp, ns = control_plane, namespace
+    op = start_operator("--progress-interval", "1")
+    cp.apply(
+        run_manifest(
+            "qwen32b",
+            "nosecret",
+            hfTokenSecret={"name": "hf-token", "key": "token"},
+            resources__podAnnotations=kwok("config-error"),
+        ),
+        ns,
+    )
+    st = wait_pods_ready(cp, ns, "nosecret", "CreateContainerConfigError", wait, op)
+    ready = cond(st, "PodsReady")
+    assert ready["status"] == "False"
+    assert ready["message"] == (
+        "1 of 1 pods cannot start; pod nosecret-master-0 container pytorch is waiting "
+        '(CreateContainerConfigError): secret "hf-token" not found'
+    )
+    assert st["phase"] == "Planning" and st["message"] == ready["message"]
+    version = get_run(cp, ns, "nosecret")["metadata"]["resourceVersion"]
+    time.sleep(3)  # three more looks at the pods, nothing new: no status write, no second Event
+    assert get_run(cp, ns, "nosecret")["metadata"]["resourceVersion"] == version
+    assert events(cp, ns, "nosecret").count("CreateContainerConfigError") == 1
+    described = cp.kubectl("describe", "tr", "-n", ns, "nosecret").stdout
+    assert 'secret "hf-token" not found' in described and "CreateContainerConfigError" in described
+    assert op.metric("tac2sol_trainingruns_stuck", reason="CreateContainerConfigError") == 1
