@@ -4,7 +4,7 @@
 its own and on free ports, so it never collides with a developer's `make cluster-up`; it stops
 it at the end of the session. `namespace` gives each test a fresh namespace, deleted after it.
 kwok runs the pods on 2 fake nodes x 4 `nvidia.com/gpu`; pod annotations steer them:
-`kwok.tac2sol.dev/outcome: fail|run-forever`, `kwok.tac2sol.dev/run-seconds: "N"`,
+`kwok.tac2sol.dev/outcome: fail|run-forever|config-error`, `kwok.tac2sol.dev/run-seconds: "N"`,
 `kwok.tac2sol.dev/exit-code: "N"` (see hack/kwok/stages.yaml).
 """
 
