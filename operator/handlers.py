@@ -6,10 +6,10 @@
 * TrainingRun create / update (spec) / resume (unfinished runs): ``reconcile``;
 * TrainingRun delete (optional: no finalizer of its own; children go by garbage collection):
   forget its metrics;
-* a timer on Running runs: the trainer pods' /metrics -> ``status.progress`` (kopf keeps a
-  finalizer on a run while its timer runs, and removes it when the run leaves Running);
+* a timer on Running runs: the trainer pods' /metrics -> ``status.progress``;
 * a timer on runs with an unfinished, unsuspended job: its pods -> the ``PodsReady`` condition
-  (why they do not run), at the same interval;
+  (why they do not run), at the same interval (kopf keeps a finalizer on a run while one of its
+  timers runs, and removes it when the run finishes or is suspended);
 * PyTorchJob / MPIJob events (jobs this operator made): the job's conditions -> the run's phase.
 """
 
@@ -81,8 +81,8 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=API_GROUP, key="last-handled-configuration"
         )
-        # kopf holds a finalizer only while a timer runs on the run (phase Running), so it can stop
-        # the timer before the run goes; children are deleted by garbage collection, not by us.
+        # kopf holds a finalizer only while a timer runs on the run (a job that has not finished),
+        # so it can stop the timer before the run goes; children go by garbage collection, not by us.
         settings.persistence.finalizer = f"{API_GROUP}/finalizer"
         # Events: our handlers post one per phase transition; kopf adds only its own warnings/errors.
         settings.posting.level = logging.WARNING
