@@ -274,6 +274,14 @@ OPERATOR_ROWS = (
                 (_q(f"sum by (kind) (rate({n.OPERATOR_JOBS_CREATED}{{{OP_SEL}}}[{RATE}]))", "{{kind}}"),),
                 unit="ops",
             ),
+            PanelSpec(
+                "Runs whose pods cannot start",
+                "timeseries",
+                (_q(f"sum by (reason) ({n.OPERATOR_TRAININGRUNS_STUCK}{{{OP_SEL}}})", "{{reason}}"),),
+                description="PodsReady False: the scheduler cannot place a pod (Unschedulable) or the "
+                "kubelet cannot start one (ImagePullBackOff, CreateContainerConfigError, ...); "
+                "kubectl get tr -o wide says which.",
+            ),
         ),
     ),
     Row(

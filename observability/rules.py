@@ -131,6 +131,7 @@ def _training_alerts() -> tuple[Alert, ...]:
 
 def _operator_alerts() -> tuple[Alert, ...]:
     errors = f'sum by (namespace) (rate({n.OPERATOR_RECONCILIATIONS}{{result="error"}}[5m]))'
+    stuck = f"sum by (namespace, reason) ({n.OPERATOR_TRAININGRUNS_STUCK})"
     return (
         Alert(
             name="Tac2solOperatorReconcileErrors",
@@ -144,6 +145,20 @@ def _operator_alerts() -> tuple[Alert, ...]:
             runbook="Read the operator's logs and the Errors by reason panel; RBAC, a missing Kubeflow CRD "
             "or an API server problem are the usual causes.",
             signals=(errors,),
+        ),
+        Alert(
+            name="Tac2solPodsCannotStart",
+            expr=f"{stuck} > 0",
+            for_="15m",
+            severity="warning",
+            summary="TrainingRuns in {{ $labels.namespace }} have pods that cannot start "
+            "({{ $labels.reason }}).",
+            description="{{ $value }} unfinished TrainingRun(s) have had pods that the scheduler cannot "
+            "place or the kubelet cannot start ({{ $labels.reason }}) for 15 minutes.",
+            runbook="kubectl get tr -o wide (Message column) or kubectl describe tr NAME names the pod and "
+            "the cause: free or add GPU nodes (Unschedulable), create the Secret the run names "
+            "(CreateContainerConfigError), fix the image or its pull secret (ImagePullBackOff).",
+            signals=(stuck,),
         ),
     )
 

@@ -45,6 +45,7 @@ def main() -> None:
         metrics.set_run_phase("ml", f"run-{i % 7}", ("Pending", "Running", "Succeeded")[i % 3])
         if i % 5 == 0:
             metrics.forget_run("ml", f"run-{i % 7}")
+        metrics.set_run_stuck("ml", f"run-{i % 7}", ("Unschedulable", None)[i % 2])
         metrics.job_created("PyTorchJob" if i % 2 else "MPIJob")
         metrics.record_error("ApplyConflict")
         time.sleep(0.2)

@@ -88,6 +88,7 @@ def test_issue_alerts_are_all_there() -> None:
         "Tac2solGpuMemoryHigh",
         "Tac2solThroughputDropped",
         "Tac2solOperatorReconcileErrors",
+        "Tac2solPodsCannotStart",
     }
 
 
