@@ -6,16 +6,17 @@
 * TrainingRun create / update (spec) / resume (unfinished runs): ``reconcile``;
 * TrainingRun delete (optional: no finalizer of its own; children go by garbage collection):
   forget its metrics;
-* a timer on Running runs: the trainer pods' /metrics -> ``status.progress``;
-* a timer on runs with an unfinished, unsuspended job: its pods -> the ``PodsReady`` condition
-  (why they do not run), at the same interval (kopf keeps a finalizer on a run while one of its
-  timers runs, and removes it when the run finishes or is suspended);
+* one poll loop (an asyncio task, not kopf timers) over the runs the operator has seen: Running
+  runs' trainer /metrics -> ``status.progress``; runs with an unfinished, unsuspended job: its
+  pods -> the ``PodsReady`` condition (why they do not run). kopf timers would put a finalizer on
+  every such run, and a run could then not be deleted while the operator is down or uninstalled;
 * PyTorchJob / MPIJob events (jobs this operator made): the job's conditions -> the run's phase.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 from typing import Any
@@ -45,16 +46,36 @@ OURS = {"app.kubernetes.io/managed-by": MANAGED_BY}
 JOB_RESOURCES = ("pytorchjobs", "mpijobs")
 
 
+# Runs looked at concurrently by one pass of the poll loop (API calls and /metrics reads).
+POLL_CONCURRENCY = 8
+
+
 def _unfinished(status: kopf.Status, **_: Any) -> bool:
     return status.get("phase") not in (Phase.SUCCEEDED.value, Phase.FAILED.value)
 
 
-def _running(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") == Phase.RUNNING.value
+async def _look_at(op: Operator, run: dict[str, Any], limit: asyncio.Semaphore) -> None:
+    """One run, one pass: its progress while Running, its pods while they may be stuck."""
+    status = run.get("status") or {}
+    if run["metadata"].get("deletionTimestamp"):
+        return
+    async with limit:
+        try:
+            if status.get("phase") == Phase.RUNNING.value:
+                await record_progress(op, run)
+            if lifecycle.pods_to_watch(run.get("spec") or {}, status):
+                await record_pods(op, run)
+        except Exception:  # one run's trouble must not stop the loop for the others
+            meta = run["metadata"]
+            log.exception("looking at TrainingRun %s/%s failed", meta.get("namespace"), meta.get("name"))
 
 
-def _pods_to_watch(spec: kopf.Spec, status: kopf.Status, **_: Any) -> bool:
-    return lifecycle.pods_to_watch(dict(spec), dict(status))
+async def poll_runs(op: Operator, runs_seen: dict[Any, dict[str, Any]], interval: float) -> None:
+    """Every ``interval`` seconds, look at every run seen (until cancelled at cleanup)."""
+    limit = asyncio.Semaphore(POLL_CONCURRENCY)
+    while True:
+        await asyncio.sleep(interval)
+        await asyncio.gather(*(_look_at(op, run, limit) for run in list(runs_seen.values())))
 
 
 def _loop_answers(loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> bool:
@@ -68,7 +89,7 @@ def _loop_answers(loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> bool
 
 
 def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
-    """Add every handler to ``registry``; ``settings`` decide the timer interval and the set-up."""
+    """Add every handler to ``registry``; ``settings`` (also in kopf's memo) decide the set-up."""
 
     @kopf.on.startup(registry=registry)
     async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
@@ -81,8 +102,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=API_GROUP, key="last-handled-configuration"
         )
-        # kopf holds a finalizer only while a timer runs on the run (a job that has not finished),
-        # so it can stop the timer before the run goes; children go by garbage collection, not by us.
+        # No handler needs a finalizer (no timers, an optional delete handler; children go by
+        # garbage collection). The name is ours so that kopf removes a finalizer left on runs by
+        # older operator versions, which held one while their timers ran.
         settings.persistence.finalizer = f"{API_GROUP}/finalizer"
         # Events: our handlers post one per phase transition; kopf adds only its own warnings/errors.
         settings.posting.level = logging.WARNING
@@ -107,6 +129,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         memo["server"] = metrics.serve(
             ours.metrics_port, ours.metrics_host, healthy=lambda: _loop_answers(loop)
         )
+        memo["poller"] = asyncio.create_task(
+            poll_runs(memo["op"], memo["runs_seen"], ours.progress_interval_seconds), name="poll-runs"
+        )
 
     @kopf.on.login(registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
@@ -115,6 +140,10 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
+        if "poller" in memo:
+            memo["poller"].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await memo["poller"]
         if "op" in memo:
             await memo["op"].kube.close()
         if "server" in memo:
@@ -137,21 +166,21 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         if type == "DELETED":
             memo["runs_seen"].pop(key, None)
             return
-        keep = {k: meta[k] for k in ("uid", "deletionTimestamp", "resourceVersion") if k in meta}
-        memo["runs_seen"][key] = {"metadata": keep, "status": _plain_status(body)}
+        keep = {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "deletionTimestamp", "resourceVersion")
+            if k in meta
+        }
+        memo["runs_seen"][key] = {
+            "metadata": keep,
+            "spec": _plain_part(body, "spec"),
+            "status": _plain_part(body, "status"),
+        }
         track_phase(_plain(body))
 
     @kopf.on.delete(*RUNS, registry=registry, optional=True)
     def deleted(body: kopf.Body, **_: Any) -> None:
         forget(_plain(body))
-
-    @kopf.timer(*RUNS, registry=registry, interval=settings.progress_interval_seconds, when=_running)
-    async def progress(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await record_progress(memo["op"], _plain(body))
-
-    @kopf.timer(*RUNS, registry=registry, interval=settings.progress_interval_seconds, when=_pods_to_watch)
-    async def pods_ready(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        await record_pods(memo["op"], _plain(body))
 
     for plural in JOB_RESOURCES:
 
@@ -178,10 +207,10 @@ def run(settings: OperatorSettings) -> None:
     kopf.run(registry=registry, standalone=True, memo=kopf.Memo(settings=settings), **scope)
 
 
-def _plain_status(body: kopf.Body) -> dict[str, Any]:
+def _plain_part(body: kopf.Body, part: str) -> dict[str, Any]:
     import copy
 
-    return copy.deepcopy(dict(body.get("status") or {}))
+    return copy.deepcopy(dict(body.get(part) or {}))
 
 
 def _plain(body: kopf.Body) -> dict[str, Any]:

@@ -322,10 +322,7 @@ def test_qwen32b_becomes_a_pytorchjob_that_runs_to_success(
     }
     assert st["observedGeneration"] == 1 and cond(st, "Succeeded")["status"] == "True"
     # The training-operator made the pod; the scheduler put it on a fake GPU node; kwok ran it.
-    wait(
-        "kopf to drop its timer's finalizer",
-        lambda: not get_run(cp, ns, "qwen32b")["metadata"].get("finalizers"),
-    )
+    assert not get_run(cp, ns, "qwen32b")["metadata"].get("finalizers")
     (pod,) = cp.get_json("-n", ns, "pods", "-l", "training.kubeflow.org/job-name=qwen32b")["items"]
     assert pod["metadata"]["ownerReferences"][0]["kind"] == "PyTorchJob"
     assert pod["spec"]["nodeName"] in ("gpu-node-0", "gpu-node-1")
@@ -528,8 +525,10 @@ def test_deleting_the_run_collects_its_children(
     op = start_operator()
     cp.apply(run_manifest("qwen32b", "doomed", resources__podAnnotations=kwok("run-forever")), ns)
     wait_phase(cp, ns, "doomed", "Running", wait, op)
-    # kopf's finalizer, held while the progress timer runs; the children are left to garbage collection.
-    assert get_run(cp, ns, "doomed")["metadata"].get("finalizers") == ["tac2sol.dev/finalizer"]
+    # No finalizer, even while progress and pods are polled: with the operator stopped (crashed,
+    # uninstalled), deleting the run still completes; the children go by garbage collection.
+    assert not get_run(cp, ns, "doomed")["metadata"].get("finalizers")
+    op.stop()
     cp.kubectl("delete", "-n", ns, "trainingrun", "doomed", "--wait=true", "--timeout=30s")
     wait(
         "the garbage collector to delete the job and the ConfigMap",
