@@ -147,7 +147,7 @@ def job_conditions(state: JobState, generation: int | None) -> list[dict[str, An
     return out
 
 
-# Phases in which a run's pods may be stuck: the operator looks at them on a timer (PodsReady).
+# Phases in which a run's pods may be stuck: the operator polls them (PodsReady).
 PODS_PHASES = frozenset({Phase.PENDING.value, Phase.PLANNING.value, Phase.RUNNING.value})
 
 

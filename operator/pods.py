@@ -1,6 +1,6 @@
 """Why a run's pods are not running: the job's pods (plain dicts) -> the ``PodsReady`` condition.
 
-Pure: no I/O, no clock. The operator lists the job's pods on a timer and writes the diagnosis
+Pure: no I/O, no clock. The operator lists the job's pods every poll interval and writes the diagnosis
 (``reconcile.record_pods``). What it reads is what ``kubectl describe pod`` shows:
 
 * the scheduler's ``PodScheduled=False`` condition (reason ``Unschedulable``, message like

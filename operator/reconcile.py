@@ -540,7 +540,7 @@ async def record_progress(op: Operator, body: dict[str, Any]) -> None:
 
 
 async def record_pods(op: Operator, body: dict[str, Any]) -> None:
-    """The job's pods -> the run's ``PodsReady`` condition (a timer while they may be stuck).
+    """The job's pods -> the run's ``PodsReady`` condition (polled while they may be stuck).
 
     Writes only when the condition changes. While the pods are stuck, ``status.message`` says
     why and each new reason posts one Warning Event; the phase stays (a node added or a Secret
