@@ -331,7 +331,7 @@ def evaluate_adapter(cfg: Any, adapter: Path | None = None, say: Callable[[str],
     from tac2sol.trainer.config import DistributedSection
     from tac2sol.trainer.distributed import bnb_config_kwargs, init_distributed, model_load_kwargs
     from tac2sol.trainer.model import load_for_inference, load_tokenizer
-    from tac2sol.trainer.preflight import run_preflight
+    from tac2sol.trainer.preflight import preflight_data
     from tac2sol.trainer.split import split_rows
 
     from tac2sol.errors import InvalidInput
@@ -352,16 +352,7 @@ def evaluate_adapter(cfg: Any, adapter: Path | None = None, say: Callable[[str],
         from tac2sol.trainer.fetch import fetch
 
         fetch(cfg.data.uri, cfg.data.file, say=say)
-    pf = run_preflight(
-        cfg.data.file,
-        tokenizer=tokenizer,
-        max_seq_length=cfg.data.max_seq_length,
-        drop_artifact_rows=cfg.data.drop_artifact_rows,
-        on_bad_line=cfg.data.on_bad_line,
-        truncation=cfg.data.truncation,
-        max_rows=cfg.data.max_rows,
-        cache_dir=cfg.data.cache_dir or out / "cache",
-    )
+    pf = preflight_data(cfg.data, tokenizer, out / "cache")
     split = split_rows(pf.kept, cfg.data.validation_ratio, cfg.data.split_seed)
     recorded = out / "data" / "split.json"
     if recorded.is_file():

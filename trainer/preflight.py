@@ -15,11 +15,14 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tac2sol.trainer.data import ARTIFACT_MARKERS, OnBadLine, ReadResult, Reject, Row, read_rows
 
 from tac2sol.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from tac2sol.trainer.config import DataSection
 
 
 @dataclass
@@ -53,6 +56,20 @@ def length_stats(lengths: list[int]) -> dict[str, Any]:
         "max": s[-1],
         "mean": round(sum(s) / len(s), 1),
     }
+
+
+def preflight_data(data: DataSection, tokenizer: Any, cache_dir: Path) -> Preflight:
+    """``run_preflight`` of the file and settings of a trainer config's ``data`` section."""
+    return run_preflight(
+        data.file,
+        tokenizer=tokenizer,
+        max_seq_length=data.max_seq_length,
+        drop_artifact_rows=data.drop_artifact_rows,
+        on_bad_line=data.on_bad_line,
+        truncation=data.truncation,
+        max_rows=data.max_rows,
+        cache_dir=data.cache_dir or cache_dir,
+    )
 
 
 def run_preflight(

@@ -260,7 +260,7 @@ def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
     import transformers
     from tac2sol.trainer.distributed import bnb_config_kwargs, check_plan, model_load_kwargs
     from tac2sol.trainer.model import count_parameters, load_model, load_tokenizer
-    from tac2sol.trainer.preflight import run_preflight
+    from tac2sol.trainer.preflight import preflight_data
     from tac2sol.trainer.split import split_rows
 
     timings: dict[str, float] = {}
@@ -284,18 +284,8 @@ def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
             fetched = fetch(cfg.data.uri, cfg.data.file, progress=env.is_main, say=echo)
 
     # -- data: preflight (rank 0 first: it fills the tokenization cache the others read) -------
-    cache_dir = cfg.data.cache_dir or out / "cache"
     with args.main_process_first(local=False, desc="preflight"):
-        pf = run_preflight(
-            cfg.data.file,
-            tokenizer=tokenizer,
-            max_seq_length=cfg.data.max_seq_length,
-            drop_artifact_rows=cfg.data.drop_artifact_rows,
-            on_bad_line=cfg.data.on_bad_line,
-            truncation=cfg.data.truncation,
-            max_rows=cfg.data.max_rows,
-            cache_dir=cache_dir,
-        )
+        pf = preflight_data(cfg.data, tokenizer, out / "cache")
     split = split_rows(pf.kept, cfg.data.validation_ratio, cfg.data.split_seed)
     if not split.train:
         raise InvalidInput(
