@@ -14,7 +14,6 @@ Resume modes (``TrainConfig.resume``): ``auto`` (latest valid checkpoint, else s
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -23,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tac2sol.trainer.data import sha256_file
+
 from tac2sol.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "tac2sol-checkpoint.json"
 MANIFEST_VERSION = 1
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _files(directory: Path) -> list[Path]:
@@ -49,7 +42,7 @@ def _files(directory: Path) -> list[Path]:
 def write_manifest(directory: Path, extra: dict[str, Any]) -> Path:
     """Describe every file of a finished checkpoint; written atomically and last."""
     files = {
-        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
         for p in _files(directory)
     }
     manifest = {"version": MANIFEST_VERSION, **extra, "files": files}
@@ -82,7 +75,7 @@ def problem(directory: Path, *, check_hashes: bool = True) -> str | None:
             return f"{name} is missing"
         if f.stat().st_size != meta["size"]:
             return f"{name} has {f.stat().st_size} bytes, the manifest says {meta['size']} (truncated?)"
-        if check_hashes and _sha256(f) != meta["sha256"]:
+        if check_hashes and sha256_file(f) != meta["sha256"]:
             return f"{name} does not match its SHA-256 in the manifest (corrupt)"
     return None
 

@@ -111,16 +111,19 @@ def _lines(path: Path) -> Iterator[tuple[int, str | UnicodeDecodeError]]:
                 yield number, exc
 
 
+def sha256_file(path: Path) -> str:
+    """The hex SHA-256 of a file's bytes (dataset files, checkpoint files, downloads)."""
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def read_rows(path: str | Path, on_bad_line: OnBadLine = "stop") -> ReadResult:
     """Read every line of ``path``; malformed lines stop (``stop``) or become rejects (``skip``)."""
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise InvalidInput(f"{path}: the dataset file {what}; give a JSONL file (data.path / --dataset)")
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    digest = sha256_file(path)
     rows: list[Row] = []
     rejects: list[Reject] = []
     blank = lines = 0
@@ -146,7 +149,7 @@ def read_rows(path: str | Path, on_bad_line: OnBadLine = "stop") -> ReadResult:
             continue
         assert isinstance(obj, dict)  # _check accepted it
         rows.append(Row(number, obj["input"], obj["output"], dict(obj.get("metadata") or {})))
-    return ReadResult(rows, rejects, lines, blank, digest.hexdigest())
+    return ReadResult(rows, rejects, lines, blank, digest)
 
 
 def _parse(text: str) -> tuple[tuple[str, str] | None, Any]:

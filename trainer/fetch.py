@@ -20,7 +20,6 @@ Every failure is one :class:`~tac2sol.errors.InvalidInput` that names ``data.uri
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from tac2sol.trainer.data import sha256_file
 
 from tac2sol.errors import InvalidInput
 
@@ -247,14 +248,6 @@ def _download(
     say(f"data: {uri} -> {path} ({_mib(got)} in {seconds:.1f} s, sha256 {digest[:12]})")
     log.info("downloaded the dataset", extra={"uri": uri, "path": str(path), "bytes": got, "sha256": digest})
     return Fetched(uri, path, digest, got, False, source)
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _write_atomic(path: Path, text: str) -> None:
