@@ -159,7 +159,7 @@ def plain_jobs(items: list[dict[str, Any]], namespace: str) -> list[dict[str, An
     from tac2sol.operator.reconcile import render_options
     from tac2sol.operator.render import render_job
     from tac2sol.operator.settings import OperatorSettings
-    from tac2sol.operator.spec import parse_training_run
+    from tac2sol.operator.specfile import parse_training_run
 
     opts = render_options(OperatorSettings())
     jobs = []

@@ -10,19 +10,16 @@ the architecture facts and ``tests/operator/test_catalog.py`` checks that the su
 published count within 2%.
 
 A model that is not in the catalog is given in a TrainingRun by its facts
-(``spec.model.facts``); :func:`resolve_model` returns them.
+(``spec.model.facts``); :func:`tac2sol.operator.resolve.resolve_model` returns them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 from tac2sol.operator.apimodel import ApiModel
-
-if TYPE_CHECKING:
-    from tac2sol.operator.spec import ModelSpec, TrainingRun, TrainingRunSpec
 
 Family = Literal["llama", "mistral", "qwen2", "starcoder2", "phi3", "deepseek_v2", "deepseek_v3"]
 FAMILIES: tuple[str, ...] = ("llama", "mistral", "qwen2", "starcoder2", "phi3", "deepseek_v2", "deepseek_v3")
@@ -666,17 +663,3 @@ def find_model(name: str) -> tuple[str, ModelFacts] | None:
         if facts.id.lower() == lowered:
             return key, facts
     return None
-
-
-def resolve_model(spec: TrainingRun | TrainingRunSpec | ModelSpec) -> ModelFacts:
-    """The facts for a run's model: its own ``facts`` when given, else the catalog entry."""
-    inner: Any = getattr(spec, "spec", spec)
-    model: Any = getattr(inner, "model", inner)
-    facts: ModelFacts | None = model.facts
-    name: str = model.name
-    if facts is not None:
-        return facts if facts.id else facts.model_copy(update={"id": name})
-    found = find_model(name)
-    if found is None:
-        raise UnknownModel(name)
-    return found[1]

@@ -48,7 +48,7 @@ def plan(
 ) -> None:
     """Estimate per-GPU memory and pick strategy, ZeRO stage, precision and accumulation (exit 1: no fit)."""
     from tac2sol.operator.planner import format_bytes, make_plan
-    from tac2sol.operator.spec import load_training_run, parse_training_run
+    from tac2sol.operator.specfile import load_training_run, parse_training_run
 
     run = load_training_run(file)
     changes = {"gpuType": gpu_type, "gpusPerNode": gpus_per_node, "nodes": nodes}
@@ -142,7 +142,7 @@ def validate(
     files: Annotated[list[Path], typer.Argument(help="TrainingRun YAML files.")],
 ) -> None:
     """Check TrainingRun files against the API (exit 2 with one message per bad file)."""
-    from tac2sol.operator.spec import load_training_run
+    from tac2sol.operator.specfile import load_training_run
 
     bad: list[str] = []
     for file in files:

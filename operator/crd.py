@@ -17,7 +17,8 @@ import copy
 from typing import Any
 
 import yaml
-from tac2sol.operator.spec import API_GROUP, API_VERSION, KIND, MAX_NAME, PLURAL, TrainingRunSpec
+from tac2sol.operator.names import API_GROUP, API_VERSION, KIND, PLURAL
+from tac2sol.operator.spec import MAX_NAME, TrainingRunSpec
 from tac2sol.operator.status import TrainingRunStatus
 
 CRD_NAME = f"{PLURAL}.{API_GROUP}"

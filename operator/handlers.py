@@ -24,6 +24,7 @@ from typing import Any
 import kopf
 from tac2sol.operator import lifecycle, metrics
 from tac2sol.operator.kube import Kube
+from tac2sol.operator.names import API_GROUP, API_VERSION, FIELD_MANAGER, MANAGED_BY, PLURAL, RUN_LABEL
 from tac2sol.operator.reconcile import (
     Operator,
     follow_job,
@@ -34,9 +35,7 @@ from tac2sol.operator.reconcile import (
     render_options,
     track_phase,
 )
-from tac2sol.operator.render import MANAGED_BY, RUN_LABEL
-from tac2sol.operator.settings import FIELD_MANAGER, OperatorSettings
-from tac2sol.operator.spec import API_GROUP, API_VERSION, PLURAL
+from tac2sol.operator.settings import OperatorSettings
 from tac2sol.operator.status import PHASES, Phase
 
 log = logging.getLogger(__name__)

@@ -52,9 +52,10 @@ from tac2sol.operator.catalog import (
     linear_shapes,
     lora_trainable_params,
 )
-from tac2sol.operator.catalog import resolve_model as _resolve
-from tac2sol.operator.plan import Candidate, Plan, PlanPrecision, PlanStrategy
-from tac2sol.operator.spec import TrainingRun, resolved_lora_targets
+from tac2sol.operator.plan import Candidate, Plan, PlanStrategy
+from tac2sol.operator.resolve import precision_for, resolved_lora_targets
+from tac2sol.operator.resolve import resolve_model as _resolve
+from tac2sol.operator.spec import TrainingRun
 
 from tac2sol.errors import InvalidInput
 
@@ -91,13 +92,6 @@ class Estimate:
     per_gpu: int
     host_per_node: int
     breakdown: dict[str, int]
-
-
-def precision_for(gpu: GpuType) -> PlanPrecision:
-    """bf16 on sm_80+, fp16 (+ dynamic loss scaling) on Volta/Turing, fp32 on CPU."""
-    if gpu.is_cpu:
-        return "fp32"
-    return "bf16" if gpu.bf16 else "fp16"
 
 
 def estimate(
@@ -241,7 +235,7 @@ def _plan(run: TrainingRun) -> Plan:
     s = run.spec
     r = s.resources
     gpu = GPUS[r.gpu_type]
-    facts = _resolve(s)
+    facts = _resolve(s.model)
     world = r.world_size
     t = s.training
     per_step = t.per_device_batch_size * world
@@ -253,7 +247,7 @@ def _plan(run: TrainingRun) -> Plan:
             f"gpusPerNode = {per_step}"
         )
     accumulation = global_batch // per_step
-    targets = resolved_lora_targets(s)
+    targets = resolved_lora_targets(s, facts)
     trainable = lora_trainable_params(facts, targets, s.lora.r)
     quantized = s.quantization == "nf4"
     precision = precision_for(gpu)

@@ -18,12 +18,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from tac2sol.observability import names
 from tac2sol.operator.kube import Kube
 from tac2sol.operator.metrics import parse_trainer_progress
-from tac2sol.operator.render import METRICS_LABEL
+from tac2sol.operator.names import JOB_NAME_LABEL, METRICS_LABEL
 
 log = logging.getLogger(__name__)
 
 # Labels the training-operator puts on the pods it creates.
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 RANK0_REPLICA = {"PyTorchJob": "Master", "MPIJob": "Worker 0"}  # the job kinds this reads
 
 # tac2sol_eval_result{metric=...} (the trainer exports summary["overall"]) -> status.evaluation.

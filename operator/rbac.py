@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tac2sol.operator.spec import API_GROUP, PLURAL
+from tac2sol.operator.names import API_GROUP, PLURAL
 
 CLUSTER_ROLE_NAME = "tac2sol-operator"
 

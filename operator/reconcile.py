@@ -29,21 +29,14 @@ from lightkube import ApiError
 from tac2sol.operator import lifecycle, metrics, pods
 from tac2sol.operator.kube import Kube, TransientError, namespace_going_away, status_code
 from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTED, condition
+from tac2sol.operator.names import JOB_NAME_LABEL, KUBEFLOW_API_VERSION, RUN_LABEL, SPEC_ANNOTATION
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.planner import format_bytes, make_plan
-from tac2sol.operator.progress import JOB_NAME_LABEL, read_progress
-from tac2sol.operator.render import (
-    KUBEFLOW_API_VERSION,
-    RUN_LABEL,
-    SPEC_ANNOTATION,
-    RenderOptions,
-    child_names,
-    job_kind,
-    render_children,
-    spec_fingerprint,
-)
+from tac2sol.operator.progress import read_progress
+from tac2sol.operator.render import RenderOptions, child_names, job_kind, render_children, spec_fingerprint
 from tac2sol.operator.settings import OperatorSettings
-from tac2sol.operator.spec import TrainingRun, parse_training_run
+from tac2sol.operator.spec import TrainingRun
+from tac2sol.operator.specfile import parse_training_run
 from tac2sol.operator.status import Phase
 
 from tac2sol.errors import InvalidInput

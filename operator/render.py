@@ -32,25 +32,29 @@ from typing import Any
 import yaml
 from tac2sol.operator.catalog import GPUS
 from tac2sol.operator.metrics import trainer_metrics_ports, trainer_scrape_annotations
+from tac2sol.operator.names import (
+    CONFIG_HASH_ANNOTATION,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    GROUP_VERSION,
+    KIND,
+    KUBEFLOW_API_VERSION,
+    KUEUE_QUEUE_LABEL,
+    MANAGED_BY,
+    METRICS_LABEL,
+    MPIJOB,
+    PYTORCHJOB,
+    RUN_LABEL,
+    SPEC_ANNOTATION,
+)
 from tac2sol.operator.plan import Plan
-from tac2sol.operator.spec import GROUP_VERSION, KIND, TrainingRun, parse_quantity
+from tac2sol.operator.spec import TrainingRun, parse_quantity
 from tac2sol.operator.trainconfig import to_train_config
 from tac2sol.trainer.config import TrainConfig
 from tac2sol.trainer.deepspeed_config import DS_CONFIG_FILENAME, build_deepspeed_config
 
-KUBEFLOW_API_VERSION = "kubeflow.org/v1"
-PYTORCHJOB = "PyTorchJob"
-MPIJOB = "MPIJob"
 PYTORCH_CONTAINER = "pytorch"  # the name the training-operator looks for in a PyTorchJob
 MPI_CONTAINER = "mpi"
-MANAGED_BY = "tac2sol-operator"
-RUN_LABEL = "tac2sol.dev/run"
-METRICS_LABEL = "tac2sol.dev/metrics"  # trainer pods serving /metrics (the chart's PodMonitor selects it)
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
-SPEC_ANNOTATION = "tac2sol.dev/spec"  # the spec (suspend aside) the job was made from
-CONFIG_HASH_ANNOTATION = "tac2sol.dev/config-hash"
 
 CONFIG_DIR = "/etc/tac2sol"
 CONFIG_FILE = "train.yaml"

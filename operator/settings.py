@@ -15,7 +15,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tac2sol import __version__
 from tac2sol.errors import InvalidInput
 
-FIELD_MANAGER = "tac2sol-operator"
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/tac2sol/tac2sol-trainer:{__version__}"
 # `tac2sol operator` flags whose name is not the field's (errors name what the user typed).
 FLAGS = {"progress_interval_seconds": "--progress-interval"}

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
-from tac2sol.operator.catalog import resolve_model
 from tac2sol.operator.plan import Plan
-from tac2sol.operator.spec import TrainingRun, resolved_lora_targets
+from tac2sol.operator.resolve import resolve_model, resolved_lora_targets
+from tac2sol.operator.spec import TrainingRun
 from tac2sol.trainer.config import TrainConfig
 
 DEFAULT_EPOCHS = 3.0
@@ -49,10 +49,10 @@ def to_train_config(run: TrainingRun, plan: Plan, **overrides: Any) -> TrainConf
 def train_config_values(run: TrainingRun, plan: Plan) -> dict[str, Any]:
     """The plain dict behind :func:`to_train_config` (snake_case, JSON types)."""
     s = run.spec
-    facts = resolve_model(s)
+    facts = resolve_model(s.model)
     t = s.training
     targets: list[str] | str = (
-        "all-linear" if s.lora.target_modules == ["all-linear"] else resolved_lora_targets(s)
+        "all-linear" if s.lora.target_modules == ["all-linear"] else resolved_lora_targets(s, facts)
     )
     trust = s.model.trust_remote_code if s.model.trust_remote_code is not None else facts.trust_remote_code
     return {

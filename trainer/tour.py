@@ -34,7 +34,7 @@ def run_tour(
     max_steps: int | None = None,
 ) -> None:
     from tac2sol.operator.planner import make_plan
-    from tac2sol.operator.spec import load_training_run
+    from tac2sol.operator.specfile import load_training_run
     from tac2sol.operator.trainconfig import to_train_config
     from tac2sol.trainer.train import train
 

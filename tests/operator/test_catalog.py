@@ -11,9 +11,8 @@ from tac2sol.operator.catalog import (
     computed_params,
     find_model,
     lora_trainable_params,
-    resolve_model,
 )
-from tac2sol.operator.planner import precision_for
+from tac2sol.operator.resolve import precision_for, resolve_model
 from tac2sol.operator.spec import ModelSpec
 
 DESIGN_DOC_MODELS = [

@@ -296,7 +296,7 @@ def test_cel_rules_and_python_checks_agree(
     make_run: MakeRun, case: str, changes: dict[str, Any], message: str
 ) -> None:
     """Every object the CEL rules reject, the Python parser rejects too (one source of truth)."""
-    from tac2sol.operator.spec import parse_training_run
+    from tac2sol.operator.specfile import parse_training_run
 
     from tac2sol.errors import InvalidInput
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from tac2sol.operator.planner import make_plan
-from tac2sol.operator.spec import parse_training_run
+from tac2sol.operator.specfile import parse_training_run
 
 from tac2sol.errors import InvalidInput
 

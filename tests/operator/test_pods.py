@@ -13,7 +13,7 @@ import yaml
 from tac2sol.operator import lifecycle, pods
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.render import RenderOptions, render_children
-from tac2sol.operator.spec import parse_training_run
+from tac2sol.operator.specfile import parse_training_run
 
 T = "2025-06-01T10:00:00Z"
 NO_GPU = (

@@ -22,7 +22,8 @@ import yaml
 from tac2sol.operator import render
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.render import RenderOptions, render_children, to_yaml
-from tac2sol.operator.spec import TrainingRun, parse_training_run
+from tac2sol.operator.spec import TrainingRun
+from tac2sol.operator.specfile import parse_training_run
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from tac2sol.operator.catalog import MODELS, find_model
 from tac2sol.operator.planner import make_plan
-from tac2sol.operator.spec import load_training_run
+from tac2sol.operator.specfile import load_training_run
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_FILES = sorted((REPO / "runs").glob("*.yaml"))

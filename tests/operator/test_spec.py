@@ -7,14 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tac2sol.operator.spec import (
-    TrainingRun,
-    load_training_run,
-    parse_quantity,
-    parse_training_run,
-    parse_training_run_text,
-    resolved_lora_targets,
-)
+from tac2sol.operator.resolve import resolve
+from tac2sol.operator.spec import TrainingRun, parse_quantity
+from tac2sol.operator.specfile import load_training_run, parse_training_run, parse_training_run_text
 from tac2sol.operator.status import Phase, TrainingRunStatus
 
 from tac2sol.errors import InvalidInput
@@ -74,7 +69,7 @@ def test_status_serialises_by_alias() -> None:
 
 def test_lora_targets_auto_all_linear_and_explicit(make_run: Callable[..., dict[str, Any]]) -> None:
     auto = parse_training_run(make_run())
-    assert resolved_lora_targets(auto) == [
+    assert list(resolve(auto).lora_targets) == [
         "q_proj",
         "k_proj",
         "v_proj",
@@ -84,18 +79,18 @@ def test_lora_targets_auto_all_linear_and_explicit(make_run: Callable[..., dict[
         "down_proj",
     ]
     v3 = parse_training_run(make_run(**{"spec.model.name": "deepseek-v3"}))
-    assert "gate_proj" not in resolved_lora_targets(v3)  # experts are not adapted by default
+    assert "gate_proj" not in list(resolve(v3).lora_targets)  # experts are not adapted by default
     all_linear = parse_training_run(
         make_run(**{"spec.model.name": "deepseek-v3", "spec.lora": {"targetModules": ["all-linear"]}})
     )
-    assert "gate_proj" in resolved_lora_targets(all_linear)
+    assert "gate_proj" in list(resolve(all_linear).lora_targets)
     explicit = parse_training_run(make_run(**{"spec.lora": {"targetModules": ["q_proj", "v_proj"]}}))
-    assert resolved_lora_targets(explicit) == ["q_proj", "v_proj"]
+    assert list(resolve(explicit).lora_targets) == ["q_proj", "v_proj"]
 
 
 def test_model_by_hub_id(make_run: Callable[..., dict[str, Any]]) -> None:
     run = parse_training_run(make_run(**{"spec.model.name": "Qwen/Qwen2.5-Coder-32B"}))
-    assert resolved_lora_targets(run)[0] == "q_proj"
+    assert resolve(run).lora_targets[0] == "q_proj"
 
 
 def test_yaml_error_names_line_and_column() -> None:

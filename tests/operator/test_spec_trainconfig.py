@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 from tac2sol.operator.planner import make_plan
-from tac2sol.operator.spec import load_training_run, parse_training_run
+from tac2sol.operator.specfile import load_training_run, parse_training_run
 from tac2sol.operator.trainconfig import to_train_config
 from tac2sol.trainer.config import TrainConfig
 

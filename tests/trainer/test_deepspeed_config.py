@@ -27,7 +27,7 @@ CATALOG_RUNS = sorted(p for p in (REPO / "runs").glob("*.yaml") if p.name != "ti
 
 def _plan_config(run_yaml: Path, **spec_changes: Any) -> tuple[Any, TrainConfig | None]:
     from tac2sol.operator.planner import make_plan
-    from tac2sol.operator.spec import load_training_run
+    from tac2sol.operator.specfile import load_training_run
     from tac2sol.operator.trainconfig import to_train_config
 
     run = load_training_run(run_yaml)
@@ -75,7 +75,7 @@ def test_catalog_run_on_rtx8000_as_planned(run_yaml: Path, tmp_path: Path) -> No
 def test_catalog_run_on_rtx8000_under_deepspeed(run_yaml: Path, stage: str | int, tmp_path: Path) -> None:
     """The same models with ``strategy: deepspeed`` (stage picked by the planner, or asked for):
     the file has the plan's stage and fp16."""
-    from tac2sol.operator.spec import load_training_run
+    from tac2sol.operator.specfile import load_training_run
 
     spec = load_training_run(run_yaml).spec
     plan, cfg = _plan_config(
