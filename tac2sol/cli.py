@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Annotated
+import traceback
+from typing import Annotated, Any
 
 import typer
 
@@ -64,24 +65,71 @@ _register_all()
 
 
 def main() -> None:
-    """Entry point: run the app, turning ``Tac2solError`` into one message and its exit code."""
+    """Entry point: every error the user can fix is one line on stderr and an exit code, no traceback."""
     try:
-        app(standalone_mode=False)
+        rv = app(standalone_mode=False)
     except Tac2solError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: typer raises its own (vendored) click exceptions
+        sys.exit(_usage_error(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
+    # Without standalone mode typer returns an explicit ``typer.Exit(code)`` instead of raising it.
+    sys.exit(rv if isinstance(rv, int) else 0)
 
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(2)
-        raise
+
+def _usage_error(exc: typer.TyperException) -> int:
+    """Print a usage error as one line naming the command and the option or argument; return 2."""
+    from typer._click.exceptions import NoArgsIsHelpError
+
+    ctx = _context_of(exc)
+    command = ctx.command_path if ctx is not None else app.info.name or "tac2sol"
+    commands = (
+        ", ".join(ctx.command.list_commands(ctx))
+        if hasattr(ctx, "command") and hasattr(ctx.command, "list_commands")
+        else ""
+    )
+    if isinstance(exc, NoArgsIsHelpError):  # a bare group (``tac2sol``, ``tac2sol data``): help on stdout
+        if exc.format_message():  # without rich the help comes back as text; rich has printed it
+            typer.echo(exc.format_message())
+        typer.echo(f"error: {command}: a command is required; commands: {commands}", err=True)
+        return 2
+    message = " ".join(exc.format_message().replace("Value error, ", "").split()).rstrip(".")
+    message = message[:1].lower() + message[1:]
+    given = _given_value(exc)
+    if given is not None:
+        message += f" (got {given!r})"
+    if message.startswith("no such command") and commands:
+        message += f"; commands: {commands}"
+    typer.echo(f"error: {command}: {message} (see '{command} --help')", err=True)
+    return 2
+
+
+def _context_of(exc: typer.TyperException) -> Any:
+    """The context of the (sub)command that failed; parser errors carry none, so take the innermost one."""
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        for frame, _ in traceback.walk_tb(exc.__traceback__):
+            found = frame.f_locals.get("ctx")
+            if hasattr(found, "command_path"):
+                ctx = found
+    return ctx
+
+
+def _given_value(exc: BaseException) -> object:
+    """The value the user gave, when typer's check of it was a pydantic validation (``--nodes abc``)."""
+    cause = exc.__cause__
+    errors = getattr(cause, "errors", None)
+    if callable(errors):
+        first = (errors() or [{}])[0]
+        value = first.get("input")
+        if isinstance(value, str) and "is not one of" not in str(exc):
+            return value
+    return None
 
 
 if __name__ == "__main__":

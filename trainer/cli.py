@@ -90,7 +90,7 @@ def preflight_command(
     tokenizer: Annotated[
         str | None, typer.Option(help="Tokenizer path or hub id for token lengths and the fit ratio.")
     ] = None,
-    max_seq_length: Annotated[int, typer.Option(help="Tokens per example (maxSeqLength).")] = 2048,
+    max_seq_length: Annotated[int, typer.Option(min=1, help="Tokens per example (maxSeqLength).")] = 2048,
     output_format: Annotated[str, typer.Option("--output-format", "-o", help="text or json.")] = "text",
     on_bad_line: Annotated[
         str, typer.Option(help="stop (exit 2 naming the line) or skip (to rejects).")
@@ -173,7 +173,7 @@ def sample_command(
     output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSONL.")] = Path(
         ".cache/sample/tac2sol-sample.jsonl"
     ),
-    contracts: Annotated[int, typer.Option(help="Synthetic contracts (3-6 functions each).")] = 90,
+    contracts: Annotated[int, typer.Option(min=1, help="Synthetic contracts (3-6 functions each).")] = 90,
     seed: Annotated[int, typer.Option(help="Generator seed.")] = 1234,
 ) -> None:
     """Write the project's SYNTHETIC sample data (made by code, labelled synthetic in each row)."""
