@@ -5,12 +5,14 @@
 * normalized edit distance: rapidfuzz's Levenshtein distance / length of the longer text
   (0 = identical, 1 = nothing in common);
 * exact match (after stripping surrounding whitespace);
-* the share of functions with similarity > 0.8 and > 0.9,
+* the share of functions with similarity > 0.8 and > 0.9;
+* signature match, syntax validity (solc's parser) and fact-level F1 (``scoring.py``),
 
-overall and broken down by function size (lines of the reference) and visibility. Writes
-``eval.json`` (summary), ``predictions.jsonl`` (every row), ``eval.md`` and
-``similarity_histogram.png``. The paper's numbers (Llama 3.2 3B, 238k training pairs) are
-printed beside ours as a reference point, never as our result.
+overall and per slice (``slices.py``: size, visibility, the hard cases). Writes ``eval.json``
+(aggregates and one record per row with a stable id, ``evalfile.py``), ``predictions.jsonl``
+(every row with its texts), ``eval.md``, ``similarity_histogram.png`` and ``slices.png``. The
+paper's numbers (Llama 3.2 3B, 238k training pairs) are printed beside ours as a reference
+point, never as our result.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from typing import Any
 
 from tac2sol.trainer.config import EvalSection
 from tac2sol.trainer.data import Row, write_json, write_jsonl
+from tac2sol.trainer.evalfile import EVAL_FILE, EVAL_KIND, EVAL_SCHEMA_VERSION, row_ids, row_metrics
+from tac2sol.trainer.facts import FACT_KINDS
+from tac2sol.trainer.slices import MIN_SLICE_ROWS, row_slices, size_bucket
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +37,7 @@ PAPER_BASELINE: dict[str, Any] = {
     "similarityAbove08": 0.783,
     "similarityAbove09": 0.452,
 }
-SIZE_BUCKETS = ((5, "1-5 lines"), (15, "6-15 lines"), (None, "16+ lines"))
-
-
-def size_bucket(solidity: str) -> str:
-    lines = len([line for line in solidity.strip().splitlines() if line.strip()])
-    for limit, name in SIZE_BUCKETS:
-        if limit is None or lines <= limit:
-            return name
-    raise AssertionError("unreachable")
+__all__ = ["edit_distance", "evaluate_adapter", "evaluate_rows", "score", "size_bucket", "write_report"]
 
 
 def similarity_model_path() -> Path:
@@ -101,19 +98,30 @@ def _aggregate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "exactMatchRate": round(sum(i["exactMatch"] for i in items) / n, 4),
         "similarityAbove08": round(sum(s > 0.8 for s in sims) / n, 4),
         "similarityAbove09": round(sum(s > 0.9 for s in sims) / n, 4),
+        "signatureMatchRate": _mean_of(items, "signatureMatch"),
+        "syntaxValidRate": _mean_of(items, "syntaxValid"),
     }
+
+
+def _mean_of(items: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of a 0/1 (or None: not measured) field over the rows where it was measured."""
+    measured = [i[key] for i in items if i.get(key) is not None]
+    return round(sum(measured) / len(measured), 4) if measured else None
 
 
 def score(
     predictions: Sequence[str], references: Sequence[str], metadata: Sequence[dict[str, Any]] | None = None
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score predictions against references: (summary, one record per pair)."""
+    from tac2sol.trainer.scoring import score_code
+
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     metadata = metadata or [{} for _ in references]
     sims = semantic_similarity(predictions, references)
+    code = score_code(predictions, references, metadata)
     items = []
-    for pred, ref, meta, sim in zip(predictions, references, metadata, sims, strict=True):
+    for pred, ref, meta, sim, extra in zip(predictions, references, metadata, sims, code.rows, strict=True):
         items.append(
             {
                 "similarity": round(sim, 6),
@@ -121,6 +129,8 @@ def score(
                 "exactMatch": pred.strip() == ref.strip(),
                 "size": size_bucket(ref),
                 "visibility": str(meta.get("visibility") or "unknown"),
+                "slices": row_slices(ref, meta),
+                **extra,
             }
         )
 
@@ -130,7 +140,21 @@ def score(
             groups.setdefault(str(item[key]), []).append(item)
         return {name: _aggregate(group) for name, group in sorted(groups.items())}
 
-    summary = {"overall": _aggregate(items), "bySize": by("size"), "byVisibility": by("visibility")}
+    slices: dict[str, list[dict[str, Any]]] = {}
+    for item in items:
+        for name in item["slices"]:
+            slices.setdefault(name, []).append(item)
+    by_slice = {
+        name: {**_aggregate(group), "tooFewRows": len(group) < MIN_SLICE_ROWS}
+        for name, group in sorted(slices.items())
+    }
+    summary = {
+        "overall": _aggregate(items),
+        "bySize": by("size"),
+        "byVisibility": by("visibility"),
+        "bySlice": by_slice,
+        **code.summary,
+    }
     return summary, items
 
 
@@ -195,6 +219,10 @@ def generate(
     return outputs
 
 
+def _pct(value: float | None) -> str:
+    return "not measured" if value is None else f"{100 * value:.1f}%"
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     o = summary["overall"]
     lines = [
@@ -203,24 +231,58 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"Held-out functions: {o['samples']}. Decoding: {summary['settings']['decoding']}, "
         f"max {summary['settings']['maxNewTokens']} new tokens.",
         "",
-        "| slice | n | similarity mean | > 0.8 | > 0.9 | edit distance | exact match |",
-        "|---|---|---|---|---|---|---|",
+        "| slice | n | similarity mean | > 0.8 | > 0.9 | edit distance | exact match "
+        "| signature | syntax valid |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def row(name: str, m: dict[str, Any]) -> str:
         if not m.get("samples"):
-            return f"| {name} | 0 | | | | | |"
+            return f"| {name} | 0 | | | | | | | |"
         return (
             f"| {name} | {m['samples']} | {m['semanticSimilarityMean']:.3f} "
             f"| {100 * m['similarityAbove08']:.1f}% | {100 * m['similarityAbove09']:.1f}% "
-            f"| {m['editDistanceMean']:.3f} | {100 * m['exactMatchRate']:.1f}% |"
+            f"| {m['editDistanceMean']:.3f} | {100 * m['exactMatchRate']:.1f}% "
+            f"| {_pct(m.get('signatureMatchRate'))} | {_pct(m.get('syntaxValidRate'))} |"
         )
 
     lines.append(row("all", o))
-    for name, m in summary["bySize"].items():
-        lines.append(row(f"size {name}", m))
-    for name, m in summary["byVisibility"].items():
-        lines.append(row(f"visibility {name}", m))
+    for name, m in summary["bySlice"].items():
+        lines.append(row(name + (" (too few rows to judge)" if m["tooFewRows"] else ""), m))
+    sig, syntax, facts = summary["signatureMatch"], summary["syntax"], summary["facts"]
+    lines += ["", f"Slices with fewer than {MIN_SLICE_ROWS} rows are too few to judge.", ""]
+    lines.append(
+        f"- Signature match (Keccak-256 of the canonical signature = metadata.selector): "
+        f"{_pct(sig['rate'])} of {sig['rows']} rows"
+        + (
+            f" ({sig['notMeasured']})"
+            if sig.get("notMeasured")
+            else f"; the references: {_pct(sig['referenceRate'])}"
+        )
+    )
+    if syntax.get("notMeasured"):
+        lines.append(f"- Syntax validity: not measured ({syntax['notMeasured']}).")
+        lines.append(f"- Fact-level F1: not measured ({facts['notMeasured']}).")
+    else:
+        lines.append(
+            f"- Syntax validity ({syntax['parser']}, wrapped in a contract): {_pct(syntax['validRate'])} "
+            f"of {syntax['rows']} rows; the references: {_pct(syntax['referenceValidRate'])}"
+        )
+        lines += [
+            "",
+            "| fact kind | F1 | precision | recall | mean row F1 | rows | reference facts |",
+            "|---|---|---|---|---|---|---|",
+        ]
+
+        def num(value: float | None) -> str:
+            return "not measured" if value is None else f"{value:.3f}"
+
+        for kind in FACT_KINDS:
+            f = facts[kind]
+            lines.append(
+                f"| {kind} | {num(f['f1'])} | {num(f['precision'])} | {num(f['recall'])} "
+                f"| {num(f['meanRowF1'])} | {f['rows']} | {f['referenceFacts']} |"
+            )
     p = PAPER_BASELINE
     lines += [
         "",
@@ -228,9 +290,42 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"{100 * p['similarityAbove08']:.1f}% > 0.8, {100 * p['similarityAbove09']:.1f}% > 0.9.",
         "",
         "Similarity: cosine of all-MiniLM-L6-v2 embeddings. Edit distance: Levenshtein / longer length.",
+        "Facts come from the parsed ASTs; a row whose reference does not parse is not measured, a "
+        "prediction that does not parse states no facts, and agreeing that a fact is absent counts as F1 1.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _slice_bars(by_slice: dict[str, Any], path: Path) -> None:
+    """Mean similarity per slice, n on each bar; slices with too few rows drawn hatched and grey."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(by_slice)
+    means = [by_slice[n].get("semanticSimilarityMean", 0.0) for n in names]
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(names) + 1.2), dpi=100)
+    bars = ax.barh(names, means, color=["#b0b0b0" if by_slice[n]["tooFewRows"] else "#3b6ea8" for n in names])
+    for bar, name in zip(bars, names, strict=True):
+        if by_slice[name]["tooFewRows"]:
+            bar.set_hatch("//")
+        ax.text(
+            bar.get_width() + 0.01,
+            bar.get_y() + bar.get_height() / 2,
+            f"n={by_slice[name]['samples']}",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_xlim(0, 1.1)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"mean semantic similarity (hatched: fewer than {MIN_SLICE_ROWS} rows)")
+    ax.set_title("tac2sol evaluation by slice")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _histogram(similarities: list[float], path: Path, samples: int) -> None:
@@ -272,17 +367,24 @@ def write_report(
         summary["note"] = (
             f"{synthetic} of {len(rows)} rows are SYNTHETIC sample data (tac2sol.trainer.sample)"
         )
+    ids = row_ids([(r.input, r.output) for r in rows])
+    summary = {"kind": EVAL_KIND, "schemaVersion": EVAL_SCHEMA_VERSION, **summary}
+    summary["rows"] = [
+        {"id": i, "line": r.line, "slices": item["slices"], "metrics": row_metrics(item)}
+        for i, r, item in zip(ids, rows, items, strict=True)
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "eval.json", summary)
+    write_json(out_dir / EVAL_FILE, summary)
     write_jsonl(
         out_dir / "predictions.jsonl",
         [
-            {"line": r.line, "prediction": p, "reference": r.output, **item}
-            for r, p, item in zip(rows, predictions, items, strict=True)
+            {"id": i, "line": r.line, "prediction": p, "reference": r.output, **item}
+            for i, r, p, item in zip(ids, rows, predictions, items, strict=True)
         ],
     )
     (out_dir / "eval.md").write_text(_markdown(summary))
     _histogram([i["similarity"] for i in items], out_dir / "similarity_histogram.png", len(items))
+    _slice_bars(summary["bySlice"], out_dir / "slices.png")
     return summary
 
 
@@ -345,7 +447,7 @@ def evaluate_adapter(cfg: Any, adapter: Path | None = None, say: Callable[[str],
     # One process, no process group: evaluation is generation on one device.
     cfg = cfg.model_copy(update={"distributed": DistributedSection(precision=cfg.distributed.precision)})
     env = init_distributed(cfg)
-    if env.device == "cpu" and cfg.distributed.precision != "fp32":
+    if not env.on_gpu and cfg.distributed.precision != "fp32":
         cfg = cfg.model_copy(update={"distributed": DistributedSection(precision="fp32")})
     tokenizer = load_tokenizer(str(adapter), field="--adapter")
     if cfg.data.uri is not None and not cfg.data.file.is_file():  # trained elsewhere: fetch it again

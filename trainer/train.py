@@ -331,7 +331,7 @@ def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
         if metrics_cb is not None:
             callbacks.append(metrics_cb)
             echo(f"metrics: http://{cfg.metrics.host}:{metrics_port()}/metrics")
-    from tac2sol.trainer.distributed import rank_report_callback  # TAC2SOL_DEBUG_PARTITION=1 only
+    from tac2sol.trainer.rank_report import rank_report_callback  # TAC2SOL_DEBUG_PARTITION=1 only
 
     if (report_cb := rank_report_callback(env, out)) is not None:
         callbacks.append(report_cb)

@@ -1,4 +1,4 @@
-"""The distributed layer without ranks: launcher detection, plan checks, TrainingArguments.
+"""The distributed layer without ranks: launcher detection (``launch``), plan checks, TrainingArguments.
 
 Launcher detection is a pure function of the environment, so each launcher's variables are
 given here exactly as torchrun, PyTorchJob, the deepspeed launcher and mpirun set them.
@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 from tac2sol.trainer import distributed as dist
+from tac2sol.trainer import launch
 from tac2sol.trainer.config import TrainConfig
-from tac2sol.trainer.distributed import DistEnv, LaunchInfo, detect_launch, export_launch_env
+from tac2sol.trainer.distributed import DistEnv
+from tac2sol.trainer.launch import LaunchInfo, detect_launch, export_launch_env
 
 from tac2sol.errors import InvalidInput
 
@@ -133,7 +135,7 @@ def test_mpirun_env_becomes_torch_env() -> None:
 
 
 def test_multinode_mpirun_without_master_addr_or_mpi4py_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dist, "_mpi_master_addr", lambda: None)
+    monkeypatch.setattr(launch, "_mpi_master_addr", lambda: None)
     environ = dict(LAUNCHERS["openmpi"][0])
     with pytest.raises(InvalidInput, match="MASTER_ADDR is not set for a multi-node mpi job"):
         export_launch_env(detect_launch(environ), environ)
@@ -178,6 +180,59 @@ def _env(world: int = 1, device: str = "cpu", rank: int = 0) -> DistEnv:
 def test_check_plan_refuses(tmp_path: Path, plan: dict[str, object], env: DistEnv, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         dist.check_plan(_cfg(tmp_path, **plan), env)
+
+
+@pytest.mark.parametrize(
+    ("plan", "environ", "message"),
+    [
+        pytest.param(
+            {},
+            {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1"},
+            r"strategy is 'single' but 2 ranks were started \(the torchrun launcher\)",
+            id="single-with-ranks",
+        ),
+        pytest.param(
+            {"strategy": "deepspeed", "zero_stage": 2},
+            {},
+            "the deepspeed package is not installed",
+            id="deepspeed-missing",
+        ),
+    ],
+)
+def test_init_and_check_plan_refuse_alike(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    plan: dict[str, object],
+    environ: dict[str, str],
+    message: str,
+) -> None:
+    """Each launch rule has one implementation: the early refusal (before a process group
+    exists) and the plan check say the same."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else find_spec(name, *a)
+    )
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    cfg = _cfg(tmp_path, **plan)
+    with pytest.raises(InvalidInput, match=message):
+        dist.init_distributed(cfg)
+    info = detect_launch(environ)
+    with pytest.raises(InvalidInput, match=message):
+        dist.check_plan(cfg, _env(info.world_size))
+
+
+def test_the_device_decides_a_gpu_run() -> None:
+    import torch
+
+    device = launch.process_device(0)
+    assert device == ("cuda:0" if torch.cuda.is_available() else "cpu")
+    assert _env(device=device).on_gpu is torch.cuda.is_available()
+    assert _env(device="cuda:1").on_gpu and not _env(device="cpu").on_gpu
 
 
 def test_bf16_on_turing_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
