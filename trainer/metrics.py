@@ -12,7 +12,7 @@ Nothing in the hot path blocks on I/O or on the device:
   what the device computes), so no ``.item()`` and no collective per micro-batch, unlike
   transformers' ``include_num_input_tokens_seen``;
 * GPU memory (torch allocator counters, cudaMemGetInfo, NVML) is read in the scrape thread by a
-  custom collector; only the per-step peak is read (and reset) at step end, from the
+  custom collector (``gpu_probe``); only the per-step peak is read (and reset) at step end, from the
   allocator's counters, which does not synchronise the device.
 
 On a CPU there is no GPU collector at all: GPU series are absent, never zero.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import sys
 import time
 from collections.abc import Iterator, Mapping
@@ -49,8 +48,9 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
 from tac2sol.observability import names
+from tac2sol.trainer.gpu_probe import GpuProbe, count_parameters, gpu_probe
+from tac2sol.trainer.launch import detect_launch, process_device
 
 from tac2sol.errors import InvalidInput
 
@@ -65,8 +65,6 @@ STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30
 SAVE_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 # Time constant of the exponential smoothing of tokens/s and samples/s.
 SMOOTHING_SECONDS = 30.0
-# 6 FLOPs per parameter per token: forward + backward (the PaLM MFU convention).
-FLOPS_PER_PARAM_TOKEN = 6.0
 
 
 class DistEnvLike(Protocol):
@@ -89,12 +87,8 @@ class _ProcessEnv:
 
 def _env_from_environment() -> _ProcessEnv:
     """Rank and device from launcher variables, for callers that have no ``DistEnv``."""
-    rank = int(os.environ.get("RANK", "0") or 0)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    import torch
-
-    device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    return _ProcessEnv(rank, local_rank, device)
+    info = detect_launch(os.environ)
+    return _ProcessEnv(info.rank, info.local_rank, process_device(info.local_rank))
 
 
 def _version(dist: str) -> str:
@@ -219,145 +213,6 @@ def _flatten(summary: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str
             yield from _flatten(value, f"{full}.")
         else:
             yield full, value
-
-
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-
-
-class GpuProbe:
-    """GPU figures of this rank's device, read at scrape time (a prometheus-client collector).
-
-    torch: allocated, reserved, peak during the last step; NVML (nvidia-ml-py): used, total,
-    utilisation, temperature, power, each left out where the driver does not support it.
-    Without NVML, used/total come from cudaMemGetInfo. MFU when the GPU's peak FLOP/s is known.
-    """
-
-    def __init__(self, labels: tuple[str, str, str], index: int, peak_flops: float | None) -> None:
-        self.labels = labels
-        self.index = index
-        self.peak_flops = peak_flops
-        self.parameters = 0
-        self.tokens_per_second = 0.0
-        self.last_step_peak: float | None = None
-        self._nvml = _nvml_handle(index)
-
-    def step_end(self) -> None:
-        """Read and reset the allocator's peak: no device synchronisation."""
-        import torch
-
-        self.last_step_peak = float(torch.cuda.max_memory_allocated(self.index))
-        torch.cuda.reset_peak_memory_stats(self.index)
-
-    def describe(self) -> list[Metric]:
-        return []  # values need the device; nothing to read at registration
-
-    def collect(self) -> Iterator[Metric]:
-        import torch
-
-        def family(name: str, doc: str, value: float | None) -> Iterator[Metric]:
-            if value is None:
-                return
-            g = GaugeMetricFamily(name, doc, labels=list(names.TRAINER_LABELS))
-            g.add_metric(list(self.labels), value)
-            yield g
-
-        i = self.index
-        yield from family(
-            names.GPU_MEMORY_ALLOCATED, "torch: bytes held by tensors.", torch.cuda.memory_allocated(i)
-        )
-        yield from family(
-            names.GPU_MEMORY_RESERVED,
-            "torch: bytes held by the caching allocator.",
-            torch.cuda.memory_reserved(i),
-        )
-        yield from family(
-            names.GPU_MEMORY_PEAK, "torch: peak allocated bytes during the last step.", self.last_step_peak
-        )
-        used, total = self._memory()
-        yield from family(names.GPU_MEMORY_USED, "Device memory in use by all processes (NVML).", used)
-        yield from family(names.GPU_MEMORY_TOTAL, "Device memory in total (NVML).", total)
-        if self._nvml is not None:
-            yield from family(
-                names.GPU_UTILIZATION, "NVML: share of time a kernel ran (0-1).", self._nvml_utilization()
-            )
-            yield from family(names.GPU_TEMPERATURE, "NVML: GPU temperature.", self._nvml_call("temperature"))
-            yield from family(names.GPU_POWER, "NVML: power draw.", self._nvml_call("power"))
-        if self.peak_flops and self.parameters and self.tokens_per_second > 0:
-            mfu = FLOPS_PER_PARAM_TOKEN * self.parameters * self.tokens_per_second / self.peak_flops
-            yield from family(
-                names.TRAIN_MFU, "Model FLOPs utilisation estimate: 6*params*tokens/s / peak.", mfu
-            )
-
-    def _memory(self) -> tuple[float | None, float | None]:
-        if self._nvml is not None:
-            import pynvml
-
-            try:
-                info = pynvml.nvmlDeviceGetMemoryInfo(self._nvml)
-                return float(info.used), float(info.total)
-            except pynvml.NVMLError:
-                pass
-        import torch
-
-        free, total = torch.cuda.mem_get_info(self.index)
-        return float(total - free), float(total)
-
-    def _nvml_utilization(self) -> float | None:
-        import pynvml
-
-        try:
-            return float(pynvml.nvmlDeviceGetUtilizationRates(self._nvml).gpu) / 100.0
-        except pynvml.NVMLError:
-            return None
-
-    def _nvml_call(self, what: str) -> float | None:
-        import pynvml
-
-        try:
-            if what == "temperature":
-                return float(pynvml.nvmlDeviceGetTemperature(self._nvml, pynvml.NVML_TEMPERATURE_GPU))
-            return float(pynvml.nvmlDeviceGetPowerUsage(self._nvml)) / 1000.0  # milliwatts
-        except pynvml.NVMLError:
-            return None
-
-
-def cuda_uuid(index: int) -> str | None:
-    """``GPU-<uuid>`` of CUDA device ``index``, as NVML and nvidia-smi name it."""
-    import torch
-
-    match = _UUID.search(str(torch.cuda.get_device_properties(index).uuid))
-    return f"GPU-{match.group(0)}" if match else None
-
-
-def _nvml_handle(index: int) -> Any:
-    """The NVML handle of CUDA device ``index`` (matched by UUID: CUDA_VISIBLE_DEVICES reorders)."""
-    try:
-        import pynvml
-
-        pynvml.nvmlInit()
-    except Exception as exc:  # no driver library, no device: NVML series stay absent
-        log.info("NVML unavailable (%s); GPU utilisation, temperature and power are not exported", exc)
-        return None
-    uuid = cuda_uuid(index)
-    try:
-        if uuid:
-            return pynvml.nvmlDeviceGetHandleByUUID(uuid)
-        if "CUDA_VISIBLE_DEVICES" not in os.environ:
-            return pynvml.nvmlDeviceGetHandleByIndex(index)
-    except pynvml.NVMLError as exc:
-        log.info("NVML has no handle for cuda:%d (%s)", index, exc)
-    return None
-
-
-def count_parameters(model: Any) -> int:
-    """All parameters of ``model``, counting 4-bit packed weights (two per byte) and ZeRO-3 shards."""
-    total = 0
-    for p in model.parameters():
-        n = int(getattr(p, "ds_numel", 0) or p.numel())
-        if type(p).__name__ == "Params4bit":
-            n *= 2
-        total += n
-    return total
 
 
 class MetricsCallbackBase:
@@ -517,7 +372,7 @@ def metrics_callback(cfg: TrainConfig, env: DistEnvLike | None = None) -> Traine
     where = env if env is not None else _env_from_environment()
     if _ACTIVE is None:
         metrics = TrainerMetrics(cfg.run_name, where.rank, where.device)
-        gpu = _gpu_probe(metrics.labels, where.device, _peak_flops(cfg))
+        gpu = gpu_probe(metrics.labels, where.device, cfg.metrics.gpu_peak_flops)
         if gpu is not None:
             metrics.registry.register(gpu)
         port = cfg.metrics.port + where.local_rank if cfg.metrics.port else 0
@@ -528,22 +383,6 @@ def metrics_callback(cfg: TrainConfig, env: DistEnvLike | None = None) -> Traine
     callback_class = type("TrainerMetricsCallback", (MetricsCallbackBase, TrainerCallback), {})
     callback: TrainerCallback = callback_class(_ACTIVE.metrics, _ACTIVE.gpu)
     return callback
-
-
-def _peak_flops(cfg: TrainConfig) -> float | None:
-    value = getattr(cfg.metrics, "gpu_peak_flops", None)
-    return float(value) if value else None
-
-
-def _gpu_probe(labels: tuple[str, str, str], device: str, peak_flops: float | None) -> GpuProbe | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    index = torch.device(device).index
-    return GpuProbe(labels, torch.cuda.current_device() if index is None else index, peak_flops)
 
 
 def _serve(registry: CollectorRegistry, host: str, port: int) -> Any:
@@ -571,7 +410,7 @@ def record_eval(summary: Mapping[str, Any]) -> list[str]:
 
 def linger(cfg: TrainConfig) -> None:
     """Keep serving ``cfg.metrics.linger_seconds`` so a last scrape sees the final values."""
-    seconds = float(getattr(cfg.metrics, "linger_seconds", 0.0) or 0.0)
+    seconds = cfg.metrics.linger_seconds
     if _ACTIVE is not None and seconds > 0:
         log.info("serving final metrics for %.0f s", seconds)
         time.sleep(seconds)

@@ -1,7 +1,7 @@
 """GPU check of the trainer's memory metrics (run on a machine with a CUDA GPU).
 
 1. Allocates 1, 2 and 4 GiB with torch and, after each, compares what the trainer exports
-   (``tac2sol_gpu_memory_*`` from ``tac2sol.trainer.metrics.GpuProbe``, i.e. torch + NVML) with
+   (``tac2sol_gpu_memory_*`` from ``tac2sol.trainer.gpu_probe.GpuProbe``, i.e. torch + NVML) with
    ``nvidia-smi``: device used and total within 5 %, torch's reserved growth against the growth
    nvidia-smi reports for this process within 5 %, the step peak at least the largest tensor.
 2. With ``--train-config FILE`` (a trainer config whose ``distributed.per_gpu_memory_bytes`` holds
@@ -66,7 +66,7 @@ def exported(probe: object) -> dict[str, float]:
 def check_allocations() -> bool:
     import torch
     from tac2sol.observability import names as n
-    from tac2sol.trainer.metrics import GpuProbe, cuda_uuid
+    from tac2sol.trainer.gpu_probe import GpuProbe, cuda_uuid
 
     index = torch.cuda.current_device()
     torch.cuda.init()

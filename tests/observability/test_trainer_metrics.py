@@ -11,7 +11,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from tac2sol.observability import names as n
-from tac2sol.trainer import metrics
+from tac2sol.trainer import gpu_probe, metrics
 from tac2sol.trainer.config import TrainConfig
 
 from tac2sol.errors import InvalidInput
@@ -146,8 +146,8 @@ def test_count_parameters_matches_the_model() -> None:
     model = LlamaForCausalLM(
         LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1)
     )
-    assert metrics.count_parameters(model) == sum(p.numel() for p in model.parameters())
+    assert gpu_probe.count_parameters(model) == sum(p.numel() for p in model.parameters())
 
 
 def test_no_gpu_probe_on_cpu() -> None:
-    assert metrics._gpu_probe(("r", "0", "cpu"), "cpu", 1e12) is None
+    assert gpu_probe.gpu_probe(("r", "0", "cpu"), "cpu", 1e12) is None
