@@ -13,7 +13,6 @@ effective config) and ``run.json`` (config, versions, data hashes, plan, timings
 from __future__ import annotations
 
 import gc
-import importlib.util
 import json
 import logging
 import math
@@ -29,6 +28,10 @@ from typing import Any
 from tac2sol.trainer import checkpoints
 from tac2sol.trainer.config import TrainConfig
 from tac2sol.trainer.data import write_json, write_jsonl
+from tac2sol.trainer.distributed import DistEnv
+from tac2sol.trainer.metrics import linger, metrics_callback, metrics_port, record_eval
+from tac2sol.trainer.prompt import IGNORE_INDEX
+from tac2sol.trainer.rank_report import rank_report_callback
 
 from tac2sol.errors import InvalidInput, Tac2solError
 
@@ -162,7 +165,7 @@ def counting_trainer_class() -> Any:
     return CountingTrainer
 
 
-def training_arguments(cfg: TrainConfig, env: Any, has_eval: bool) -> Any:
+def training_arguments(cfg: TrainConfig, env: DistEnv, has_eval: bool) -> Any:
     """``TrainingArguments`` from the config, merged with what the distributed layer decides."""
     from tac2sol.trainer.distributed import training_arguments_kwargs
     from transformers import TrainingArguments
@@ -206,7 +209,7 @@ def _select(encoded: Any, lines: list[int]) -> Any:
     return encoded.select([index[line] for line in lines]).select_columns(["input_ids", "labels"])
 
 
-def _say_on(env: Any, say: Say | None) -> Say:
+def _say_on(env: DistEnv, say: Say | None) -> Say:
     def out(message: str) -> None:
         if env.is_main:
             (say or print)(message)
@@ -224,7 +227,7 @@ def train(cfg: TrainConfig, say: Say | None = None) -> TrainResult:
         "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
     )
     env = init_distributed(cfg)
-    if env.device == "cpu" and cfg.training.cpu_threads:
+    if not env.on_gpu and cfg.training.cpu_threads:
         import torch
 
         torch.set_num_threads(cfg.training.cpu_threads)
@@ -256,7 +259,7 @@ class _Fitted:
     ds_config: str | None
 
 
-def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
+def _fit(cfg: TrainConfig, env: DistEnv, echo: Say) -> _Fitted:
     import transformers
     from tac2sol.trainer.distributed import bnb_config_kwargs, check_plan, model_load_kwargs
     from tac2sol.trainer.model import count_parameters, load_model, load_tokenizer
@@ -324,21 +327,17 @@ def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
     # -- Trainer ----------------------------------------------------------------------------
     guard = nan_guard()
     callbacks = [checkpoints.manifest_callback(), guard]
-    if importlib.util.find_spec("tac2sol.trainer.metrics") is not None:
-        from tac2sol.trainer.metrics import metrics_callback, metrics_port
-
-        metrics_cb = metrics_callback(cfg, env)
-        if metrics_cb is not None:
-            callbacks.append(metrics_cb)
-            echo(f"metrics: http://{cfg.metrics.host}:{metrics_port()}/metrics")
-    from tac2sol.trainer.rank_report import rank_report_callback  # TAC2SOL_DEBUG_PARTITION=1 only
+    metrics_cb = metrics_callback(cfg, env)
+    if metrics_cb is not None:
+        callbacks.append(metrics_cb)
+        echo(f"metrics: http://{cfg.metrics.host}:{metrics_port()}/metrics")
 
     if (report_cb := rank_report_callback(env, out)) is not None:
         callbacks.append(report_cb)
     from transformers import DataCollatorForSeq2Seq
 
     collator = DataCollatorForSeq2Seq(
-        tokenizer, label_pad_token_id=-100, pad_to_multiple_of=8 if env.device != "cpu" else None
+        tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8 if env.on_gpu else None
     )
     trainer = counting_trainer_class()(
         model=model,
@@ -403,7 +402,7 @@ def _fit(cfg: TrainConfig, env: Any, echo: Say) -> _Fitted:
     )
 
 
-def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: float) -> TrainResult:
+def _finish(cfg: TrainConfig, env: DistEnv, echo: Say, fitted: _Fitted, started: float) -> TrainResult:
     """After the process group is gone: merged model, evaluation and run.json on rank 0."""
     out = Path(cfg.output_dir)
     timings = dict(fitted.timings)
@@ -434,10 +433,7 @@ def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: flo
                 model, fitted.tokenizer, fitted.eval_rows, fitted.encoded, cfg.evaluation, eval_dir, say=echo
             )
             timings["eval_s"] = time.monotonic() - mark
-            if importlib.util.find_spec("tac2sol.trainer.metrics") is not None:
-                from tac2sol.trainer.metrics import record_eval
-
-                record_eval(summary["overall"])
+            record_eval(summary["overall"])
     timings["total_s"] = time.monotonic() - started
     run_json = out / RUN_JSON
     if env.is_main:
@@ -449,7 +445,7 @@ def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: flo
             "environment": {
                 "worldSize": env.world_size,
                 "device": env.device,
-                "launcher": getattr(env, "launcher", None),
+                "launcher": env.launcher,
                 "cpuCount": os.cpu_count(),
             },
             "plan": cfg.distributed.model_dump(mode="json"),
@@ -481,10 +477,7 @@ def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: flo
         }
         write_json(run_json, manifest)
     # Every rank keeps serving its final values for a last scrape, not only rank 0.
-    if importlib.util.find_spec("tac2sol.trainer.metrics") is not None:
-        from tac2sol.trainer.metrics import linger
-
-        linger(cfg)
+    linger(cfg)
     return TrainResult(
         output_dir=out,
         adapter_dir=fitted.adapter_dir,
@@ -500,15 +493,15 @@ def _finish(cfg: TrainConfig, env: Any, echo: Say, fitted: _Fitted, started: flo
     )
 
 
-def _reload_for_eval(cfg: TrainConfig, env: Any, adapter: Path) -> Any:
-    from tac2sol.trainer.distributed import bnb_config_kwargs
+def _reload_for_eval(cfg: TrainConfig, env: DistEnv, adapter: Path) -> Any:
+    from tac2sol.trainer.distributed import bnb_config_kwargs, precision_dtype
     from tac2sol.trainer.model import load_for_inference
 
-    if env.device.startswith("cuda"):
+    if env.on_gpu:
         import torch
 
         torch.cuda.empty_cache()
-    dtype = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}[cfg.distributed.precision]
+    dtype = precision_dtype(cfg.distributed.precision)
     return load_for_inference(
         cfg, adapter, {"dtype": dtype, "device_map": {"": env.device}}, bnb_config_kwargs(cfg, env)
     )
