@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from tac2sol.devtools import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,12 +62,6 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
         env={**os.environ, "PYTHON": sys.executable},
     )
     return model, data, Path(ops.stdout.strip().splitlines()[-1])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_mode(
@@ -111,7 +106,7 @@ def run_mode(
         "--master-addr",
         "127.0.0.1",
         "--master-port",
-        str(_free_port()),
+        str(free_port()),
         str(BIN / "tac2sol"),
         "train",
         "--config",

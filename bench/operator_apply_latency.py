@@ -24,7 +24,6 @@ import json
 import math
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,33 +36,16 @@ from typing import Any
 
 import yaml
 
+from tac2sol import devtools
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE = Path(os.environ.get("TAC2SOL_CACHE", Path.home() / ".cache" / "tac2sol"))
 KUBECTL = str(CACHE / "bin" / "kubectl")
 TAC2SOL = str(Path(sys.executable).parent / "tac2sol")
-PORT_VARS = (
-    "TAC2SOL_ETCD_PORT",
-    "TAC2SOL_ETCD_PEER_PORT",
-    "TAC2SOL_APISERVER_PORT",
-    "TAC2SOL_TRAINING_OPERATOR_METRICS_PORT",
-    "TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT",
-    "TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT",
-)
 
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 @contextmanager
@@ -72,19 +54,15 @@ def control_plane(kubeconfig: str | None) -> Iterator[dict[str, str]]:
     if kubeconfig:
         yield {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONSAFEPATH": "1"}
         return
-    state = tempfile.mkdtemp(prefix="tac2sol-bench-cluster-")
-    env = {**os.environ, "TAC2SOL_CLUSTER_DIR": state, "PYTHONSAFEPATH": "1"}
-    env.update(zip(PORT_VARS, map(str, _free_ports(len(PORT_VARS))), strict=True))
+    state = Path(tempfile.mkdtemp(prefix="tac2sol-bench-cluster-"))
     say(f"starting a control plane in {state} (hack/cluster.sh up) ...")
     t0 = time.monotonic()
-    subprocess.run(
-        ["bash", str(REPO / "hack" / "cluster.sh"), "up"], env=env, check=True, capture_output=True
-    )
-    say(f"control plane up in {time.monotonic() - t0:.0f} s")
     try:
-        yield {**env, "KUBECONFIG": f"{state}/kubeconfig"}
-    finally:
-        subprocess.run(["bash", str(REPO / "hack" / "cluster.sh"), "down"], env=env, capture_output=True)
+        with devtools.start_cluster(state) as cluster:
+            say(f"control plane up in {time.monotonic() - t0:.0f} s")
+            yield cluster.env
+    except devtools.DevToolsError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def kubectl(env: dict[str, str], *args: str, input: str | None = None) -> str:

@@ -12,10 +12,11 @@
 # Environment (all optional):
 #   TAC2SOL_CLUSTER_DIR       state: certs, kubeconfigs, etcd data, pids, logs (~/.cache/tac2sol/cluster)
 #   TAC2SOL_CACHE             where hack/install-tools.sh put the binaries (~/.cache/tac2sol)
-#   TAC2SOL_CRDS_DIR          the Kubeflow CRDs (<repo>/../shared/crds)
-#   TAC2SOL_ETCD_PORT 23790, TAC2SOL_ETCD_PEER_PORT 23800, TAC2SOL_APISERVER_PORT 26443,
-#   TAC2SOL_TRAINING_OPERATOR_METRICS_PORT 28080, TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT 28081,
-#   TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT 29443
+#   TAC2SOL_CRDS_DIR          the Kubeflow CRDs (hack/install-tools.sh copies them from the
+#                             training-operator's Go module to ~/.cache/tac2sol/crds/training-operator)
+#   TAC2SOL_ETCD_PORT, TAC2SOL_APISERVER_PORT, ... the ports on 127.0.0.1: names and defaults are
+#                             CLUSTER_PORTS in tac2sol/devtools.py (`python -m tac2sol.devtools cluster-env`)
+#   TAC2SOL_PYTHON            the interpreter with tac2sol installed (<repo>/.venv/bin/python)
 #   TAC2SOL_CLUSTER_TIMEOUT   seconds to wait for each component to be ready (60)
 #   TAC2SOL_CLUSTER_OWNER_PID when set, the cluster stops itself once that process is gone (the
 #                             test fixture passes pytest's pid, so a killed test run leaves nothing)
@@ -27,18 +28,11 @@ REPO=$(dirname "$HACK")
 CACHE=${TAC2SOL_CACHE:-$HOME/.cache/tac2sol}
 BIN=$CACHE/bin
 STATE=${TAC2SOL_CLUSTER_DIR:-$CACHE/cluster}
-CRDS=${TAC2SOL_CRDS_DIR:-$REPO/../shared/crds}
-ETCD_PORT=${TAC2SOL_ETCD_PORT:-23790}
-ETCD_PEER_PORT=${TAC2SOL_ETCD_PEER_PORT:-23800}
-APISERVER_PORT=${TAC2SOL_APISERVER_PORT:-26443}
-TO_METRICS_PORT=${TAC2SOL_TRAINING_OPERATOR_METRICS_PORT:-28080}
-TO_HEALTH_PORT=${TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT:-28081}
-TO_WEBHOOK_PORT=${TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT:-29443}
+PYTHON=${TAC2SOL_PYTHON:-$REPO/.venv/bin/python}
 TIMEOUT=${TAC2SOL_CLUSTER_TIMEOUT:-60}
 
 PKI=$STATE/pki
 KUBECONFIG_PATH=$STATE/kubeconfig
-SERVER=https://127.0.0.1:$APISERVER_PORT
 # training-operator v1.9.0 reads its webhook certificates from this fixed path (pkg/cert/cert.go).
 WEBHOOK_CERT_DIR=/tmp/k8s-webhook-server/serving-certs
 SERVICE_CIDR=10.96.0.0/16
@@ -51,13 +45,23 @@ die() { say "ERROR: $*"; exit 1; }
 
 kubectl() { "$BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 
+load_settings() {  # the ports and TAC2SOL_CRDS_DIR, from their one owner, tac2sol.devtools
+    local settings
+    [[ -x $PYTHON ]] || die "$PYTHON is missing: run \`make venv\` first, or set TAC2SOL_PYTHON"
+    settings=$(PYTHONSAFEPATH=1 "$PYTHON" -m tac2sol.devtools cluster-env) || die "could not read the cluster's settings"
+    eval "$settings"
+    mapfile -t PORT_VARS < <(sed -n 's/^\(TAC2SOL_[A-Z_]*_PORT\)=.*/\1/p' <<<"$settings")
+    CRDS=$TAC2SOL_CRDS_DIR
+    SERVER=https://127.0.0.1:$TAC2SOL_APISERVER_PORT
+}
+
 need_binaries() {
     local name
     for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl training-operator kwok; do
         [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
     done
     [[ -f $CRDS/kubeflow.org_pytorchjobs.yaml ]] \
-        || die "no Kubeflow CRDs in $CRDS: set TAC2SOL_CRDS_DIR to the folder holding kubeflow.org_*.yaml"
+        || die "no Kubeflow CRDs in $CRDS: run \`bash hack/install-tools.sh\` (or set TAC2SOL_CRDS_DIR to the folder holding kubeflow.org_*.yaml)"
 }
 
 # --- processes ---------------------------------------------------------------------------------
@@ -105,9 +109,9 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 check_ports() {
     local var port
-    for var in ETCD_PORT ETCD_PEER_PORT APISERVER_PORT TO_METRICS_PORT TO_HEALTH_PORT TO_WEBHOOK_PORT; do
+    for var in "${PORT_VARS[@]}"; do
         port=${!var}
-        port_free "$port" || die "port $port ($var) on 127.0.0.1 is in use: stop what uses it, or set TAC2SOL_$var (another cluster? \`bash hack/cluster.sh status\`)"
+        port_free "$port" || die "port $port ($var) on 127.0.0.1 is in use: stop what uses it, or set $var (another cluster? \`bash hack/cluster.sh status\`)"
     done
 }
 
@@ -203,30 +207,26 @@ write_env() {
 export KUBECONFIG=$KUBECONFIG_PATH
 export TAC2SOL_CLUSTER_DIR=$STATE
 export TAC2SOL_APISERVER_URL=$SERVER
-export TAC2SOL_ETCD_PORT=$ETCD_PORT
-export TAC2SOL_ETCD_PEER_PORT=$ETCD_PEER_PORT
-export TAC2SOL_APISERVER_PORT=$APISERVER_PORT
-export TAC2SOL_TRAINING_OPERATOR_METRICS_PORT=$TO_METRICS_PORT
-export TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT=$TO_HEALTH_PORT
-export TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT=$TO_WEBHOOK_PORT
 EOF
+    local var
+    for var in "${PORT_VARS[@]}"; do echo "export $var=${!var}" >>"$STATE/cluster.env"; done
 }
 
 # --- components ----------------------------------------------------------------------------------
 
 start_etcd() {
     start etcd --name=tac2sol --data-dir="$STATE/etcd" \
-        --listen-client-urls="http://127.0.0.1:$ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$ETCD_PORT" \
-        --listen-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
-        --initial-advertise-peer-urls="http://127.0.0.1:$ETCD_PEER_PORT" \
-        --initial-cluster="tac2sol=http://127.0.0.1:$ETCD_PEER_PORT" \
+        --listen-client-urls="http://127.0.0.1:$TAC2SOL_ETCD_PORT" --advertise-client-urls="http://127.0.0.1:$TAC2SOL_ETCD_PORT" \
+        --listen-peer-urls="http://127.0.0.1:$TAC2SOL_ETCD_PEER_PORT" \
+        --initial-advertise-peer-urls="http://127.0.0.1:$TAC2SOL_ETCD_PEER_PORT" \
+        --initial-cluster="tac2sol=http://127.0.0.1:$TAC2SOL_ETCD_PEER_PORT" \
         --unsafe-no-fsync --log-level=warn
-    wait_for "etcd health" etcd curl -sf "http://127.0.0.1:$ETCD_PORT/health"
+    wait_for "etcd health" etcd curl -sf "http://127.0.0.1:$TAC2SOL_ETCD_PORT/health"
 }
 
 start_apiserver() {
-    start kube-apiserver --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
-        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    start kube-apiserver --etcd-servers="http://127.0.0.1:$TAC2SOL_ETCD_PORT" \
+        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$TAC2SOL_APISERVER_PORT" \
         --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
         --client-ca-file="$PKI/ca.crt" --anonymous-auth=false \
         --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
@@ -283,9 +283,9 @@ start_training_operator() {
     done
     KUBECONFIG=$STATE/training-operator.kubeconfig start training-operator \
         --enable-scheme=pytorchjob --enable-scheme=mpijob --leader-elect=false \
-        --metrics-bind-address="127.0.0.1:$TO_METRICS_PORT" \
-        --health-probe-bind-address="127.0.0.1:$TO_HEALTH_PORT" \
-        --webhook-server-port="$TO_WEBHOOK_PORT"
+        --metrics-bind-address="127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_METRICS_PORT" \
+        --health-probe-bind-address="127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT" \
+        --webhook-server-port="$TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT"
 }
 
 start_kwok() {
@@ -310,6 +310,7 @@ running_count() {
 }
 
 cmd_up() {
+    load_settings
     need_binaries
     mkdir -p "$STATE"
     if [[ $(running_count) == "${#COMPONENTS[@]}" ]]; then
@@ -328,7 +329,7 @@ cmd_up() {
     done
     cp "$STATE/admin.kubeconfig" "$KUBECONFIG_PATH"
     trap 'on_exit_during_up $?' EXIT
-    say "starting etcd and kube-apiserver on 127.0.0.1:$APISERVER_PORT"
+    say "starting etcd and kube-apiserver on 127.0.0.1:$TAC2SOL_APISERVER_PORT"
     start_etcd
     start_apiserver
     say "starting controller-manager, scheduler; installing the Kubeflow CRDs"
@@ -343,7 +344,7 @@ cmd_up() {
         kubectl -n default get serviceaccount default
     wait_for "2 Ready kwok nodes" kwok nodes_ready
     wait_for "training-operator /readyz (webhook certs, controllers)" training-operator \
-        curl -sf "http://127.0.0.1:$TO_HEALTH_PORT/readyz"
+        curl -sf "http://127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT/readyz"
     trap - EXIT
     write_env
     [[ -z ${TAC2SOL_CLUSTER_OWNER_PID:-} ]] || start_watchdog "$TAC2SOL_CLUSTER_OWNER_PID"

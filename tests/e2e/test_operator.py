@@ -13,7 +13,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import yaml
 from prometheus_client import start_http_server
 from tac2sol.operator import rbac
 from tac2sol.trainer.metrics import TrainerMetrics
+
+from tac2sol.devtools import free_port
 
 pytestmark = pytest.mark.k8s
 
@@ -568,33 +569,11 @@ def test_killing_the_operator_mid_reconcile_leaves_no_duplicates(
     ]
 
 
-def _free_port_range(count: int) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + count > 65535:
-            continue
-        try:
-            held = []
-            for i in range(count):
-                t = socket.socket()
-                held.append(t)
-                t.bind(("127.0.0.1", base + i))
-            return base
-        except OSError:
-            continue
-        finally:
-            for t in held:
-                t.close()
-    raise AssertionError(f"no {count} consecutive free ports")
-
-
 def test_progress_is_read_from_the_master_pods_metrics(
     control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
 ) -> None:
     cp, ns = control_plane, namespace
-    base = _free_port_range(4)
+    base = free_port(4)
     ranks = []
     for rank in range(4):  # one trainer registry per local rank, as the 4 torchrun processes serve them
         m = TrainerMetrics(run="watched", rank=rank, device=f"cuda:{rank}")

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.error
@@ -26,8 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tac2sol import devtools
+
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("TAC2SOL_CACHE", Path.home() / ".cache" / "tac2sol"))
 RULES = REPO / "manifests" / "prometheus" / "tac2sol.rules.yaml"
 # What Grafana would put for $__rate_interval at a 1 s scrape interval, with margin.
 RATE_INTERVAL = "10s"
@@ -35,31 +35,13 @@ RATE_INTERVAL = "10s"
 
 def tool(name: str) -> str:
     """A binary from hack/install-tools.sh's cache, else from PATH; fail with what to run."""
-    cached = CACHE / "bin" / name
+    cached = devtools.bin_dir() / name
     if cached.exists():
         return str(cached)
     found = shutil.which(name)
     if not found:
         pytest.fail(f"{name} not found in {cached.parent} or PATH: run `bash hack/install-tools.sh`")
     return found
-
-
-def free_port(consecutive: int = 1) -> int:
-    """A port p such that p .. p+consecutive-1 are free on 127.0.0.1 right now."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + consecutive > 65535:
-            continue
-        try:
-            for port in range(base, base + consecutive):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range found")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
@@ -108,7 +90,7 @@ class Prometheus:
 
 
 def _start(tmp: Path, targets: dict[str, list[str]]) -> Prometheus:
-    port = free_port()
+    port = devtools.free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
         "rule_files": [str(RULES)],
@@ -192,7 +174,7 @@ def obs() -> SimpleNamespace:
         repo=REPO,
         rules=RULES,
         tool=tool,
-        free_port=free_port,
+        free_port=devtools.free_port,
         http_get=http_get,
         promtool=promtool,
         substitute=substitute,

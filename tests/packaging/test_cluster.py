@@ -33,6 +33,7 @@ from tac2sol.operator import rbac
 from tac2sol.operator.crd import CRD_FILE
 
 from tac2sol import __version__
+from tac2sol.devtools import free_port
 
 pytestmark = pytest.mark.k8s
 
@@ -56,12 +57,6 @@ class Release:
     service_account: str
     kubectl: Callable[..., subprocess.CompletedProcess[str]]
     helm: Callable[..., subprocess.CompletedProcess[str]]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _helm_for(helm: Any, cp: Any) -> Callable[..., subprocess.CompletedProcess[str]]:
@@ -169,7 +164,7 @@ def operator_as(cp: Any, release: Release, tmp: Path, wait: Wait) -> Iterator[Pa
     settings = cp.get_json("configmap", f"{release.service_account}-settings", "-n", release.namespace)[
         "data"
     ]
-    port = _free_port()
+    port = free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TAC2SOL_")},
         **settings,

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tac2sol.devtools import free_port
 
 pytestmark = pytest.mark.dist
 
@@ -82,12 +83,6 @@ def rank_env(ds_ops_dir: Path) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def write_config(
     directory: Path,
     model_dir: Path,
@@ -126,19 +121,6 @@ def write_config(
     return path
 
 
-def _free_port_pair() -> int:
-    """A base port whose successor is free too (rank 1 serves on base + 1)."""
-    for _ in range(50):
-        base = _free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", base + 1))
-            except OSError:
-                continue
-        return base
-    raise RuntimeError("no two consecutive free ports")
-
-
 def launch_command(launcher: str, config: Path) -> list[str]:
     train = [str(BIN / "tac2sol"), "train", "--config", str(config)]
     if launcher == "torchrun":
@@ -153,7 +135,7 @@ def launch_command(launcher: str, config: Path) -> list[str]:
             "--master-addr",
             "127.0.0.1",
             "--master-port",
-            str(_free_port()),
+            str(free_port()),
             "--max-restarts",
             "0",
             *train,
@@ -165,7 +147,7 @@ def launch_command(launcher: str, config: Path) -> list[str]:
             "--num_gpus",
             "2",
             "--master_port",
-            str(_free_port()),
+            str(free_port()),
             "--no_local_rank",
             *train,
         ]
@@ -182,7 +164,7 @@ def launch_command(launcher: str, config: Path) -> list[str]:
             "-np",
             "2",
             "-x",
-            f"MASTER_PORT={_free_port()}",
+            f"MASTER_PORT={free_port()}",
             *train,
         ]
     raise AssertionError(launcher)
@@ -341,7 +323,7 @@ def test_two_ranks_train(
     # The DDP case also serves /metrics through `tac2sol train` itself: each rank on base port +
     # local rank, lingering a few seconds so the last scrape sees the final step.
     scrape = case == "ddp-qlora"
-    base = _free_port_pair() if scrape else 0
+    base = free_port(2) if scrape else 0  # rank 1 serves on base + 1
     metrics = {"host": "127.0.0.1", "port": base, "linger_seconds": 4} if scrape else None
     cfg_path = write_config(
         tmp_path / case,

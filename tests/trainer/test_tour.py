@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,20 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from tac2sol.devtools import free_port
+
 pytestmark = pytest.mark.slow
 
 TAC2SOL = Path(sys.executable).parent / "tac2sol"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_tour_runs_end_to_end_and_serves_metrics(repo_root: Path, tmp_path: Path) -> None:
     shutil.copy(repo_root / "runs" / "tiny-local.yaml", tmp_path / "tiny-local.yaml")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
         [str(TAC2SOL), "run", "tiny-local.yaml", "--output", "tour-out", "--max-steps", "8",

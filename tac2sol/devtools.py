@@ -1,0 +1,193 @@
+"""Development helpers shared by the tests, the benchmarks and the hack/ scripts: free ports on
+127.0.0.1, the tool cache of hack/install-tools.sh, and the dev control plane of hack/cluster.sh.
+
+They run scripts under hack/, so they work from a checkout (an editable install) only.
+`python -m tac2sol.devtools cluster-env` prints what hack/cluster.sh reads: the control plane's
+port variables (defaults below, overridden by the environment) and the Kubeflow CRDs folder.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+HACK = REPO / "hack"
+# Below pytest's per-test timeout (900 s), so that a fixture's message wins over a bare timeout.
+INSTALL_TIMEOUT_S = 840
+# The dev control plane's ports on 127.0.0.1 (`make cluster-up`); tests and benchmarks start
+# their own clusters with every one of them on a free port instead.
+CLUSTER_PORTS = {
+    "TAC2SOL_ETCD_PORT": 23790,
+    "TAC2SOL_ETCD_PEER_PORT": 23800,
+    "TAC2SOL_APISERVER_PORT": 26443,
+    "TAC2SOL_TRAINING_OPERATOR_METRICS_PORT": 28080,
+    "TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT": 28081,
+    "TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT": 29443,
+}
+
+
+class DevToolsError(RuntimeError):
+    """A tool is missing or a hack/ script failed; the message says what to run."""
+
+
+def cache_dir() -> Path:
+    """Where hack/install-tools.sh caches the tools by version (TAC2SOL_CACHE)."""
+    return Path(os.environ.get("TAC2SOL_CACHE") or Path.home() / ".cache" / "tac2sol")
+
+
+def bin_dir() -> Path:
+    return cache_dir() / "bin"
+
+
+def crds_dir() -> Path:
+    """The Kubeflow training-operator CRDs, copied by hack/install-tools.sh from the Go module of
+    the training-operator it builds (so they match the controller's version)."""
+    return cache_dir() / "crds" / "training-operator"
+
+
+# --- free ports ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _bound(ports: Iterable[int]) -> Iterator[list[socket.socket]]:
+    """Sockets bound to each of `ports` on 127.0.0.1 (0: any), all closed on exit; OSError if taken."""
+    socks: list[socket.socket] = []
+    try:
+        for port in ports:
+            socks.append(socket.socket())
+            socks[-1].bind(("127.0.0.1", port))
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free on 127.0.0.1 right now."""
+    with _bound([0] * count) as socks:
+        return [int(s.getsockname()[1]) for s in socks]
+
+
+def free_port(consecutive: int = 1) -> int:
+    """A port p such that p .. p+consecutive-1 are all free on 127.0.0.1 right now."""
+    for _ in range(100):
+        base = free_ports(1)[0]
+        try:
+            with _bound(range(base + 1, base + consecutive)):
+                return base
+        except (OSError, OverflowError):  # taken, or past port 65535
+            continue
+    raise DevToolsError(f"no {consecutive} consecutive free ports on 127.0.0.1")
+
+
+# --- tools ---------------------------------------------------------------------------------------
+
+
+@functools.cache
+def _run_installer() -> None:
+    """Run hack/install-tools.sh once per process (silent and ~0.2 s when everything is cached)."""
+    try:
+        proc = subprocess.run(
+            ["bash", str(HACK / "install-tools.sh")],
+            capture_output=True,
+            text=True,
+            timeout=INSTALL_TIMEOUT_S,
+        )
+    except subprocess.TimeoutExpired:
+        raise DevToolsError(
+            f"hack/install-tools.sh did not finish within {INSTALL_TIMEOUT_S} s: run `make tools` once "
+            "before the tests (a cold build of all the tools takes about an hour on 2 busy cores)"
+        ) from None
+    if proc.returncode != 0:
+        raise DevToolsError(f"`bash hack/install-tools.sh` failed:\n{proc.stderr[-4000:]}")
+
+
+def ensure_tools(*names: str) -> Path:
+    """Install the tools (hack/install-tools.sh) and return the folder holding `names`."""
+    _run_installer()
+    missing = [n for n in names if not os.access(bin_dir() / n, os.X_OK)]
+    if missing:
+        raise DevToolsError(f"{', '.join(missing)} missing from {bin_dir()} after hack/install-tools.sh")
+    return bin_dir()
+
+
+# --- the dev control plane -----------------------------------------------------------------------
+
+
+def cluster_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """hack/cluster.sh's settings: each port from the environment or its default, and the CRDs."""
+    env = {"TAC2SOL_CRDS_DIR": environ.get("TAC2SOL_CRDS_DIR") or str(crds_dir())}
+    for name, default in CLUSTER_PORTS.items():
+        value = environ.get(name) or str(default)
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise DevToolsError(f"{name}={value!r} is not a port: give a number from 1 to 65535")
+        env[name] = value
+    return env
+
+
+@dataclass(frozen=True)
+class DevCluster:
+    """A control plane that hack/cluster.sh started; `env` is for the processes that talk to it."""
+
+    state_dir: Path
+    env: dict[str, str]  # os.environ + KUBECONFIG, the cluster's ports, PYTHONSAFEPATH=1
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.env['TAC2SOL_APISERVER_PORT']}"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.state_dir / "pki" / "ca.crt"
+
+
+@contextmanager
+def start_cluster(
+    state_dir: Path, *, owner_pid: int | None = None, timeout: float = 300
+) -> Iterator[DevCluster]:
+    """`hack/cluster.sh up` in `state_dir` on free ports, so it never collides with a developer's
+    `make cluster-up`; `down` when the block ends. With `owner_pid`, the cluster also stops once
+    that process is gone (a killed test run leaves nothing behind)."""
+    env = {**os.environ, "TAC2SOL_CLUSTER_DIR": str(state_dir), "PYTHONSAFEPATH": "1"}
+    env["TAC2SOL_PYTHON"] = sys.executable  # the interpreter that runs this, for cluster-env
+    env.update(zip(CLUSTER_PORTS, map(str, free_ports(len(CLUSTER_PORTS))), strict=True))
+    if owner_pid is not None:
+        env["TAC2SOL_CLUSTER_OWNER_PID"] = str(owner_pid)
+    script = ["bash", str(HACK / "cluster.sh")]
+    try:
+        up = subprocess.run([*script, "up"], capture_output=True, text=True, env=env, timeout=timeout)
+        if up.returncode != 0:
+            raise DevToolsError(f"`hack/cluster.sh up` failed:\n{up.stderr[-6000:]}")
+        yield DevCluster(state_dir, {**env, "KUBECONFIG": str(state_dir / "kubeconfig")})
+    finally:
+        subprocess.run([*script, "down"], capture_output=True, text=True, env=env, timeout=120)
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["cluster-env"]:
+        print("usage: python -m tac2sol.devtools cluster-env", file=sys.stderr)
+        return 2
+    try:
+        env = cluster_env()
+    except DevToolsError as exc:
+        print(f"tac2sol.devtools: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(f"{name}={shlex.quote(value)}" for name, value in env.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
