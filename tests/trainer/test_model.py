@@ -98,3 +98,62 @@ def test_unknown_target_modules_and_unloadable_tokenizer_are_clear_errors(
     (tmp_path / "empty").mkdir()
     with pytest.raises(InvalidInput, match=r"model\.tokenizer: cannot load a tokenizer from local path"):
         load_tokenizer(str(tmp_path / "empty"))
+
+
+def test_lora_gradients_through_4bit_match_the_dequantized_model(make_config: Any, sample_file: Any) -> None:
+    """The gradient through bitsandbytes' CPU 4-bit path is the gradient of the same model with the
+    dequantized weights in fp32, also after an evaluation pass (which, left alone, repacks the
+    weights for an inference kernel without autograd on AVX512-BF16 CPUs)."""
+    import warnings
+
+    from peft import get_peft_model
+    from tac2sol.trainer.model import lora_config
+    from transformers import AutoModelForCausalLM
+
+    cfg = make_config(training={"gradient_checkpointing": False}, lora={"dropout": 0.0})
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    batch = _batch(tokenizer, sample_file)
+    torch.manual_seed(3)
+    quantized = load_model(cfg, CPU_LOAD, CPU_BNB)
+    reference = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, **CPU_LOAD)
+    layers = {n: m for n, m in quantized.base_model.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
+    for name, module in reference.named_modules():
+        if f"{name}.base_layer" in layers:
+            q = layers[f"{name}.base_layer"]
+            module.weight.data.copy_(bnb.functional.dequantize_4bit(q.weight.data, q.weight.quant_state))
+    reference = get_peft_model(reference, lora_config(cfg))
+    with torch.no_grad():  # non-zero LoRA B, the same in both, so every LoRA weight gets a gradient
+        lora = {n: p for n, p in reference.named_parameters() if "lora_" in n}
+        for name, param in quantized.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn_like(param) * 0.05)
+                lora[name].copy_(param)
+
+    def gradients(model: Any) -> dict[str, Any]:
+        model.train()
+        model.zero_grad()
+        model(**batch).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    expected = gradients(reference)
+    quantized.eval()
+    with torch.no_grad():
+        quantized(**batch)  # what the Trainer's evaluation does between training steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "backprop through gemv_4bit ... silently incorrect" fails here
+        got = gradients(quantized)
+    assert got.keys() == expected.keys() and len(got) == 2 * 2 * 7
+    for name, grad in expected.items():
+        assert torch.allclose(got[name], grad, rtol=1e-3, atol=1e-6), name
+
+
+def test_importing_bitsandbytes_through_the_trainer_prints_no_kernels_hint() -> None:
+    """bitsandbytes' "pip install kernels" hint (AVX512-BF16 CPUs) is filtered, with the reason in
+    tac2sol/trainer/__init__.py; nothing else it prints at import is hidden."""
+    import subprocess
+    import sys
+
+    code = "import tac2sol.trainer, bitsandbytes, transformers; transformers.Trainer"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "kernels" not in done.stderr, done.stderr[-2000:]
