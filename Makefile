@@ -36,8 +36,9 @@ test: venv tools
 	bash hack/mypy.sh
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+# test-fast: no installed tools (`tools` covers the k8s, prom and image tests), no training runs.
 test-fast: venv
-	$(BIN)/pytest -m "not k8s and not prom and not dist and not slow and not image" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not tools and not dist and not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -39,8 +39,7 @@ import yaml
 from tac2sol import devtools
 
 REPO = Path(__file__).resolve().parents[1]
-CACHE = Path(os.environ.get("TAC2SOL_CACHE", Path.home() / ".cache" / "tac2sol"))
-KUBECTL = str(CACHE / "bin" / "kubectl")
+KUBECTL = str(devtools.bin_dir() / "kubectl")
 TAC2SOL = str(Path(sys.executable).parent / "tac2sol")
 
 

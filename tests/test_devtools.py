@@ -1,4 +1,5 @@
-"""tac2sol.devtools: free ports and the dev cluster's settings."""
+"""tac2sol.devtools (free ports, the cluster's settings) and the suite's own rules (tests/conftest.py):
+the `tools` marker and the check that fails a run on a skip that is not GPU-only."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from tac2sol import devtools
+
+CONFTEST = Path(__file__).with_name("conftest.py")
 
 
 def test_free_ports_are_distinct_and_bindable() -> None:
@@ -69,3 +72,54 @@ def test_cluster_env_command_is_what_cluster_sh_evals(tmp_path: Path) -> None:
     )  # fmt: skip
     assert (bad.returncode, bad.stdout) == (2, "")
     assert "TAC2SOL_ETCD_PORT='x' is not a port" in bad.stderr
+
+
+# --- the suite's rules, run on a small suite of their own ------------------------------------------
+
+
+def _suite(pytester: pytest.Pytester, body: str, *args: str) -> pytest.RunResult:
+    """Run `body` as a test module with this suite's conftest (its ../shared is absent)."""
+    pytester.makeconftest(CONFTEST.read_text())
+    pytester.makeini("[pytest]\nmarkers =\n    tools: t\n    gpu: g\n    k8s: k\n    prom: p\n    image: i\n")
+    pytester.makepyfile(f"import pytest\n\n{body}")
+    return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args)
+
+
+def test_a_skip_for_a_missing_tool_fails_the_run(pytester: pytest.Pytester) -> None:
+    result = _suite(pytester, "def test_a():\n    pytest.skip('checkov is not installed')\n")
+    result.assert_outcomes(skipped=1)
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*skips that fail the run*", "*::test_a: checkov is not installed"])
+
+
+def test_a_module_skip_fails_the_run(pytester: pytest.Pytester) -> None:
+    result = _suite(pytester, "pytest.importorskip('no_such_module_here')\n\ndef test_a():\n    pass\n")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(["*skips that fail the run*", "*could not import 'no_such_module_here'*"])
+
+
+def test_gpu_and_absent_shared_data_skips_pass(pytester: pytest.Pytester) -> None:
+    result = _suite(
+        pytester,
+        "@pytest.mark.gpu\ndef test_marked():\n    pytest.skip('no device')\n\n"
+        "def test_reason():\n    pytest.skip('GPU panel: absent on a CPU run')\n\n"
+        "def test_data(dataset_500):\n    pass\n",
+        "-rs",
+    )
+    result.assert_outcomes(skipped=3)
+    assert result.ret == pytest.ExitCode.OK
+    result.stdout.fnmatch_lines(
+        ["*needs the real data in ../shared: */tac2sol-500.jsonl is absent (CI has it)"]
+    )
+
+
+def test_test_fast_leaves_out_tool_users_and_cluster_tests(pytester: pytest.Pytester) -> None:
+    body = (
+        "def test_helm(tool_bin):\n    pass\n\n"
+        "@pytest.mark.k8s\ndef test_k8s():\n    pass\n\n"
+        "@pytest.mark.image\ndef test_image():\n    pass\n\n"
+        "def test_plain():\n    pass\n"
+    )
+    result = _suite(pytester, body, "-m", "not tools", "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*::test_plain", "1/4 tests collected (3 deselected)*"])
+    assert "test_helm" not in result.stdout.str()

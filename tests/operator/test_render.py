@@ -1,6 +1,7 @@
 """The pure renderers: golden files pin the ConfigMap + PyTorchJob/MPIJob of a few runs, and
 table-driven checks say what must hold for any run. The rendered jobs are also validated against
-the Kubeflow v1.9.0 CRD schemas from ../shared/crds (the apiserver would check the same).
+the Kubeflow v1.9.0 CRD schemas that hack/install-tools.sh takes from the training-operator's Go
+module (the apiserver would check the same).
 
 Review golden diffs like code. To accept an intended change:
     TAC2SOL_UPDATE_GOLDEN=1 .venv/bin/pytest tests/operator/test_render.py
@@ -110,8 +111,7 @@ def test_golden(case: str) -> None:
 
 
 @functools.cache
-def _crd_schema(kind: str) -> dict[str, Any]:
-    crds = REPO.parent / "shared" / "crds"
+def _crd_schema(crds: Path, kind: str) -> dict[str, Any]:
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the CRDs are ~600 KB
     doc = yaml.load((crds / f"kubeflow.org_{kind.lower()}s.yaml").read_text(), Loader=loader)
     version = next(v for v in doc["spec"]["versions"] if v["name"] == "v1")
@@ -134,9 +134,9 @@ def _openapi_to_jsonschema(node: Any) -> Any:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_jobs_match_the_kubeflow_crd_schema(case: str, shared_dir: Path) -> None:
+def test_jobs_match_the_kubeflow_crd_schema(case: str, kubeflow_crds: Path) -> None:
     job = _render(CASES[case])[1]
-    schema = _crd_schema(job["kind"])
+    schema = _crd_schema(kubeflow_crds, job["kind"])
     # metadata is validated by the apiserver itself, not by the CRD schema
     jsonschema.validate({**job, "metadata": {}}, schema)
 

@@ -1,17 +1,15 @@
-"""Fixtures for the packaging tests: the real `helm` binary, chart rendering, and the test control
-plane of tests/e2e (re-exported, so tests/packaging/test_cluster.py can use it).
+"""Fixtures for the packaging tests: the real `helm` binary and chart rendering (the test control
+plane comes from tests/conftest.py).
 
 `helm` comes from hack/install-tools.sh (~/.cache/tac2sol/bin/helm, built once from
-helm.sh/helm/v3 and cached by version); the fixture runs the installer when it is missing.
+helm.sh/helm/v3 and cached by version), through the `tool_bin` fixture.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +20,6 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "tac2sol"
-CACHE = Path(os.environ.get("TAC2SOL_CACHE", Path.home() / ".cache" / "tac2sol"))
-BIN = CACHE / "bin"
 RELEASE = "tac2sol"
 
 
@@ -37,25 +33,6 @@ def kube_version() -> str:
 
 
 NAMESPACE = "tac2sol-system"
-
-
-def _load_e2e_conftest() -> Any:
-    """tests/e2e/conftest.py as a module (test dirs are not packages under --import-mode=importlib)."""
-    path = REPO / "tests" / "e2e" / "conftest.py"
-    spec = importlib.util.spec_from_file_location("tac2sol_tests_e2e_conftest", path)
-    assert spec and spec.loader, path
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-_e2e = _load_e2e_conftest()
-# The real control plane (etcd, kube-apiserver, controllers, training-operator, kwok GPU nodes).
-control_plane = _e2e.control_plane
-namespace = _e2e.namespace
-wait = _e2e.wait
-ControlPlane = _e2e.ControlPlane
 
 
 @dataclass(frozen=True)
@@ -82,17 +59,10 @@ class Helm:
 
 
 @pytest.fixture(scope="session")
-def helm(tmp_path_factory: pytest.TempPathFactory) -> Helm:
-    binary = BIN / "helm"
+def helm(tool_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    binary = tool_bin / "helm"
     if not os.access(binary, os.X_OK):
-        proc = subprocess.run(
-            ["bash", str(REPO / "hack" / "install-tools.sh")], capture_output=True, text=True, timeout=840
-        )
-        if proc.returncode != 0 or not os.access(binary, os.X_OK):
-            pytest.fail(
-                f"{binary} is missing after `bash hack/install-tools.sh`:\n{proc.stderr[-3000:]}",
-                pytrace=False,
-            )
+        pytest.fail(f"{binary} is missing after `bash hack/install-tools.sh`", pytrace=False)
     home = tmp_path_factory.mktemp("helm-home")
     env = {
         **os.environ,
