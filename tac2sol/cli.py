@@ -31,7 +31,7 @@ app = typer.Typer(
 
 # Each module exposes ``register(app: typer.Typer) -> None``; a side whose module is not
 # there yet (or whose optional extra is not installed) simply contributes no commands.
-_COMMAND_MODULES = ("tac2sol.operator.cli", "tac2sol.trainer.cli")
+_COMMAND_MODULES = ("tac2sol.operator.cli", "tac2sol.trainer.cli", "tac2sol.trainer.compare_cli")
 
 
 def _version_callback(value: bool) -> None:
