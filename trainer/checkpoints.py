@@ -168,3 +168,44 @@ def manifest_callback() -> Any:
             )
 
     return ManifestCallback()
+
+
+def log_at_save_callback() -> Any:
+    """A ``TrainerCallback`` that logs the loss at every step that saves a checkpoint.
+
+    The Trainer drains its running loss into ``log_history`` only at logging steps, and a resumed
+    Trainer starts that sum afresh. Logging at each save makes the history a checkpoint carries
+    cover every step up to it, which is what ``run_mean_loss`` needs. Put it after every callback
+    that may ask for a save.
+    """
+    from transformers import TrainerCallback
+
+    class LogAtSave(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if control.should_save:
+                control.should_log = True
+
+    return LogAtSave()
+
+
+def run_mean_loss(
+    log_history: list[dict[str, Any]], resume_step: int, session_loss: float, global_step: int
+) -> float | None:
+    """The training loss averaged over every step of the run, resumed sessions included.
+
+    ``session_loss`` is the Trainer's mean over the steps after ``resume_step`` (its
+    ``training_loss``); the steps up to ``resume_step`` come from the restored ``log_history``,
+    where each ``loss`` is the mean over the steps since the previous logged one. Steps the
+    history does not cover (a checkpoint written without ``log_at_save_callback``) are left out.
+    """
+    total, covered, previous = 0.0, 0, 0
+    for entry in log_history:
+        step = int(entry.get("step", 0))
+        if "loss" in entry and previous < step <= resume_step:
+            total += float(entry["loss"]) * (step - previous)
+            covered += step - previous
+            previous = step
+    session_steps = global_step - resume_step
+    total += session_loss * session_steps
+    covered += session_steps
+    return total / covered if covered else None

@@ -334,6 +334,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say) -> _Fitted:
 
     if (report_cb := rank_report_callback(env, out)) is not None:
         callbacks.append(report_cb)
+    callbacks.append(checkpoints.log_at_save_callback())  # last: after every callback that saves
     from transformers import DataCollatorForSeq2Seq
 
     collator = DataCollatorForSeq2Seq(
@@ -390,7 +391,9 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say) -> _Fitted:
         adapter_dir=adapter_dir,
         resumed_from=str(resume.checkpoint) if resume.checkpoint else None,
         global_step=trainer.state.global_step,
-        train_loss=result.training_loss,
+        train_loss=checkpoints.run_mean_loss(
+            trainer.state.log_history, resume.step or 0, result.training_loss, trainer.state.global_step
+        ),
         eval_loss=eval_loss,
         preflight=pf.report,
         source=fetched.source if fetched is not None else None,

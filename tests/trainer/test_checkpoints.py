@@ -6,7 +6,14 @@ import logging
 from pathlib import Path
 
 import pytest
-from tac2sol.trainer.checkpoints import MANIFEST, latest_valid, problem, resolve_resume, write_manifest
+from tac2sol.trainer.checkpoints import (
+    MANIFEST,
+    latest_valid,
+    problem,
+    resolve_resume,
+    run_mean_loss,
+    write_manifest,
+)
 
 from tac2sol.errors import InvalidInput
 
@@ -65,3 +72,36 @@ def test_resume_modes(tmp_path: Path) -> None:
         decision = resolve_resume(mode, tmp_path)
         assert decision.checkpoint == sealed and decision.step == 4
     assert resolve_resume("never", tmp_path).checkpoint is None
+
+
+@pytest.mark.parametrize(
+    ("history", "resume_step", "session_loss", "global_step", "expected"),
+    [
+        pytest.param([], 0, 2.0, 10, 2.0, id="fresh-run"),
+        # logged at 1 (first step), 4 and 6 (a save); resumed at 6, then 4 more steps at 1.0
+        pytest.param(
+            [{"step": 1, "loss": 4.0}, {"step": 4, "loss": 3.0}, {"step": 6, "loss": 2.0}],
+            6,
+            1.0,
+            10,
+            (4.0 + 3 * 3.0 + 2 * 2.0 + 4 * 1.0) / 10,
+            id="resumed",
+        ),
+        # eval entries and the history after the resume point do not count twice
+        pytest.param(
+            [{"step": 2, "loss": 3.0}, {"step": 2, "eval_loss": 9.0}, {"step": 4, "loss": 2.0}],
+            2,
+            1.0,
+            4,
+            (2 * 3.0 + 2 * 1.0) / 4,
+            id="history-past-resume",
+        ),
+        # an old checkpoint whose last log precedes it: the unlogged steps 3-4 are left out
+        pytest.param([{"step": 2, "loss": 3.0}], 4, 1.0, 6, (2 * 3.0 + 2 * 1.0) / 4, id="gap"),
+        pytest.param([{"step": 4, "loss": 3.0}], 4, 0.0, 4, 3.0, id="resumed-at-the-end"),
+    ],
+)
+def test_run_mean_loss_covers_the_steps_before_a_resume(
+    history: list[dict[str, float]], resume_step: int, session_loss: float, global_step: int, expected: float
+) -> None:
+    assert run_mean_loss(history, resume_step, session_loss, global_step) == pytest.approx(expected)

@@ -103,3 +103,6 @@ def test_sigkill_then_resume_auto_matches_an_uninterrupted_run(tmp_path: Path, m
     for key in a:
         assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-6), key
     assert any(not torch.equal(t, torch.zeros_like(t)) for t in a.values())  # it did learn something
+    # The loss summary covers the whole run, the steps before the resume included.
+    whole = json.loads((tmp_path / "reference" / "run.json").read_text())["results"]["trainLoss"]
+    assert run["results"]["trainLoss"] == pytest.approx(whole, rel=1e-4)
