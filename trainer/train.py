@@ -270,6 +270,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say) -> _Fitted:
     mark = time.monotonic()
     check_plan(cfg, env)
     _check_config(cfg)
+    metrics_cb = metrics_callback(cfg, env)  # binds the port now: a taken port fails in a second
     out = Path(cfg.output_dir)
     ensure_writable(out)
     resume = checkpoints.resolve_resume(cfg.resume, out)
@@ -327,7 +328,6 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say) -> _Fitted:
     # -- Trainer ----------------------------------------------------------------------------
     guard = nan_guard()
     callbacks = [checkpoints.manifest_callback(), guard]
-    metrics_cb = metrics_callback(cfg, env)
     if metrics_cb is not None:
         callbacks.append(metrics_cb)
         echo(f"metrics: http://{cfg.metrics.host}:{metrics_port()}/metrics")

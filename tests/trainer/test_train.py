@@ -115,6 +115,27 @@ def test_bad_input_fails_before_training(make_config: Any, tmp_path: Path, case:
     assert not checkpoints(out) and not (out / "adapter").exists() and not (out / "run.json").exists()
 
 
+def test_a_taken_metrics_port_fails_before_data_and_model(make_config: Any) -> None:
+    import socket
+
+    from tac2sol.trainer.metrics import stop_server
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cfg = make_config(metrics={"enabled": True, "host": "127.0.0.1", "port": port})
+        try:
+            with pytest.raises(
+                InvalidInput, match=rf"metrics\.port: cannot serve metrics on 127\.0\.0\.1:{port}"
+            ):
+                train(cfg)
+        finally:
+            stop_server()
+    out = Path(cfg.output_dir)
+    assert not (out / "data").exists() and not (out / "config.yaml").exists()  # nothing prepared yet
+
+
 def test_nan_guard_stops_without_saving() -> None:
     from transformers import TrainerControl, TrainerState
 
