@@ -135,6 +135,7 @@ def plain_jobs(items: list[dict[str, Any]], namespace: str) -> list[dict[str, An
     from tac2sol.operator.planner import make_plan
     from tac2sol.operator.reconcile import render_options
     from tac2sol.operator.render import render_job
+    from tac2sol.operator.resolve import resolve
     from tac2sol.operator.settings import OperatorSettings
     from tac2sol.operator.specfile import parse_training_run
 
@@ -144,7 +145,7 @@ def plain_jobs(items: list[dict[str, Any]], namespace: str) -> list[dict[str, An
         data = json.loads(json.dumps(item))
         data["metadata"].update(namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
         run = parse_training_run(data)
-        job = render_job(run, make_plan(run), opts)
+        job = render_job(resolve(run), make_plan(resolve(run)), opts)
         del job["metadata"]["ownerReferences"]
         jobs.append(job)
     return jobs

@@ -48,6 +48,7 @@ def plan(
 ) -> None:
     """Estimate per-GPU memory and pick strategy, ZeRO stage, precision and accumulation (exit 1: no fit)."""
     from tac2sol.operator.planner import format_bytes, make_plan
+    from tac2sol.operator.resolve import resolve
     from tac2sol.operator.specfile import load_training_run, parse_training_run
 
     run = load_training_run(file)
@@ -56,7 +57,7 @@ def plan(
         data = run.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
         data["spec"]["resources"].update({k: v for k, v in changes.items() if v is not None})
         run = parse_training_run(data, source=f"{file} (with command-line overrides)")
-    result = make_plan(run)
+    result = make_plan(resolve(run))
     if output == PlanFormat.json:
         typer.echo(json.dumps(result.model_dump(mode="json", by_alias=True), indent=2))
     else:
@@ -209,7 +210,8 @@ def catalog(
         t = Table(title="gpus", title_justify="left")
         for col in ("key", "name", "memory", "sm", "precision", "per node", "nvlink"):
             t.add_column(col)
-        from tac2sol.operator.planner import format_bytes, precision_for
+        from tac2sol.operator.planner import format_bytes
+        from tac2sol.operator.resolve import precision_for
 
         for key, g in GPUS.items():
             t.add_row(

@@ -53,13 +53,13 @@ from tac2sol.operator.catalog import (
     lora_trainable_params,
 )
 from tac2sol.operator.plan import Candidate, Plan, PlanStrategy
-from tac2sol.operator.resolve import precision_for, resolved_lora_targets
-from tac2sol.operator.resolve import resolve_model as _resolve
+from tac2sol.operator.resolve import ResolvedRun, resolve
 from tac2sol.operator.spec import TrainingRun
+from tac2sol.operator.validation import accumulation_steps
 
 from tac2sol.errors import InvalidInput
 
-__all__ = ["Plan", "estimate", "format_bytes", "format_count", "make_plan", "precision_for"]
+__all__ = ["Plan", "estimate", "format_bytes", "format_count", "make_plan"]
 
 GiB = 1024**3
 NF4_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 0.516
@@ -185,9 +185,10 @@ def _layer_working_params(f: ModelFacts) -> float:
     return attention / f.layers + 3 * f.hidden * f.mlp_width_per_token
 
 
-def _layouts(run: TrainingRun, gpu: GpuType) -> list[Layout]:
+def _layouts(rr: ResolvedRun) -> list[Layout]:
     """Layouts the spec allows, cheapest first."""
-    s = run.spec
+    s = rr.spec
+    gpu = rr.gpu
     world = s.resources.world_size
     plain = Layout("single" if world == 1 else "ddp")
     if s.strategy == "ddp" or gpu.is_cpu:
@@ -208,12 +209,13 @@ def _layouts(run: TrainingRun, gpu: GpuType) -> list[Layout]:
     return out
 
 
-def _world_reason(run: TrainingRun, gpu: GpuType, layout: Layout) -> str | None:
-    world = run.spec.resources.world_size
+def _world_reason(rr: ResolvedRun, layout: Layout) -> str | None:
+    world = rr.spec.resources.world_size
+    gpu = rr.gpu
     if layout.strategy == "single" or gpu.is_cpu:
         return None
-    if gpu.nvlink_group >= run.spec.resources.gpus_per_node:
-        return f"{run.spec.resources.gpus_per_node} x {gpu.name} per node talk over NVLink"
+    if gpu.nvlink_group >= rr.spec.resources.gpus_per_node:
+        return f"{rr.spec.resources.gpus_per_node} x {gpu.name} per node talk over NVLink"
     if gpu.nvlink_group > 1:
         return (
             f"{world} GPUs: NVLink joins {gpu.nvlink_group} GPUs at most on {gpu.name}, "
@@ -223,40 +225,36 @@ def _world_reason(run: TrainingRun, gpu: GpuType, layout: Layout) -> str | None:
     return f"{world} GPUs talk over PCIe (no NVLink on {gpu.name}); size /dev/shm (resources.shmSize)"
 
 
-def make_plan(run: TrainingRun) -> Plan:
-    """The cheapest layout that fits, with reasons; ``fits=False`` and ``waysOut`` when none does."""
-    plan = _plan(run)
+def make_plan(rr: ResolvedRun) -> Plan:
+    """The cheapest layout that fits, with reasons; ``fits=False`` and ``waysOut`` when none does.
+
+    ``rr`` is a validated run (:mod:`tac2sol.operator.validation` has checked its cross-field rules).
+    """
+    plan = _plan(rr)
     if not plan.fits:
-        plan.ways_out = _ways_out(run, plan)
+        plan.ways_out = _ways_out(rr, plan)
     return plan
 
 
-def _plan(run: TrainingRun) -> Plan:
-    s = run.spec
+def _plan(rr: ResolvedRun) -> Plan:
+    s = rr.spec
     r = s.resources
-    gpu = GPUS[r.gpu_type]
-    facts = _resolve(s.model)
+    gpu = rr.gpu
+    facts = rr.facts
     world = r.world_size
     t = s.training
-    per_step = t.per_device_batch_size * world
-    global_batch = t.global_batch_size or per_step
-    if global_batch % per_step:
-        raise InvalidInput(
-            f"spec.training.globalBatchSize: {global_batch} is not a multiple of "
-            "perDeviceBatchSize x nodes x "
-            f"gpusPerNode = {per_step}"
-        )
-    accumulation = global_batch // per_step
-    targets = resolved_lora_targets(s, facts)
+    accumulation = accumulation_steps(s)
+    global_batch = t.per_device_batch_size * world * accumulation
+    targets = list(rr.lora_targets)
     trainable = lora_trainable_params(facts, targets, s.lora.r)
     quantized = s.quantization == "nf4"
-    precision = precision_for(gpu)
+    precision = rr.precision
     usable = int((r.host_memory_bytes if gpu.is_cpu else gpu.memory_bytes) * HEADROOM)
     device_memory = r.host_memory_bytes if gpu.is_cpu else gpu.memory_bytes
     host_usable = int(r.host_memory_bytes * HEADROOM)
 
     candidates: list[tuple[Layout, Estimate, bool]] = []
-    for layout in _layouts(run, gpu):
+    for layout in _layouts(rr):
         est = estimate(
             facts,
             layout=layout,
@@ -314,7 +312,7 @@ def _plan(run: TrainingRun) -> Plan:
             f"per node (90% of each): {tried}"
         )
         reasons.append(_weights_arithmetic(facts, quantized, gpu, world))
-    world_reason = _world_reason(run, gpu, layout)
+    world_reason = _world_reason(rr, layout)
     if world_reason:
         reasons.append(world_reason)
     return Plan(
@@ -382,29 +380,29 @@ def _weights_arithmetic(facts: ModelFacts, quantized: bool, gpu: GpuType, world:
     )
 
 
-def _variant(run: TrainingRun, **changes: object) -> TrainingRun:
-    """A copy of ``run`` with dotted spec fields changed (``resources.nodes=2``)."""
-    data = run.model_dump(by_alias=False, exclude={"status"})
+def _variant(rr: ResolvedRun, **changes: object) -> Plan:
+    """The plan of ``rr`` with spec fields changed (``resources__nodes=2``)."""
+    data = rr.run.model_dump(by_alias=False, exclude={"status"})
     for dotted, value in changes.items():
         node = data["spec"]
         *parents, leaf = dotted.split("__")
         for p in parents:
             node = node[p]
         node[leaf] = value
-    return TrainingRun.model_validate(data)
+    return _plan(resolve(TrainingRun.model_validate(data)))
 
 
-def _ways_out(run: TrainingRun, plan: Plan) -> list[str]:
+def _ways_out(rr: ResolvedRun, plan: Plan) -> list[str]:
     """Concrete changes that make the run fit, each checked by planning it."""
-    s = run.spec
+    s = rr.spec
     r = s.resources
-    gpu = GPUS[r.gpu_type]
+    gpu = rr.gpu
     out: list[str] = []
     auto = {"strategy": "auto", "deepspeed__stage": "auto", "deepspeed__offload_optimizer": None,
             "deepspeed__offload_params": None}  # fmt: skip
 
     if s.strategy != "auto" or s.deepspeed.stage != "auto" or s.deepspeed.offload_optimizer is False:
-        alt = _plan(_variant(run, **auto))
+        alt = _variant(rr, **auto)
         if alt.fits:
             out.append(
                 f"let the planner choose (strategy auto, deepspeed.stage auto, offload unset): {_short(alt)}"
@@ -420,14 +418,12 @@ def _ways_out(run: TrainingRun, plan: Plan) -> list[str]:
             nodes = total // per_node
             if nodes > 256:
                 break
-            alt = _plan(
-                _variant(
-                    run,
-                    resources__gpus_per_node=per_node,
-                    resources__nodes=nodes,
-                    training__global_batch_size=None,
-                    **auto,
-                )
+            alt = _variant(
+                rr,
+                resources__gpus_per_node=per_node,
+                resources__nodes=nodes,
+                training__global_batch_size=None,
+                **auto,
             )
             if alt.fits:
                 out.append(
@@ -441,21 +437,19 @@ def _ways_out(run: TrainingRun, plan: Plan) -> list[str]:
     # Shorter sequences.
     seq = s.training.max_seq_length // 2
     while seq >= 256:
-        alt = _plan(_variant(run, training__max_seq_length=seq, **auto))
+        alt = _variant(rr, training__max_seq_length=seq, **auto)
         if alt.fits:
             out.append(f"shorter sequences: training.maxSeqLength {seq}: {_short(alt)}")
             break
         seq //= 2
     if s.training.per_device_batch_size > 1:
-        alt = _plan(
-            _variant(run, training__per_device_batch_size=1, training__global_batch_size=None, **auto)
-        )
+        alt = _variant(rr, training__per_device_batch_size=1, training__global_batch_size=None, **auto)
         if alt.fits:
             out.append(
                 f"training.perDeviceBatchSize 1 (keep the global batch through accumulation): {_short(alt)}"
             )
     if not s.training.gradient_checkpointing:
-        alt = _plan(_variant(run, training__gradient_checkpointing=True, **auto))
+        alt = _variant(rr, training__gradient_checkpointing=True, **auto)
         if alt.fits:
             out.append(f"training.gradientCheckpointing true: {_short(alt)}")
     # Offload, if only host memory is short.
@@ -473,7 +467,7 @@ def _ways_out(run: TrainingRun, plan: Plan) -> list[str]:
             continue
         if r.gpus_per_node > other.max_per_node:
             continue
-        alt = _plan(_variant(run, resources__gpu_type=key, **auto))
+        alt = _variant(rr, resources__gpu_type=key, **auto)
         if alt.fits:
             bigger.append(f"{key} ({_short(alt)})")
     if bigger:
@@ -485,19 +479,17 @@ def _ways_out(run: TrainingRun, plan: Plan) -> list[str]:
             continue
         seq_ok = min(s.training.max_seq_length, facts.context)
         try:
-            alt = _plan(
-                _variant(
-                    run,
-                    model={"name": key},
-                    lora={
-                        "r": s.lora.r,
-                        "alpha": s.lora.alpha,
-                        "dropout": s.lora.dropout,
-                        "target_modules": ["auto"],
-                    },
-                    training__max_seq_length=seq_ok,
-                    **auto,
-                )
+            alt = _variant(
+                rr,
+                model={"name": key},
+                lora={
+                    "r": s.lora.r,
+                    "alpha": s.lora.alpha,
+                    "dropout": s.lora.dropout,
+                    "target_modules": ["auto"],
+                },
+                training__max_seq_length=seq_ok,
+                **auto,
             )
         except InvalidInput:
             continue

@@ -33,6 +33,7 @@ from tac2sol.operator.names import JOB_NAME_LABEL, KUBEFLOW_API_VERSION, RUN_LAB
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.planner import format_bytes, make_plan
 from tac2sol.operator.progress import read_progress
+from tac2sol.operator.resolve import resolve
 from tac2sol.operator.render import RenderOptions, child_names, job_kind, render_children, spec_fingerprint
 from tac2sol.operator.settings import OperatorSettings
 from tac2sol.operator.spec import TrainingRun
@@ -275,14 +276,15 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
     else:
         effective = run
 
-    plan = make_plan(effective)
+    resolved = resolve(effective)
+    plan = make_plan(resolved)
     if not plan.fits:
         message = f"{source}: {no_fit_message(plan)}"
         await _fail(op, body, reason=lifecycle.PLAN_DOES_NOT_FIT, message=message, plan=plan)
         raise kopf.PermanentError(message)
 
     try:
-        children = render_children(effective, plan, op.options)
+        children = render_children(resolved, plan, op.options)
     except InvalidInput as exc:
         await _condition_only(op, body, JOB_CREATED, "RenderFailed", f"could not render the job: {exc}")
         raise kopf.PermanentError(f"could not render the children of {source}: {exc}") from None

@@ -7,7 +7,8 @@ operator) finds what the last attempt made. Arguments are never mutated.
 Layout of a trainer pod (both kinds)::
 
     /etc/tac2sol/train.yaml      the trainer config (TrainConfig) rendered from the run and its plan
-    /etc/tac2sol/ds_config.json  the DeepSpeed config (DeepSpeed plans only; same generator as the trainer)
+    /etc/tac2sol/ds_config.json  the DeepSpeed config (DeepSpeed plans only): train.yaml names it, the
+                                 trainer reads it and generates none of its own
     /data                        spec.dataset.pvc (read-only); none for a spec.dataset.uri run
     /output                      spec.output.pvc (or an emptyDir); checkpoints, adapter, reports, and
                                  data/source/ where a spec.dataset.uri is downloaded to
@@ -30,7 +31,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from tac2sol.operator.catalog import GPUS
 from tac2sol.operator.metrics import trainer_metrics_ports, trainer_scrape_annotations
 from tac2sol.operator.names import (
     CONFIG_HASH_ANNOTATION,
@@ -48,6 +48,7 @@ from tac2sol.operator.names import (
     SPEC_ANNOTATION,
 )
 from tac2sol.operator.plan import Plan
+from tac2sol.operator.resolve import ResolvedRun
 from tac2sol.operator.spec import TrainingRun, parse_quantity
 from tac2sol.operator.trainconfig import to_train_config
 from tac2sol.trainer.config import TrainConfig
@@ -151,9 +152,9 @@ def _in_dir(root: str, path: str) -> str:
     return posixpath.normpath(posixpath.join(root, path.lstrip("/")))
 
 
-def train_config(run: TrainingRun, plan: Plan, opts: RenderOptions) -> TrainConfig:
-    """The trainer config with the pod's mount paths and the GPU's peak FLOP/s (for MFU)."""
-    s = run.spec
+def train_config(rr: ResolvedRun, plan: Plan, opts: RenderOptions) -> TrainConfig:
+    """The trainer config with the pod's mount paths (and, for DeepSpeed, where its config is)."""
+    s = rr.spec
     overrides: dict[str, Any] = {
         "output_dir": _in_dir(OUTPUT_DIR, s.output.path),
         "metrics": {"linger_seconds": opts.metrics_linger_seconds},
@@ -161,20 +162,18 @@ def train_config(run: TrainingRun, plan: Plan, opts: RenderOptions) -> TrainConf
     if s.dataset.path is not None:
         path = _in_dir(DATA_DIR, s.dataset.path) if s.dataset.pvc else s.dataset.path
         overrides["data"] = {"path": path}
-    gpu = GPUS[plan.gpu_type]
-    if gpu.peak_fp16_tflops and plan.precision in ("fp16", "bf16"):
-        overrides["metrics"]["gpu_peak_flops"] = gpu.peak_fp16_tflops * 1e12
-    return to_train_config(run, plan, **overrides)
+    if plan.strategy == "deepspeed":
+        overrides["distributed"] = {"deepspeed_config": f"{CONFIG_DIR}/{DS_CONFIG_FILENAME}"}
+    return to_train_config(rr, plan, **overrides)
 
 
-def config_data(run: TrainingRun, plan: Plan, opts: RenderOptions) -> dict[str, str]:
-    """The ConfigMap's files: ``train.yaml`` and, for DeepSpeed plans, ``ds_config.json``."""
-    cfg = train_config(run, plan, opts)
+def config_data(rr: ResolvedRun, plan: Plan, opts: RenderOptions) -> dict[str, str]:
+    """The ConfigMap's files: ``train.yaml`` and, for DeepSpeed plans, the ``ds_config.json`` that
+    train.yaml names and the trainer reads (it generates none of its own then)."""
+    cfg = train_config(rr, plan, opts)
     data = {CONFIG_FILE: cfg.dump_yaml()}
     ds = build_deepspeed_config(
-        cfg.distributed,
-        hidden_size=cfg.distributed.model_hidden_size,
-        on_gpu=not GPUS[plan.gpu_type].is_cpu,
+        cfg.distributed, hidden_size=cfg.distributed.model_hidden_size, on_gpu=rr.on_gpu
     )
     if ds is not None:
         data[DS_CONFIG_FILENAME] = json.dumps(ds, indent=2, sort_keys=True) + "\n"
@@ -186,9 +185,10 @@ def config_hash(data: dict[str, str]) -> str:
 
 
 def render_config_map(
-    run: TrainingRun, plan: Plan, opts: RenderOptions, data: dict[str, str] | None = None
+    rr: ResolvedRun, plan: Plan, opts: RenderOptions, data: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """The run's ConfigMap; ``data`` is :func:`config_data` when the caller has it already."""
+    run = rr.run
     name = run.metadata.name
     return {
         "apiVersion": "v1",
@@ -198,7 +198,7 @@ def render_config_map(
             child_names(name).config_map,
             labels={**common_labels(name), "app.kubernetes.io/component": "config"},
         ),
-        "data": data if data is not None else config_data(run, plan, opts),
+        "data": data if data is not None else config_data(rr, plan, opts),
     }
 
 
@@ -281,12 +281,12 @@ def _volumes(run: TrainingRun) -> tuple[list[dict[str, Any]], list[dict[str, Any
     return volumes, mounts
 
 
-def _scheduling(run: TrainingRun, gpu_type: str, opts: RenderOptions) -> dict[str, Any]:
-    r = run.spec.resources
-    gpu = GPUS[gpu_type]
+def _scheduling(rr: ResolvedRun, opts: RenderOptions) -> dict[str, Any]:
+    r = rr.spec.resources
+    gpu = rr.gpu
     selector = dict(r.node_selector)
     tolerations = [t.to_api() for t in r.tolerations]
-    if not gpu.is_cpu:
+    if rr.on_gpu:
         if opts.select_gpu_product and gpu.product_label and GPU_PRODUCT_LABEL not in selector:
             selector[GPU_PRODUCT_LABEL] = gpu.product_label
         # GPU nodes are commonly tainted nvidia.com/gpu:NoSchedule (GPU operator, cloud node pools).
@@ -302,12 +302,13 @@ def _scheduling(run: TrainingRun, gpu_type: str, opts: RenderOptions) -> dict[st
 
 
 def trainer_container(
-    run: TrainingRun, plan: Plan, opts: RenderOptions, *, name: str, command: list[str]
+    rr: ResolvedRun, plan: Plan, opts: RenderOptions, *, name: str, command: list[str]
 ) -> dict[str, Any]:
+    run = rr.run
     s = run.spec
     _, mounts = _volumes(run)
     resources: dict[str, Any] = {"requests": pod_requests(run, plan, opts)}
-    if not GPUS[plan.gpu_type].is_cpu:
+    if rr.on_gpu:
         resources["limits"] = {GPU_RESOURCE: str(plan.gpus_per_node)}
     return {
         "name": name,
@@ -323,9 +324,10 @@ def trainer_container(
 
 
 def pod_template(
-    run: TrainingRun, plan: Plan, opts: RenderOptions, *, containers: list[dict[str, Any]], config: str
+    rr: ResolvedRun, opts: RenderOptions, *, containers: list[dict[str, Any]], config: str
 ) -> dict[str, Any]:
     """A trainer pod: labels for the PodMonitor, scrape annotations, the spec's own labels/annotations."""
+    run = rr.run
     s = run.spec
     name = run.metadata.name
     labels = {**s.resources.pod_labels, **common_labels(name), "app.kubernetes.io/component": "trainer"}
@@ -341,7 +343,7 @@ def pod_template(
         "spec": {
             "containers": containers,
             "volumes": volumes,
-            **_scheduling(run, plan.gpu_type, opts),
+            **_scheduling(rr, opts),
         },
     }
 
@@ -384,12 +386,13 @@ def _replica(replicas: int, template: dict[str, Any], restart_policy: str) -> di
 
 
 def render_pytorchjob(
-    run: TrainingRun, plan: Plan, opts: RenderOptions, config: str | None = None
+    rr: ResolvedRun, plan: Plan, opts: RenderOptions, config: str | None = None
 ) -> dict[str, Any]:
     """Master (node rank 0) + ``nodes - 1`` Workers, ``gpusPerNode`` processes each (torchrun)."""
-    container = trainer_container(run, plan, opts, name=PYTORCH_CONTAINER, command=TORCHRUN + TRAIN_COMMAND)
-    config = config or config_hash(config_data(run, plan, opts))
-    template = pod_template(run, plan, opts, containers=[container], config=config)
+    run = rr.run
+    container = trainer_container(rr, plan, opts, name=PYTORCH_CONTAINER, command=TORCHRUN + TRAIN_COMMAND)
+    config = config or config_hash(config_data(rr, plan, opts))
+    template = pod_template(rr, opts, containers=[container], config=config)
     # ExitCode (RESTART_POLICY): exit codes 1-127 are the trainer's own verdict (bad data, a bug):
     # the job fails at once instead of repeating it backoffLimit times. 128+ (killed: OOM,
     # preemption, NCCL watchdog abort) re-create the pod, and training resumes from its last
@@ -429,13 +432,14 @@ def mpirun_command(plan: Plan) -> list[str]:
 
 
 def render_mpijob(
-    run: TrainingRun, plan: Plan, opts: RenderOptions, config: str | None = None
+    rr: ResolvedRun, plan: Plan, opts: RenderOptions, config: str | None = None
 ) -> dict[str, Any]:
     """One Launcher (mpirun, no GPU) + ``nodes`` Workers with ``gpusPerNode`` slots each."""
+    run = rr.run
     s = run.spec
-    worker = trainer_container(run, plan, opts, name=MPI_CONTAINER, command=["sleep", "infinity"])
-    config = config or config_hash(config_data(run, plan, opts))
-    worker_template = pod_template(run, plan, opts, containers=[worker], config=config)
+    worker = trainer_container(rr, plan, opts, name=MPI_CONTAINER, command=["sleep", "infinity"])
+    config = config or config_hash(config_data(rr, plan, opts))
+    worker_template = pod_template(rr, opts, containers=[worker], config=config)
     launcher = {
         "name": MPI_CONTAINER,
         "image": s.image or opts.trainer_image,
@@ -479,22 +483,20 @@ def render_mpijob(
     }
 
 
-def render_job(
-    run: TrainingRun, plan: Plan, opts: RenderOptions, config: str | None = None
-) -> dict[str, Any]:
+def render_job(rr: ResolvedRun, plan: Plan, opts: RenderOptions, config: str | None = None) -> dict[str, Any]:
     """The PyTorchJob (``launcher: pytorchjob``, default) or MPIJob (``launcher: mpijob``);
     ``config`` is the ConfigMap data's hash (computed when not given)."""
-    if job_kind(run) == MPIJOB:
-        return render_mpijob(run, plan, opts, config)
-    return render_pytorchjob(run, plan, opts, config)
+    if job_kind(rr.run) == MPIJOB:
+        return render_mpijob(rr, plan, opts, config)
+    return render_pytorchjob(rr, plan, opts, config)
 
 
-def render_children(run: TrainingRun, plan: Plan, opts: RenderOptions) -> list[dict[str, Any]]:
+def render_children(rr: ResolvedRun, plan: Plan, opts: RenderOptions) -> list[dict[str, Any]]:
     """Everything the run owns, in apply order: the ConfigMap first (the pods mount it), then the job."""
     if not plan.fits:
-        raise ValueError(f"the plan for {run.metadata.name} does not fit; nothing to render")
-    data = config_data(run, plan, opts)
-    return [render_config_map(run, plan, opts, data), render_job(run, plan, opts, config_hash(data))]
+        raise ValueError(f"the plan for {rr.name} does not fit; nothing to render")
+    data = config_data(rr, plan, opts)
+    return [render_config_map(rr, plan, opts, data), render_job(rr, plan, opts, config_hash(data))]
 
 
 class _BlockDumper(yaml.SafeDumper):

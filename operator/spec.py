@@ -18,13 +18,12 @@ from pydantic import ConfigDict, Field, StringConstraints, field_validator
 from tac2sol.operator.apimodel import ApiModel
 from tac2sol.operator.catalog import GPUS, ModelFacts
 from tac2sol.operator.status import TrainingRunStatus
-from tac2sol.trainer.config import DATA_URI_PATTERN
+from tac2sol.trainer import hparams as hp
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$"
 # Leaves room for suffixes such as "-master-0" and "-config" in derived object names (<= 63).
 MAX_NAME = 50
-MAX_SEQ = 1_048_576
 
 _UNITS = {
     "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
@@ -68,7 +67,7 @@ class ModelSpec(ApiModel):
             "Hugging Face id, or any hub id / local directory together with `facts`."
         ),
     )
-    revision: str | None = Field(None, max_length=128, description="Hub revision (branch, tag or commit).")
+    revision: hp.Revision
     facts: ModelFacts | None = Field(
         None, description="Architecture facts for a model that is not in the catalog (overrides the catalog)."
     )
@@ -108,19 +107,7 @@ class DatasetSpec(ApiModel):
         pattern=r"\S",
         description="File path inside the claim (or, without pvc, in the image / on this machine).",
     )
-    uri: str | None = Field(
-        None,
-        min_length=1,
-        max_length=2048,
-        pattern=DATA_URI_PATTERN,
-        description=(
-            "Download the JSONL from here instead of reading a path: https://, s3://, gs:// or "
-            "hf://datasets/<org>/<name>/<file>. Each node's first trainer process downloads it to "
-            "<output>/data/source/<file name> (a partial file renamed when complete) before training; "
-            "a restarted or repeated run reuses that copy while the remote size and ETag are unchanged. "
-            "Credentials: spec.hfTokenSecret for hf://, spec.dataset.credentialsSecret for s3:// and gs://."
-        ),
-    )
+    uri: hp.DataUri
     credentials_secret: str | None = Field(
         None,
         min_length=1,
@@ -133,21 +120,11 @@ class DatasetSpec(ApiModel):
             """({"token": <service-account key JSON>}) for gs://. Never copied into the ConfigMap."""
         ),
     )
-    validation_ratio: float = Field(
-        0.05, ge=0.0, le=0.5, description="Share of rows held out for evaluation."
-    )
-    split_seed: int = Field(42, ge=0, le=2**31 - 1, description="Seed of the train/validation split.")
-    drop_artifact_rows: bool = Field(
-        False,
-        description=(
-            "Drop rows whose TAC carries lifter artefacts (stack_underflow); "
-            "dropped rows go to a rejects file."
-        ),
-    )
-    max_rows: int | None = Field(None, ge=1, description="Use at most this many rows (smoke runs).")
-    on_bad_line: Literal["stop", "skip"] = Field(
-        "stop", description="A malformed line stops the run (stop) or goes to the rejects file (skip)."
-    )
+    validation_ratio: hp.ValidationRatio
+    split_seed: hp.SplitSeed
+    drop_artifact_rows: hp.DropArtifactRows
+    max_rows: hp.MaxRows
+    on_bad_line: hp.OnBadLine
 
 
 class TrainingSpec(ApiModel):
@@ -159,22 +136,15 @@ class TrainingSpec(ApiModel):
         ),
     )
 
-    epochs: float | None = Field(None, gt=0, le=1000, description="Passes over the data (default 3).")
-    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="Optimizer steps instead of epochs.")
-    learning_rate: float = Field(2e-4, gt=0, le=0.1, description="Peak learning rate (0 < lr <= 0.1).")
-    scheduler: Literal["cosine", "linear", "constant_with_warmup"] = Field(
-        "cosine", description="LR schedule."
-    )
-    warmup_ratio: float = Field(0.03, ge=0, le=0.5, description="Share of steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, le=1000, description="Gradient clipping norm.")
-    max_seq_length: int = Field(
-        2048,
-        ge=64,
-        le=MAX_SEQ,
-        description="Tokens per example (prompt + completion); at most the model's context.",
-    )
-    per_device_batch_size: int = Field(1, ge=1, le=1024, description="Sequences per device per micro-step.")
+    epochs: hp.EpochsGiven
+    max_steps: hp.MaxStepsGiven
+    learning_rate: hp.LearningRate
+    scheduler: hp.Scheduler
+    warmup_ratio: hp.WarmupRatio
+    weight_decay: hp.WeightDecay
+    max_grad_norm: hp.MaxGradNorm
+    max_seq_length: hp.MaxSeqLength
+    per_device_batch_size: hp.PerDeviceBatchSize
     global_batch_size: int | None = Field(
         None,
         ge=1,
@@ -184,24 +154,20 @@ class TrainingSpec(ApiModel):
             "globalBatchSize / (perDeviceBatchSize x nodes x gpusPerNode). Default: no accumulation."
         ),
     )
-    gradient_checkpointing: bool = Field(
-        True, description="Recompute activations in backward to save memory."
-    )
-    seed: int = Field(42, ge=0, le=2**31 - 1, description="Training seed.")
-    logging_steps: int = Field(10, ge=1, le=1_000_000, description="Log metrics every N steps.")
-    eval_steps: int | None = Field(
-        None, ge=1, le=1_000_000, description="Validation loss every N steps (default per epoch)."
-    )
-    save_steps: int = Field(100, ge=1, le=1_000_000, description="Checkpoint every N steps.")
-    save_total_limit: int = Field(3, ge=1, le=100, description="Keep the last K checkpoints.")
+    gradient_checkpointing: hp.GradientCheckpointing
+    seed: hp.Seed
+    logging_steps: hp.LoggingSteps
+    eval_steps: hp.EvalSteps
+    save_steps: hp.SaveSteps
+    save_total_limit: hp.SaveTotalLimit
 
 
 class LoraSpec(ApiModel):
     """LoRA adapter shape."""
 
-    r: int = Field(16, ge=1, le=1024, description="Rank.")
-    alpha: int = Field(32, ge=1, le=4096, description="Scaling numerator (alpha / r).")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    r: hp.LoraRank
+    alpha: hp.LoraAlpha
+    dropout: hp.LoraDropout
     target_modules: list[str] = Field(
         default_factory=lambda: ["auto"],
         min_length=1,
@@ -327,11 +293,11 @@ class OutputSpec(ApiModel):
 class EvaluationSpec(ApiModel):
     """Held-out evaluation after training."""
 
-    enabled: bool = Field(True, description="Generate for held-out rows and score them.")
-    max_new_tokens: int = Field(512, ge=1, le=32768, description="Generation limit per sample.")
-    batch_size: int = Field(4, ge=1, le=1024, description="Generation batch size.")
-    max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many held-out rows.")
-    num_beams: int = Field(1, ge=1, le=16, description="Beam search width (1: greedy).")
+    enabled: hp.EvalEnabled
+    max_new_tokens: hp.MaxNewTokens
+    batch_size: hp.EvalBatchSize
+    max_samples: hp.MaxSamples
+    num_beams: hp.NumBeams
 
 
 class SecretKeyRef(ApiModel):
@@ -401,10 +367,7 @@ class TrainingRunSpec(ApiModel):
     dataset: DatasetSpec = Field(description="Training data.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Hyper-parameters.")
     lora: LoraSpec = Field(default_factory=LoraSpec, description="LoRA adapter.")
-    quantization: Literal["nf4", "none"] = Field(
-        "nf4",
-        description="nf4: 4-bit QLoRA (bitsandbytes NF4, double quantization); none: 16-bit base weights.",
-    )
+    quantization: hp.Quantization
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Devices and scheduling.")
     strategy: Literal["auto", "ddp", "deepspeed"] = Field(
         "auto",

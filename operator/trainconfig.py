@@ -1,6 +1,6 @@
-"""TrainingRun + Plan -> the trainer's ``TrainConfig`` (what the operator's ConfigMap carries).
+"""A resolved TrainingRun + its Plan -> the trainer's ``TrainConfig`` (the ConfigMap's train.yaml).
 
-One mapping used by both the operator (rendered into the ConfigMap) and the local tour
+The one mapping, used by both the operator (rendered into the ConfigMap) and the local tour
 (``tac2sol run``). Rendering is pure: the result depends only on the run, the plan and the
 overrides, never on the ``TAC2SOL_*`` environment of the process that renders it.
 """
@@ -12,11 +12,9 @@ from typing import Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from tac2sol.operator.plan import Plan
-from tac2sol.operator.resolve import resolve_model, resolved_lora_targets
-from tac2sol.operator.spec import TrainingRun
-from tac2sol.trainer.config import TrainConfig
-
-DEFAULT_EPOCHS = 3.0
+from tac2sol.operator.resolve import ResolvedRun
+from tac2sol.trainer.config import EvalSection, LoraSection, TrainConfig
+from tac2sol.trainer.hparams import DEFAULT_EPOCHS
 
 
 class _Rendered(TrainConfig):
@@ -34,66 +32,56 @@ class _Rendered(TrainConfig):
         return (init_settings,)
 
 
-def to_train_config(run: TrainingRun, plan: Plan, **overrides: Any) -> TrainConfig:
-    """The trainer config for ``run`` as planned. ``overrides`` are merged section-wise, e.g.
+def to_train_config(rr: ResolvedRun, plan: Plan, **overrides: Any) -> TrainConfig:
+    """The trainer config for ``rr`` as planned. ``overrides`` are merged section-wise, e.g.
     ``output_dir="/output/run"``, ``data={"path": "/data/x.jsonl"}`` (the operator's mount paths).
 
     A run whose data is a ``dataset.uri`` carries ``data.uri`` and no path: the trainer downloads it
     to ``<output_dir>/data/source/`` (``tac2sol.trainer.fetch``).
     """
-    values = train_config_values(run, plan)
+    values = train_config_values(rr, plan)
     _merge(values, overrides)
     return _Rendered(**values)
 
 
-def train_config_values(run: TrainingRun, plan: Plan) -> dict[str, Any]:
-    """The plain dict behind :func:`to_train_config` (snake_case, JSON types)."""
-    s = run.spec
-    facts = resolve_model(s.model)
+def train_config_values(rr: ResolvedRun, plan: Plan) -> dict[str, Any]:
+    """The plain dict behind :func:`to_train_config` (snake_case, JSON types).
+
+    Sections shared with the API are copied field by field under the trainer's names; the test
+    ``tests/operator/test_spec_trainconfig.py`` checks that no spec field is left behind.
+    """
+    s = rr.spec
     t = s.training
     targets: list[str] | str = (
-        "all-linear" if s.lora.target_modules == ["all-linear"] else resolved_lora_targets(s, facts)
+        "all-linear" if s.lora.target_modules == ["all-linear"] else list(rr.lora_targets)
     )
-    trust = s.model.trust_remote_code if s.model.trust_remote_code is not None else facts.trust_remote_code
+    metrics: dict[str, Any] = {"enabled": True, "port": s.metrics_port}
+    if rr.gpu.peak_fp16_tflops and plan.precision in ("fp16", "bf16"):
+        metrics["gpu_peak_flops"] = rr.gpu.peak_fp16_tflops * 1e12  # enables the MFU estimate
     return {
-        "run_name": run.metadata.name,
+        "run_name": rr.name,
         "output_dir": str(Path(s.output.path)),
         "quantization": s.quantization,
         "model": {
-            "name_or_path": facts.id or s.model.name,
+            "name_or_path": rr.model_id,
             "revision": s.model.revision,
-            "family": facts.family,
+            "family": rr.facts.family,
             "target_modules": targets,
-            "trust_remote_code": trust,
+            "trust_remote_code": rr.trust_remote_code,
         },
         "data": {
-            "path": s.dataset.path,
-            "uri": s.dataset.uri,
-            "validation_ratio": s.dataset.validation_ratio,
-            "split_seed": s.dataset.split_seed,
-            "drop_artifact_rows": s.dataset.drop_artifact_rows,
-            "on_bad_line": s.dataset.on_bad_line,
+            **s.dataset.model_dump(include=_SHARED_DATA),
             "max_seq_length": t.max_seq_length,
-            "max_rows": s.dataset.max_rows,
         },
         "training": {
+            **t.model_dump(include=_SHARED_TRAINING),
             "epochs": t.epochs if t.epochs is not None else DEFAULT_EPOCHS,
             "max_steps": t.max_steps if t.max_steps is not None else -1,
-            "learning_rate": t.learning_rate,
             "lr_scheduler": t.scheduler,
-            "warmup_ratio": t.warmup_ratio,
-            "weight_decay": t.weight_decay,
-            "max_grad_norm": t.max_grad_norm,
             "per_device_batch_size": plan.per_device_batch_size,
             "gradient_accumulation_steps": plan.gradient_accumulation_steps,
-            "gradient_checkpointing": t.gradient_checkpointing,
-            "seed": t.seed,
-            "logging_steps": t.logging_steps,
-            "eval_steps": t.eval_steps,
-            "save_steps": t.save_steps,
-            "save_total_limit": t.save_total_limit,
         },
-        "lora": {"r": s.lora.r, "alpha": s.lora.alpha, "dropout": s.lora.dropout},
+        "lora": s.lora.model_dump(include=set(LoraSection.model_fields)),
         "distributed": {
             "strategy": plan.strategy,
             "zero_stage": plan.zero_stage if plan.strategy == "deepspeed" else None,
@@ -103,17 +91,27 @@ def train_config_values(run: TrainingRun, plan: Plan) -> dict[str, Any]:
             "gpu_type": plan.gpu_type,
             "expected_world_size": plan.world_size,
             "per_gpu_memory_bytes": plan.per_gpu_memory_bytes,
-            "model_hidden_size": facts.hidden,
+            "model_hidden_size": rr.facts.hidden,
         },
-        "evaluation": {
-            "enabled": s.evaluation.enabled,
-            "max_new_tokens": s.evaluation.max_new_tokens,
-            "batch_size": s.evaluation.batch_size,
-            "max_samples": s.evaluation.max_samples,
-            "num_beams": s.evaluation.num_beams,
-        },
-        "metrics": {"enabled": True, "port": s.metrics_port},
+        "evaluation": s.evaluation.model_dump(include=set(EvalSection.model_fields)),
+        "metrics": metrics,
     }
+
+
+# Spec fields copied under the same name (the rest are renamed, planned or API-only above).
+_SHARED_DATA = {
+    "path",
+    "uri",
+    "validation_ratio",
+    "split_seed",
+    "drop_artifact_rows",
+    "on_bad_line",
+    "max_rows",
+}
+_SHARED_TRAINING = {
+    "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "gradient_checkpointing", "seed",
+    "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+}  # fmt: skip
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

@@ -11,14 +11,46 @@ from tac2sol.operator.catalog import GPUS, MODELS, find_model
 from tac2sol.operator.resolve import resolve_model
 from tac2sol.operator.spec import TrainingRun, TrainingRunSpec
 
+from tac2sol.errors import InvalidInput
 
-class SpecProblem(Exception):
-    """One problem at a field path of the run (``("spec", "training", "maxSteps")``)."""
+
+class SpecProblem(InvalidInput):
+    """One problem at a field path of the run (``("spec", "training", "maxSteps")``).
+
+    Its text is ``<path>: <message>``; :mod:`tac2sol.operator.specfile` adds the file and line.
+    """
 
     def __init__(self, path: tuple[str | int, ...], message: str) -> None:
-        super().__init__(message)
+        super().__init__(f"{format_path(path)}: {message}")
         self.path = path
         self.message = message
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    """``("spec", "lora", "targetModules", 1)`` -> ``spec.lora.targetModules[1]``."""
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def accumulation_steps(spec: TrainingRunSpec) -> int:
+    """Micro-steps per optimizer step: globalBatchSize / (perDeviceBatchSize x processes).
+
+    The one Python implementation of the rule "globalBatchSize is a multiple of ..." (the CEL
+    rule on TrainingRunSpec is the apiserver's).
+    """
+    t = spec.training
+    per_step = t.per_device_batch_size * spec.world_size
+    if t.global_batch_size is None:
+        return 1
+    if t.global_batch_size % per_step:
+        raise SpecProblem(
+            ("spec", "training", "globalBatchSize"),
+            f"{t.global_batch_size} is not a multiple of perDeviceBatchSize x nodes x gpusPerNode "
+            f"= {per_step}; use e.g. {max(per_step, t.global_batch_size // per_step * per_step)}",
+        )
+    return t.global_batch_size // per_step
 
 
 def check_training_run(run: TrainingRun) -> None:
@@ -70,14 +102,7 @@ def check_training_run(run: TrainingRun) -> None:
         )
     if gpu.is_cpu and s.strategy == "deepspeed":
         raise SpecProblem(("spec", "strategy"), "deepspeed needs GPUs; with gpuType cpu use auto or ddp")
-    per_step = t.per_device_batch_size * s.world_size
-    if t.global_batch_size is not None and t.global_batch_size % per_step:
-        raise SpecProblem(
-            ("spec", "training", "globalBatchSize"),
-            f"{t.global_batch_size} is not a multiple of perDeviceBatchSize x nodes x gpusPerNode "
-            f"= {per_step}; "
-            f"use e.g. {max(per_step, t.global_batch_size // per_step * per_step)}",
-        )
+    accumulation_steps(s)
     _check_model(s)
 
 

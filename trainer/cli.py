@@ -156,7 +156,8 @@ def _local_copy(file: str, download_dir: Path) -> Path:
     """``file`` itself, or for a URI its download under ``download_dir`` (progress on stderr)."""
     import re
 
-    from tac2sol.trainer.config import DATA_URI_PATTERN, uri_basename
+    from tac2sol.trainer.config import uri_basename
+    from tac2sol.trainer.hparams import DATA_URI_PATTERN
 
     if not re.match(DATA_URI_PATTERN, file):
         return Path(file)

@@ -5,7 +5,8 @@ ConfigMap), environment variables ``TAC2SOL_*`` (nested with ``__``, e.g.
 ``TAC2SOL_TRAINING__LEARNING_RATE=1e-4``), then CLI flags (passed as init arguments).
 
 The operator renders this object from a TrainingRun and its plan
-(``tac2sol.operator`` imports this module; this module never imports the operator).
+(``tac2sol.operator`` imports this module; this module never imports the operator). Fields that a
+TrainingRun also has are declared with the shared types of :mod:`tac2sol.trainer.hparams`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from tac2sol.trainer import hparams as hp
 
 Precision = Literal["fp16", "bf16", "fp32"]
 Strategy = Literal["single", "ddp", "deepspeed"]
-# The schemes data.uri (and the TrainingRun's spec.dataset.uri) accept; fsspec reads each one.
-DATA_URI_PATTERN = r"^(https?|s3|gs|hf)://\S+$"
 # Where a download lands when data.uri is given without data.path (under output_dir).
 DATA_SOURCE_DIR = Path("data") / "source"
 
@@ -34,7 +34,7 @@ class _Section(BaseModel):
 
 class ModelSection(_Section):
     name_or_path: str = Field(description="Hugging Face hub id or a local directory with config + weights.")
-    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    revision: hp.Revision
     family: str | None = Field(None, description="Architecture family from the catalog (llama, qwen2, ...).")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="LoRA target module names, or 'all-linear'."
@@ -54,22 +54,13 @@ class DataSection(_Section):
         description="JSONL file with input (TAC), output (Solidity) and metadata per line; with uri, where "
         "the download lands (default <output_dir>/data/source/<file name of the uri>).",
     )
-    uri: str | None = Field(
-        None,
-        pattern=DATA_URI_PATTERN,
-        description="Download the JSONL from here first (https://, s3://, gs://, hf://datasets/...; "
-        "see tac2sol.trainer.fetch); re-runs reuse the copy while the remote file is unchanged.",
-    )
-    validation_ratio: float = Field(0.05, ge=0.0, lt=1.0, description="Share of groups held out.")
-    split_seed: int = 42
-    drop_artifact_rows: bool = Field(
-        False, description="Drop rows whose TAC carries lifter artefacts (stack_underflow, ...)."
-    )
-    on_bad_line: Literal["stop", "skip"] = Field(
-        "stop", description="A malformed JSON line stops the run (stop) or goes to rejects (skip)."
-    )
-    max_seq_length: int = Field(2048, ge=16, description="Tokens per example, prompt + completion.")
-    max_rows: int | None = Field(None, ge=1, description="Use at most this many rows (smoke runs).")
+    uri: hp.DataUri
+    validation_ratio: hp.ValidationRatio
+    split_seed: hp.SplitSeed
+    drop_artifact_rows: hp.DropArtifactRows
+    on_bad_line: hp.OnBadLine
+    max_seq_length: hp.MaxSeqLength
+    max_rows: hp.MaxRows
     truncation: Literal["drop", "truncate_input"] = Field(
         "drop",
         description="A row longer than max_seq_length is rejected (drop) or its TAC end is cut "
@@ -101,21 +92,23 @@ class DataSection(_Section):
 
 
 class TrainingSection(_Section):
-    epochs: float = Field(3.0, gt=0)
-    max_steps: int = Field(-1, description="Stop after this many optimizer steps; -1: use epochs.")
-    learning_rate: float = Field(2e-4, gt=0, le=1.0)
-    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    per_device_batch_size: int = Field(1, ge=1)
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    gradient_checkpointing: bool = True
-    seed: int = 42
-    logging_steps: int = Field(10, ge=1)
-    eval_steps: int | None = Field(None, ge=1, description="Evaluate loss every N steps; None: per epoch.")
-    save_steps: int = Field(100, ge=1)
-    save_total_limit: int = Field(3, ge=1, description="Keep the last K checkpoints.")
+    epochs: hp.Epochs
+    max_steps: hp.MaxSteps
+    learning_rate: hp.LearningRate
+    lr_scheduler: hp.Scheduler
+    warmup_ratio: hp.WarmupRatio
+    weight_decay: hp.WeightDecay
+    max_grad_norm: hp.MaxGradNorm
+    per_device_batch_size: hp.PerDeviceBatchSize
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-steps per optimizer step (the plan's)."
+    )
+    gradient_checkpointing: hp.GradientCheckpointing
+    seed: hp.Seed
+    logging_steps: hp.LoggingSteps
+    eval_steps: hp.EvalSteps
+    save_steps: hp.SaveSteps
+    save_total_limit: hp.SaveTotalLimit
     dataloader_workers: int = Field(0, ge=0)
     cpu_threads: int | None = Field(
         None,
@@ -130,9 +123,9 @@ class TrainingSection(_Section):
 
 
 class LoraSection(_Section):
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0, lt=1)
+    r: hp.LoraRank
+    alpha: hp.LoraAlpha
+    dropout: hp.LoraDropout
 
 
 class DistributedSection(_Section):
@@ -149,6 +142,11 @@ class DistributedSection(_Section):
     model_hidden_size: int | None = Field(
         None, ge=1, description="Model hidden size from the catalog; scales DeepSpeed bucket sizes."
     )
+    deepspeed_config: Path | None = Field(
+        None,
+        description="A ds_config.json to use as it is (the operator renders one into the ConfigMap); "
+        "None: generate it from this section (tac2sol.trainer.deepspeed_config).",
+    )
 
     @model_validator(mode="after")
     def _stage_only_with_deepspeed(self) -> DistributedSection:
@@ -160,11 +158,11 @@ class DistributedSection(_Section):
 
 
 class EvalSection(_Section):
-    enabled: bool = True
-    max_new_tokens: int = Field(512, ge=1)
-    batch_size: int = Field(4, ge=1)
-    max_samples: int | None = Field(None, ge=1, description="Evaluate at most this many held-out rows.")
-    num_beams: int = Field(1, ge=1, description="1: greedy decoding.")
+    enabled: hp.EvalEnabled
+    max_new_tokens: hp.MaxNewTokens
+    batch_size: hp.EvalBatchSize
+    max_samples: hp.MaxSamples
+    num_beams: hp.NumBeams
 
 
 class MetricsSection(_Section):
@@ -200,7 +198,7 @@ class TrainConfig(BaseSettings):
     run_name: str = Field("tac2sol", description="Names the run in metrics and manifests.")
     output_dir: Path = Field(Path("out"), description="Checkpoints, adapter, reports.")
     resume: str = Field("auto", description="'auto', 'never', 'required', or a checkpoint path.")
-    quantization: Literal["nf4", "none"] = "nf4"
+    quantization: hp.Quantization
     model: ModelSection
     data: DataSection
     training: TrainingSection = TrainingSection()

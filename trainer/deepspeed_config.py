@@ -121,21 +121,44 @@ def build_deepspeed_config(
     return config
 
 
-def write_deepspeed_config(cfg: TrainConfig, run_dir: Path, *, on_gpu: bool | None = None) -> Path | None:
+def write_deepspeed_config(cfg: TrainConfig, run_dir: Path, *, on_gpu: bool) -> Path | None:
     """Write ``ds_config.json`` into ``run_dir`` and return its path; None without DeepSpeed.
 
-    ``on_gpu`` defaults to "the plan names a GPU type". Record the returned path in ``run.json``.
+    The file named by ``distributed.deepspeed_config`` (the operator's rendering) is copied as it
+    is; without one, the config is generated here. ``on_gpu`` False turns off pinned memory.
+    Record the returned path in ``run.json``.
     """
-    if on_gpu is None:
-        on_gpu = cfg.distributed.gpu_type is not None
-    config = build_deepspeed_config(
-        cfg.distributed, hidden_size=cfg.distributed.model_hidden_size, on_gpu=on_gpu
-    )
-    if config is None:
+    given = cfg.distributed.deepspeed_config
+    if cfg.distributed.strategy != "deepspeed":
         return None
+    if given is not None:
+        config = _read_config(given)
+    else:
+        config = build_deepspeed_config(
+            cfg.distributed, hidden_size=cfg.distributed.model_hidden_size, on_gpu=on_gpu
+        )
+    assert config is not None  # a DeepSpeed plan always has one
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / DS_CONFIG_FILENAME
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
     return path
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    from tac2sol.errors import InvalidInput
+
+    try:
+        config = json.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInput(
+            f"distributed.deepspeed_config: cannot read {path} ({exc.strerror}); check the path"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(
+            f"distributed.deepspeed_config: {path} is not JSON ({exc.msg}, line {exc.lineno})"
+        ) from None
+    if not isinstance(config, dict) or "zero_optimization" not in config:
+        raise InvalidInput(f"distributed.deepspeed_config: {path} has no zero_optimization section")
+    return config

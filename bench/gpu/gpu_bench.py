@@ -210,7 +210,7 @@ def main() -> None:
         say("gpu_bench: no CUDA device here; run it on a GPU machine")
         sys.exit(2)
     from tac2sol.operator.catalog import GPUS
-    from tac2sol.operator.planner import precision_for
+    from tac2sol.operator.resolve import precision_for
 
     props = torch.cuda.get_device_properties(0)
     key = gpu_key(props.name, props.total_memory, props.major)

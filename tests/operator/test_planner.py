@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from tac2sol.operator.planner import make_plan
+from tac2sol.operator.resolve import resolve
 from tac2sol.operator.specfile import parse_training_run
 
 from tac2sol.errors import InvalidInput
@@ -26,7 +27,7 @@ LLAMA2_70B = {
 
 
 def plan_for(make_run: MakeRun, **changes: Any) -> Any:
-    return make_plan(parse_training_run(make_run(**changes)))
+    return make_plan(resolve(parse_training_run(make_run(**changes))))
 
 
 def test_qwen32b_on_4_rtx8000(make_run: MakeRun) -> None:
@@ -204,7 +205,7 @@ def test_global_batch_not_divisible_is_invalid_input(make_run: MakeRun) -> None:
     run = parse_training_run(make_run())
     run.spec.training.global_batch_size = 6  # bypasses the parse-time check on purpose
     with pytest.raises(InvalidInput, match=r"spec\.training\.globalBatchSize: 6 is not a multiple"):
-        make_plan(run)
+        make_plan(resolve(run))
 
 
 def test_plan_serialises_by_alias(make_run: MakeRun) -> None:

@@ -13,6 +13,7 @@ import yaml
 from tac2sol.operator import lifecycle, pods
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.render import RenderOptions, render_children
+from tac2sol.operator.resolve import resolve
 from tac2sol.operator.specfile import parse_training_run
 
 T = "2025-06-01T10:00:00Z"
@@ -343,8 +344,8 @@ def test_expected_pods_match_the_rendered_job(run: str, changes: dict[str, Any])
         spec["resources"]["nodes"] = changes["nodes"]
         spec["training"]["globalBatchSize"] = 4 * changes["nodes"] * spec["training"]["perDeviceBatchSize"]
     parsed = parse_training_run(data)
-    plan = make_plan(parsed)
-    job = render_children(parsed, plan, RenderOptions(trainer_image="t:1"))[-1]
+    plan = make_plan(resolve(parsed))
+    job = render_children(resolve(parsed), plan, RenderOptions(trainer_image="t:1"))[-1]
     replicas = job["spec"].get("pytorchReplicaSpecs") or job["spec"]["mpiReplicaSpecs"]
     assert pods.expected_pods(job["kind"], plan.nodes) == sum(r["replicas"] for r in replicas.values())
 

@@ -23,6 +23,7 @@ import yaml
 from tac2sol.operator import render
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.render import RenderOptions, render_children, to_yaml
+from tac2sol.operator.resolve import resolve
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import parse_training_run
 
@@ -90,7 +91,7 @@ CASES = {
 
 def _render(data: dict[str, Any]) -> list[dict[str, Any]]:
     run = _run(data)
-    return render_children(run, make_plan(run), OPTIONS)
+    return render_children(resolve(run), make_plan(resolve(run)), OPTIONS)
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -165,10 +166,10 @@ def test_every_child_is_owned_and_labelled(case: str) -> None:
 
 def test_rendering_is_pure_and_leaves_its_input_alone() -> None:
     run = _run(CASES["llama70b-2nodes-everything"])
-    plan = make_plan(run)
+    plan = make_plan(resolve(run))
     before = (run.model_dump(), plan.model_dump())
-    first = render_children(run, plan, OPTIONS)
-    second = render_children(run, plan, OPTIONS)
+    first = render_children(resolve(run), plan, OPTIONS)
+    second = render_children(resolve(run), plan, OPTIONS)
     assert first == second
     assert (run.model_dump(), plan.model_dump()) == before
     # Master and Worker templates are copies: editing one never edits the other.
@@ -329,11 +330,11 @@ def test_spec_fingerprint_ignores_only_suspend() -> None:
 def test_an_impossible_plan_renders_nothing() -> None:
     run = _run(_load("deepseek-v3"))
     with pytest.raises(ValueError, match="does not fit"):
-        render_children(run, make_plan(run), OPTIONS)
+        render_children(resolve(run), make_plan(resolve(run)), OPTIONS)
 
 
 def test_children_need_the_runs_uid() -> None:
     data = _load("qwen32b")
     run = parse_training_run(data)
     with pytest.raises(ValueError, match=r"no metadata\.uid"):
-        render_children(run, make_plan(run), OPTIONS)
+        render_children(resolve(run), make_plan(resolve(run)), OPTIONS)

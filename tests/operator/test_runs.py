@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from tac2sol.operator.catalog import MODELS, find_model
 from tac2sol.operator.planner import make_plan
+from tac2sol.operator.resolve import resolve
 from tac2sol.operator.specfile import load_training_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -19,7 +20,7 @@ REFUSED = {"deepseek-v3.yaml"}  # DeepSeek-V3 on 4 x RTX 8000: refused on purpos
 @pytest.mark.parametrize("path", RUN_FILES, ids=[p.name for p in RUN_FILES])
 def test_run_validates_and_plans(path: Path) -> None:
     run = load_training_run(path)
-    plan = make_plan(run)
+    plan = make_plan(resolve(run))
     assert plan.fits is (path.name not in REFUSED), plan.reasons
     if not plan.fits:
         assert plan.ways_out
@@ -63,7 +64,7 @@ def test_tiny_local_matches_the_tiny_model_the_trainer_builds() -> None:
     assert s.dataset.path == ".cache/sample/tac2sol-sample.jsonl"
     assert s.training.max_seq_length == 512 and s.quantization == "nf4" and s.metrics_port == 9400
     assert s.output.path == "out/tiny-local"
-    plan = make_plan(run)
+    plan = make_plan(resolve(run))
     assert (plan.strategy, plan.precision) == ("single", "fp32")
 
 

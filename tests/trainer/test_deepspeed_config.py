@@ -27,20 +27,21 @@ CATALOG_RUNS = sorted(p for p in (REPO / "runs").glob("*.yaml") if p.name != "ti
 
 def _plan_config(run_yaml: Path, **spec_changes: Any) -> tuple[Any, TrainConfig | None]:
     from tac2sol.operator.planner import make_plan
+    from tac2sol.operator.resolve import resolve
     from tac2sol.operator.specfile import load_training_run
     from tac2sol.operator.trainconfig import to_train_config
 
     run = load_training_run(run_yaml)
     if spec_changes:
         run = run.model_copy(update={"spec": run.spec.model_copy(update=spec_changes)})
-    plan = make_plan(run)
+    plan = make_plan(resolve(run))
     if not plan.fits:
         return plan, None
-    return plan, to_train_config(run, plan, data={"path": "/data/rows.jsonl"})
+    return plan, to_train_config(resolve(run), plan, data={"path": "/data/rows.jsonl"})
 
 
 def _check_matches_plan(plan: Any, cfg: TrainConfig, tmp_path: Path) -> dict[str, Any]:
-    path = write_deepspeed_config(cfg, tmp_path)
+    path = write_deepspeed_config(cfg, tmp_path, on_gpu=True)
     assert path == tmp_path / "ds_config.json"
     ds = json.loads(path.read_text())
     assert ds["fp16"] == {"enabled": True, **FP16_LOSS_SCALING}, "Turing: fp16 + dynamic loss scaling"
@@ -66,7 +67,7 @@ def test_catalog_run_on_rtx8000_as_planned(run_yaml: Path, tmp_path: Path) -> No
     if plan.strategy == "deepspeed":
         _check_matches_plan(plan, cfg, tmp_path)
     else:
-        assert write_deepspeed_config(cfg, tmp_path) is None
+        assert write_deepspeed_config(cfg, tmp_path, on_gpu=True) is None
         assert not (tmp_path / "ds_config.json").exists()
 
 
@@ -192,7 +193,7 @@ def test_refuses_offload_the_stage_cannot_do(plan: dict[str, Any], message: str)
 def test_no_deepspeed_no_file(tmp_path: Path) -> None:
     cfg = TrainConfig(model={"name_or_path": "m"}, data={"path": "d.jsonl"}, distributed={"strategy": "ddp"})
     assert build_deepspeed_config(cfg.distributed) is None
-    assert write_deepspeed_config(cfg, tmp_path) is None
+    assert write_deepspeed_config(cfg, tmp_path, on_gpu=True) is None
     assert list(tmp_path.iterdir()) == []
 
 
