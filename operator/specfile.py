@@ -31,16 +31,78 @@ def load_training_run(path: str | Path) -> TrainingRun:
     """Read one TrainingRun from a YAML file."""
     p = Path(path)
     try:
-        text = p.read_text()
+        raw = p.read_bytes()
     except OSError as exc:
         raise InvalidInput(f"{p}: cannot read the file ({exc.strerror}); check the path") from None
-    return parse_training_run_text(text, source=str(p))
+    return parse_training_run_text(_decode(raw, str(p)), source=str(p))
+
+
+def _decode(raw: bytes, source: str) -> str:
+    """The file's text, or one error saying what the bytes are instead of UTF-8 YAML and what to do."""
+    head = raw[:256]
+    if raw[:2] == b"\x1f\x8b":
+        problem = "is gzip-compressed; decompress it first (gunzip)"
+    elif raw[:2] in (b"\xff\xfe", b"\xfe\xff") or any(
+        half and half.count(0) * 10 >= len(half) * 9 for half in (head[0::2], head[1::2])
+    ):
+        problem = "is UTF-16, not UTF-8; convert it (iconv -f UTF-16 -t UTF-8)"
+    elif b"\x00" in raw:
+        problem = "holds NUL bytes, so it is binary, not a YAML file; give a TrainingRun YAML file"
+    else:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = raw[: exc.start].count(b"\n") + 1
+            source = f"{source}:{line}"
+            problem = f"is not UTF-8 (byte 0x{raw[exc.start]:02x}); save the file as UTF-8"
+    raise InvalidInput(f"{source}: the file {problem}")
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, path: tuple[str | int, ...], first: int, second: int) -> None:
+        super().__init__(f"{format_path(path)} given twice")
+        self.path, self.first, self.second = path, first, second
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that refuses a key given twice in one mapping (PyYAML would keep the last)."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _check_duplicate_keys(node)
+        return super().construct_document(node)
+
+
+def _check_duplicate_keys(root: yaml.Node) -> None:
+    """Walk the composed nodes before construction (before ``<<`` merges, which may override)."""
+    todo: list[tuple[yaml.Node, tuple[str | int, ...]]] = [(root, ())]
+    seen_nodes: set[int] = set()
+    while todo:
+        node, path = todo.pop()
+        if id(node) in seen_nodes:  # an alias of an anchored node already checked
+            continue
+        seen_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                    line = key.start_mark.line + 1
+                    if (key.tag, key.value) in lines:
+                        raise _DuplicateKey((*path, key.value), lines[key.tag, key.value], line)
+                    lines[key.tag, key.value] = line
+                todo.append((value, (*path, str(key.value))))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend((item, (*path, i)) for i, item in enumerate(node.value))
 
 
 def parse_training_run_text(text: str, source: str = "<input>") -> TrainingRun:
     """Parse YAML text; errors name the source, line and field path."""
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+    except _DuplicateKey as exc:
+        raise InvalidInput(
+            f"{source}:{exc.second}: {format_path(exc.path)} is given twice in one mapping "
+            f"(lines {exc.first} and {exc.second}); keep one"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark else source
@@ -99,6 +161,16 @@ def _line_of(node: yaml.Node, path: tuple[str | int, ...]) -> int | None:
 
 
 def _check_header(data: dict[str, Any]) -> None:
+    if data.get("kind") == "List" or (str(data.get("kind", "")).endswith("List") and "items" in data):
+        items = data.get("items")
+        count = (
+            f"{len(items)} object{'s' if len(items) != 1 else ''}" if isinstance(items, list) else "objects"
+        )
+        raise SpecProblem(
+            ("kind",),
+            f"this is a {data.get('kind')} of {count} (what `kubectl get -o yaml` prints), not one "
+            "TrainingRun; save each run to its own file (`kubectl get trainingrun NAME -o yaml`)",
+        )
     if data.get("apiVersion") != GROUP_VERSION:
         raise SpecProblem(("apiVersion",), f"must be {GROUP_VERSION} (got {data.get('apiVersion')!r})")
     if data.get("kind") != KIND:

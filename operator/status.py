@@ -78,8 +78,8 @@ class TrainingRunStatus(ApiModel):
 
     model_config = ConfigDict(extra="allow")
 
-    phase: Phase | None = Field(
-        None, description="Pending, Planning, Running, Succeeded, Failed or Suspended."
+    phase: Phase | None = Field(  # not strict: the apiserver hands the phase back as a string
+        None, strict=False, description="Pending, Planning, Running, Succeeded, Failed or Suspended."
     )
     conditions: list[Condition] = Field(
         default_factory=list, description="Latest observations, one per type."
