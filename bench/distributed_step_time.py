@@ -47,8 +47,8 @@ def say(message: str) -> None:
 
 def prepare(work: Path) -> tuple[Path, Path, Path]:
     """Tiny model, synthetic sample and DeepSpeed's CPU ops (each cached)."""
-    from tac2sol.trainer.sample import write_sample
-    from tac2sol.trainer.tiny import ensure_tiny_model
+    from tac2sol.tour.sample import write_sample
+    from tac2sol.tour.tiny import ensure_tiny_model
 
     model = ensure_tiny_model(work / "tiny-model")
     data = work / "sample.jsonl"

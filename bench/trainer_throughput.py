@@ -178,8 +178,8 @@ def main() -> None:
         print(json.dumps(run(args.work, model, data, args.steps, out)))
         return
 
-    from tac2sol.trainer.sample import write_sample
-    from tac2sol.trainer.tiny import TinySpec, ensure_tiny_model
+    from tac2sol.tour.sample import write_sample
+    from tac2sol.tour.tiny import TinySpec, ensure_tiny_model
 
     with tempfile.TemporaryDirectory(prefix="tac2sol-bench-") as tmp:
         work = Path(tmp)

@@ -1,8 +1,9 @@
 """The ``tac2sol`` command line.
 
 The root app only wires sub-commands together; each side registers its own commands:
-``tac2sol.operator.cli`` (plan, crd, validate, catalog, operator) and ``tac2sol.trainer.cli``
-(train, data, evaluate, run). Heavy libraries (torch, kopf) are imported inside commands, so
+``tac2sol.operator.cli`` (plan, crd, validate, catalog, operator), ``tac2sol.trainer.cli``
+(train, data, evaluate), ``tac2sol.trainer.compare_cli`` (compare) and ``tac2sol.tour.cli``
+(run, data sample). Heavy libraries (torch, kopf) are imported inside commands, so
 ``tac2sol --help`` and the operator image stay light.
 
 Exit codes: 0 ok, 1 plan does not fit, 2 invalid input.
@@ -31,7 +32,12 @@ app = typer.Typer(
 
 # Each module exposes ``register(app: typer.Typer) -> None``; a side whose module is not
 # there yet (or whose optional extra is not installed) simply contributes no commands.
-_COMMAND_MODULES = ("tac2sol.operator.cli", "tac2sol.trainer.cli", "tac2sol.trainer.compare_cli")
+_COMMAND_MODULES = (
+    "tac2sol.operator.cli",
+    "tac2sol.trainer.cli",
+    "tac2sol.trainer.compare_cli",
+    "tac2sol.tour.cli",  # after the trainer's: it adds ``sample`` to the trainer's ``data`` group
+)
 
 
 def _version_callback(value: bool) -> None:

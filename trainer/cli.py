@@ -170,21 +170,6 @@ def _local_copy(file: str, download_dir: Path) -> Path:
     return fetch(file, download_dir / uri_basename(file), say=lambda m: typer.echo(m, err=True)).path
 
 
-def sample_command(
-    output: Annotated[Path, typer.Option("--output", "-o", help="Where to write the JSONL.")] = Path(
-        ".cache/sample/tac2sol-sample.jsonl"
-    ),
-    contracts: Annotated[int, typer.Option(min=1, help="Synthetic contracts (3-6 functions each).")] = 90,
-    seed: Annotated[int, typer.Option(help="Generator seed.")] = 1234,
-) -> None:
-    """Write the project's SYNTHETIC sample data (made by code, labelled synthetic in each row)."""
-    from tac2sol.trainer.sample import write_sample
-
-    path = write_sample(output, contracts, seed)
-    rows = sum(1 for _ in path.open())
-    typer.echo(f"{path}: {rows} synthetic TAC -> Solidity rows (metadata.synthetic = true)")
-
-
 def evaluate_command(
     config: Annotated[
         Path, typer.Option("--config", "-c", help="The trainer config the adapter was trained with.")
@@ -215,23 +200,8 @@ def evaluate_command(
     typer.echo(f"report: {out / 'eval.md'}\nsummary: {out / 'eval.json'}")
 
 
-def run_command(
-    run_yaml: Annotated[Path, typer.Argument(help="A TrainingRun, e.g. runs/tiny-local.yaml.")],
-    dataset: DatasetOpt = None,
-    output: OutputOpt = None,
-    metrics_port: PortOpt = None,
-    max_steps: MaxStepsOpt = None,
-) -> None:
-    """The local tour: plan a TrainingRun and train it here, then evaluate (tiny model on a CPU)."""
-    from tac2sol.trainer.tour import run_tour
-
-    run_tour(run_yaml, dataset=dataset, output=output, metrics_port=metrics_port, max_steps=max_steps)
-
-
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
     data_app.command("preflight")(preflight_command)
-    data_app.command("sample")(sample_command)
     app.add_typer(data_app, name="data")
     app.command("evaluate")(evaluate_command)
-    app.command("run")(run_command)

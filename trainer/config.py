@@ -5,7 +5,7 @@ ConfigMap), environment variables ``TAC2SOL_*`` (nested with ``__``, e.g.
 ``TAC2SOL_TRAINING__LEARNING_RATE=1e-4``), then CLI flags (passed as init arguments).
 
 The operator renders this object from a TrainingRun and its plan
-(``tac2sol.operator`` imports this module; this module never imports the operator). Fields that a
+(the operator imports this module; this module never imports the operator). Fields that a
 TrainingRun also has are declared with the shared types of :mod:`tac2sol.trainer.hparams`.
 """
 

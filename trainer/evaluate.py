@@ -364,9 +364,7 @@ def write_report(
     summary["paperBaseline"] = PAPER_BASELINE
     synthetic = sum(bool(r.metadata.get("synthetic")) for r in rows)
     if synthetic:
-        summary["note"] = (
-            f"{synthetic} of {len(rows)} rows are SYNTHETIC sample data (tac2sol.trainer.sample)"
-        )
+        summary["note"] = f"{synthetic} of {len(rows)} rows are SYNTHETIC sample data (tac2sol.tour.sample)"
     ids = row_ids([(r.input, r.output) for r in rows])
     summary = {"kind": EVAL_KIND, "schemaVersion": EVAL_SCHEMA_VERSION, **summary}
     summary["rows"] = [

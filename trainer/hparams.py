@@ -1,6 +1,6 @@
 """A run's hyper-parameters, each defined once: type, bounds, default and help text.
 
-The TrainingRun API (:mod:`tac2sol.operator.spec`: camelCase, generated into the CRD schema) and the
+The TrainingRun API (operator/spec.py: camelCase, generated into the CRD schema) and the
 trainer's config (:mod:`tac2sol.trainer.config`: snake_case, what ``train.yaml`` holds) declare their
 fields with these types, so what the apiserver accepts and what the trainer runs cannot drift apart.
 ``tests/operator/test_spec_trainconfig.py`` checks that every spec field reaches the trainer config

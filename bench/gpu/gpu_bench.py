@@ -72,8 +72,9 @@ def build_model(directory: Path) -> Path:
     if (directory / "config.json").exists():
         return directory
     import torch
-    from tac2sol.trainer.tiny import ensure_tiny_model
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from tac2sol.tour.tiny import ensure_tiny_model
 
     tiny = ensure_tiny_model(directory.parent / "tiny-model")
     tokenizer = AutoTokenizer.from_pretrained(tiny)
@@ -223,7 +224,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     mark = time.monotonic()
     model = build_model(args.work / "llama-1b-random")
-    from tac2sol.trainer.sample import write_sample
+    from tac2sol.tour.sample import write_sample
 
     data = args.work / "sample.jsonl"
     if not data.exists():

@@ -44,7 +44,7 @@ def test_qwen32b_run_is_the_reference_setup() -> None:
 
 
 def test_tiny_local_matches_the_tiny_model_the_trainer_builds() -> None:
-    from tac2sol.trainer.tiny import DEFAULT_DIR, TinySpec
+    from tac2sol.tour.tiny import DEFAULT_DIR, TinySpec
 
     run = load_training_run(REPO / "runs" / "tiny-local.yaml")
     s = run.spec

@@ -26,7 +26,7 @@ def _one_torch_thread() -> None:
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama (random weights, no pre-training: fast to build) + a tokenizer trained on the
     synthetic sample. No download."""
-    from tac2sol.trainer.tiny import TinySpec, ensure_tiny_model
+    from tac2sol.tour.tiny import TinySpec, ensure_tiny_model
 
     return ensure_tiny_model(
         tmp_path_factory.mktemp("tiny") / "tiny-model", TinySpec(pretrain_steps=0), use_cache=False
@@ -42,7 +42,7 @@ def tiny_tokenizer(tiny_model_dir: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def sample_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tac2sol.trainer.sample import write_sample
+    from tac2sol.tour.sample import write_sample
 
     return write_sample(tmp_path_factory.mktemp("sample") / "tac2sol-sample.jsonl")
 

@@ -6,8 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from tac2sol.trainer.sample import generate_rows, write_sample
-from tac2sol.trainer.tiny import SPEC_FILE, TinySpec, ensure_tiny_model
+from tac2sol.tour.sample import generate_rows, write_sample
+from tac2sol.tour.tiny import SPEC_FILE, TinySpec, ensure_tiny_model
 
 
 def test_sample_is_synthetic_labelled_deterministic_and_exercises_preflight(tmp_path: Path) -> None:

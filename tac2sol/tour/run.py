@@ -1,8 +1,8 @@
 """The local tour (``make run`` → ``tac2sol run runs/tiny-local.yaml``).
 
-The one place that bridges the operator side and the trainer: it loads the TrainingRun and
-plans it exactly as the operator would (``tac2sol.operator.spec/planner/trainconfig``, imported
-here, inside the function, never by the trainer package), then trains here, in this process.
+It loads the TrainingRun and plans it exactly as the operator would (specfile → resolve → planner
+→ trainconfig, imported inside the function so ``tac2sol --help`` stays light), then trains here,
+in this process.
 
 It builds (or reuses) the tiny model at ``.cache/tiny-model`` and the SYNTHETIC sample at
 ``.cache/sample/tac2sol-sample.jsonl`` when the run points at them; ``--dataset`` gives real data.
@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 import typer
-from tac2sol.trainer import sample, tiny
-from tac2sol.trainer.train import RUN_JSON
 
 from tac2sol.errors import PlanDoesNotFit
+from tac2sol.tour import sample, tiny
+from tac2sol.trainer.train import RUN_JSON
 
 
 def _same(a: str | Path, b: Path) -> bool:
@@ -34,6 +34,7 @@ def run_tour(
     max_steps: int | None = None,
 ) -> None:
     from tac2sol.operator.planner import make_plan
+    from tac2sol.operator.resolve import resolve
     from tac2sol.operator.specfile import load_training_run
     from tac2sol.operator.trainconfig import to_train_config
     from tac2sol.trainer.train import train
@@ -41,7 +42,8 @@ def run_tour(
     started = time.monotonic()
     echo = typer.echo
     run = load_training_run(run_yaml)
-    plan = make_plan(run)
+    resolved = resolve(run)
+    plan = make_plan(resolved)
     if not plan.fits:
         raise PlanDoesNotFit(
             f"{run_yaml}: no layout fits {plan.world_size} x {plan.gpu_type}: "
@@ -73,7 +75,7 @@ def run_tour(
     if dataset is None and _same(data_path, sample.DEFAULT_PATH):
         sample.write_sample(sample.DEFAULT_PATH)
         echo(
-            f"data: {sample.DEFAULT_PATH} is SYNTHETIC sample data made by tac2sol.trainer.sample "
+            f"data: {sample.DEFAULT_PATH} is SYNTHETIC sample data made by tac2sol.tour.sample "
             "(not real contracts; metadata.synthetic = true). Use --dataset FILE for real data."
         )
 
@@ -90,7 +92,7 @@ def run_tour(
     if max_steps is not None:
         training["max_steps"] = max_steps
     overrides["training"] = training
-    cfg = to_train_config(run, plan, **overrides)
+    cfg = to_train_config(resolved, plan, **overrides)
 
     # A finished tour would "resume" at its last step and train nothing: keep it as the previous
     # run instead. An interrupted tour (checkpoints, no run.json) resumes where it stopped.

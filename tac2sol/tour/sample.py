@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GENERATOR = "tac2sol.trainer.sample/1"
+GENERATOR = "tac2sol.tour.sample/1"
 SOURCE = "tac2sol-synthetic"
 DEFAULT_PATH = Path(".cache/sample/tac2sol-sample.jsonl")
 DEFAULT_CONTRACTS = 90

@@ -23,7 +23,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tac2sol.trainer import prompt, sample
+from tac2sol.tour import sample
+from tac2sol.trainer import prompt
 
 log = logging.getLogger(__name__)
 
