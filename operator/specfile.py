@@ -15,16 +15,9 @@ from pydantic import ValidationError
 from tac2sol.operator.apimodel import ApiModel
 from tac2sol.operator.names import GROUP_VERSION, KIND
 from tac2sol.operator.spec import TrainingRun
-from tac2sol.operator.validation import SpecProblem, check_training_run
+from tac2sol.operator.validation import SpecProblem, check_training_run, format_path
 
 from tac2sol.errors import InvalidInput
-
-
-def format_path(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def load_training_run(path: str | Path) -> TrainingRun:
