@@ -4,7 +4,12 @@
 # - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl: built from k8s.io/kubernetes
 #   (version pinned in hack/k8s/go.mod), etcd: built from go.etcd.io/etcd/server/v3
 #   (hack/k8s/etcd/go.mod), kwok, training-operator and helm: `go install <module>@<version>`;
-# - prometheus and promtool (plus openssl and curl, used by hack/cluster.sh): Debian packages.
+# - Debian packages: prometheus and promtool, openssl and curl (used by hack/cluster.sh), mpirun
+#   (the MPI launcher test), buildah, podman, runc and mmdebstrap (the image test);
+# - the Kubeflow CRDs (PyTorchJob, MPIJob) with their licence, copied from the Go module of the
+#   training-operator built here, so they match it: ~/.cache/tac2sol/crds/training-operator;
+# - checkov (the chart's policy test), from PyPI into a virtualenv of its own,
+#   ~/.cache/tac2sol/checkov-<version>: it pins dozens of packages the project does not use.
 # Prints one line per item it builds or installs and nothing when everything is cached.
 # Cold, on 2 cores shared with other builds (load 8-13), it took 71 min: Kubernetes 31, training-
 # operator 14, kwok 12, helm 11, etcd 3; cached, it is silent and takes 0.2 s. Build logs go to
@@ -20,6 +25,7 @@ LOGS=$CACHE/logs
 KWOK_VERSION=v0.8.0
 TRAINING_OPERATOR_VERSION=v1.9.0
 HELM_VERSION=v3.22.0
+CHECKOV_VERSION=3.3.30
 required_version() {  # required_version GO.MOD MODULE: the version GO.MOD requires of MODULE
     local v
     v=$(awk -v m="$2" '$1 == "require" && $2 == m {print $3; exit} $1 == m && $2 ~ /^v/ {print $2; exit}' "$1")
@@ -29,8 +35,10 @@ required_version() {  # required_version GO.MOD MODULE: the version GO.MOD requi
 K8S_VERSION=$(required_version "$HACK/k8s/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(required_version "$HACK/k8s/etcd/go.mod" go.etcd.io/etcd/server/v3)
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-APT_PACKAGES=(prometheus openssl curl openmpi-bin)  # apt package per command below, same order
-APT_COMMANDS=(promtool openssl curl mpirun)  # mpirun: the 2-rank MPI launcher test
+# apt package per command below, same order; mpirun: the 2-rank MPI launcher test; buildah to
+# mmdebstrap: the image test (tests/packaging/test_image.py).
+APT_PACKAGES=(prometheus openssl curl openmpi-bin buildah podman runc mmdebstrap)
+APT_COMMANDS=(promtool openssl curl mpirun buildah podman runc mmdebstrap)
 
 say() { echo "install-tools: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -146,11 +154,39 @@ install_apt() {
     done
 }
 
+install_kubeflow_crds() {  # the CRDs of the training-operator built above, from its Go module
+    local crds=$CACHE/crds dir="training-operator-$TRAINING_OPERATOR_VERSION" module
+    if [[ ! -f $crds/$dir/kubeflow.org_mpijobs.yaml ]]; then
+        go_env
+        say "copying the Kubeflow CRDs of training-operator $TRAINING_OPERATOR_VERSION from its Go module"
+        module=$(GOFLAGS= go mod download -json "github.com/kubeflow/training-operator@$TRAINING_OPERATOR_VERSION" \
+            | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+        [[ -d $module/manifests/base/crds ]] || die "no manifests/base/crds in the training-operator module ($module)"
+        rm -rf "$crds/$dir.tmp" && mkdir -p "$crds/$dir.tmp"
+        cp "$module"/manifests/base/crds/kubeflow.org_{pytorchjobs,mpijobs}.yaml "$module/LICENSE" "$crds/$dir.tmp/"
+        chmod -R u+w "$crds/$dir.tmp"  # the module cache is read-only
+        rm -rf "${crds:?}/$dir" && mv -T "$crds/$dir.tmp" "$crds/$dir"
+    fi
+    ln -sfn "$dir" "$crds/training-operator"
+}
+
+install_checkov() {  # a virtualenv of its own; .installed marks a complete install
+    local venv=$CACHE/checkov-$CHECKOV_VERSION
+    [[ -f $venv/.installed ]] && return
+    say "installing checkov $CHECKOV_VERSION from PyPI into $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    run_logged "$LOGS/checkov-$CHECKOV_VERSION.log" \
+        "$venv/bin/pip" install --disable-pip-version-check "checkov==$CHECKOV_VERSION"
+    touch "$venv/.installed"
+}
+
 install_apt
 build_etcd
 go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 go_install training-operator "$TRAINING_OPERATOR_VERSION" \
     github.com/kubeflow/training-operator/cmd/training-operator.v1
+install_kubeflow_crds
 # As helm's own Makefile does: the default Kubernetes version for `helm template`/`lint` comes
 # from its client-go (v0.37 -> 1.37); without it `helm template` assumes v1.20 and refuses the chart.
 HELM_KUBE_MAJOR=1 HELM_KUBE_MINOR=37
@@ -162,3 +198,4 @@ go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_KUBE_MINOR" \
     "$HELM_VERSION-kube$HELM_KUBE_MAJOR.$HELM_KUBE_MINOR"
 build_k8s
+install_checkov
