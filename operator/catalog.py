@@ -1,9 +1,8 @@
 """Model and GPU catalogs: the facts the planner needs, checked against model cards and configs.
 
-Every model number below comes from the model's ``config.json`` on the Hugging Face hub (``source``)
-and its model card. The user's design doc has several of them wrong; ARCHITECTURE.md lists the
-corrections (DeepSeek-Coder-V2-Lite is a 16B MoE, StarCoder2 has no 33B and no ``c_attn``,
-Qwen2.5-Coder-32B ships a 32K context, Codestral is under a non-production licence, ...).
+The entries are data, in ``data/catalog.yaml`` beside this module (each model number from the
+model's ``config.json`` on the Hugging Face hub, ``source``, and its model card; the file says
+which numbers of the user's design doc were wrong). This module holds their types and arithmetic.
 
 Parameter counts are not trusted blindly: :func:`linear_shapes` rebuilds every linear layer from
 the architecture facts and ``tests/operator/test_catalog.py`` checks that the sum matches the
@@ -16,9 +15,12 @@ A model that is not in the catalog is given in a TrainingRun by its facts
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from typing import Literal
 
+import yaml
 from pydantic import Field, model_validator
+from pydantic.alias_generators import to_camel
 from tac2sol.operator.apimodel import ApiModel
 
 Family = Literal["llama", "mistral", "qwen2", "starcoder2", "phi3", "deepseek_v2", "deepseek_v3"]
@@ -95,7 +97,7 @@ class ModelFacts(ApiModel):
                 if getattr(self, n) is None
             ]
             if missing:
-                names = ", ".join(_camel(n) for n in missing)
+                names = ", ".join(to_camel(n) for n in missing)
                 raise ValueError(f"family {self.family} (multi-head latent attention) needs {names}")
         if self.experts is not None and (self.moe_intermediate is None or self.experts_per_token is None):
             raise ValueError(
@@ -237,268 +239,6 @@ def lora_trainable_params(f: ModelFacts, targets: list[str], r: int) -> int:
     return sum(r * (s.in_features + s.out_features) * s.count for s in linear_shapes(f) if s.name in wanted)
 
 
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(p.title() for p in rest)
-
-
-_LLAMA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-_LLAMA3 = (
-    "Llama 3 community licence: gated download; products above 700M monthly users need Meta's permission"
-)
-
-MODELS: dict[str, ModelFacts] = {
-    "llama-3.2-3b": ModelFacts(
-        id="meta-llama/Llama-3.2-3B",
-        family="llama",
-        params=3_212_749_824,
-        layers=28,
-        hidden=3072,
-        intermediate=8192,
-        vocab=128256,
-        heads=24,
-        kv_heads=8,
-        context=131072,
-        embeddings_tied=True,
-        licence="llama3.2",
-        licence_note=_LLAMA3.replace("Llama 3", "Llama 3.2") + "; acceptable-use policy applies",
-        source="https://huggingface.co/meta-llama/Llama-3.2-3B/blob/main/config.json",
-    ),
-    "llama-3.1-8b": ModelFacts(
-        id="meta-llama/Llama-3.1-8B",
-        family="llama",
-        params=8_030_261_248,
-        layers=32,
-        hidden=4096,
-        intermediate=14336,
-        vocab=128256,
-        heads=32,
-        kv_heads=8,
-        context=131072,
-        licence="llama3.1",
-        licence_note=_LLAMA3.replace("Llama 3", "Llama 3.1"),
-        source="https://huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json",
-    ),
-    "llama-3.1-70b": ModelFacts(
-        id="meta-llama/Llama-3.1-70B",
-        family="llama",
-        params=70_553_706_496,
-        layers=80,
-        hidden=8192,
-        intermediate=28672,
-        vocab=128256,
-        heads=64,
-        kv_heads=8,
-        context=131072,
-        licence="llama3.1",
-        licence_note=_LLAMA3.replace("Llama 3", "Llama 3.1"),
-        source="https://huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json",
-    ),
-    "codellama-34b": ModelFacts(
-        id="codellama/CodeLlama-34b-hf",
-        family="llama",
-        params=33_743_970_304,
-        layers=48,
-        hidden=8192,
-        intermediate=22016,
-        vocab=32000,
-        heads=64,
-        kv_heads=8,
-        context=16384,
-        licence="llama2",
-        licence_note="Llama 2 community licence: products above 700M monthly users need Meta's permission",
-        source="https://huggingface.co/codellama/CodeLlama-34b-hf/blob/main/config.json",
-    ),
-    "qwen2.5-coder-32b": ModelFacts(
-        id="Qwen/Qwen2.5-Coder-32B",
-        family="qwen2",
-        params=32_763_876_352,
-        layers=64,
-        hidden=5120,
-        intermediate=27648,
-        vocab=152064,
-        heads=40,
-        kv_heads=8,
-        # The shipped config says 32768; 131072 needs YaRN rope scaling added to the config.
-        context=32768,
-        licence="apache-2.0",
-        source="https://huggingface.co/Qwen/Qwen2.5-Coder-32B/blob/main/config.json",
-    ),
-    "qwen2.5-72b": ModelFacts(
-        id="Qwen/Qwen2.5-72B",
-        family="qwen2",
-        params=72_706_203_648,
-        layers=80,
-        hidden=8192,
-        intermediate=29568,
-        vocab=152064,
-        heads=64,
-        kv_heads=8,
-        context=131072,
-        licence="qwen",
-        licence_note=(
-            "Qwen licence agreement: products above 100M monthly users need Alibaba Cloud's permission"
-        ),
-        source="https://huggingface.co/Qwen/Qwen2.5-72B/blob/main/config.json",
-    ),
-    "deepseek-coder-33b": ModelFacts(
-        id="deepseek-ai/deepseek-coder-33b-instruct",
-        family="llama",
-        params=33_340_000_000,
-        layers=62,
-        hidden=7168,
-        intermediate=19200,
-        vocab=32256,
-        heads=56,
-        kv_heads=8,
-        context=16384,
-        licence="deepseek",
-        licence_note="DeepSeek model licence: commercial use allowed, with use-based restrictions",
-        source="https://huggingface.co/deepseek-ai/deepseek-coder-33b-instruct/blob/main/config.json",
-    ),
-    "deepseek-coder-v2-lite": ModelFacts(
-        id="deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct",
-        family="deepseek_v2",
-        params=15_706_484_224,
-        active_params=2_400_000_000,
-        layers=27,
-        hidden=2048,
-        intermediate=10944,
-        vocab=102400,
-        heads=16,
-        kv_heads=16,
-        context=163840,
-        licence="deepseek",
-        licence_note="DeepSeek model licence: commercial use allowed, with use-based restrictions",
-        trust_remote_code=True,
-        experts=64,
-        experts_per_token=6,
-        shared_experts=2,
-        moe_intermediate=1408,
-        dense_layers=1,
-        kv_lora_rank=512,
-        qk_nope_head_dim=128,
-        qk_rope_head_dim=64,
-        v_head_dim=128,
-        lora_targets=[
-            "q_proj",
-            "kv_a_proj_with_mqa",
-            "kv_b_proj",
-            "o_proj",
-            "gate_proj",
-            "up_proj",
-            "down_proj",
-        ],
-        source="https://huggingface.co/deepseek-ai/DeepSeek-Coder-V2-Lite-Instruct/blob/main/config.json",
-    ),
-    "deepseek-v3": ModelFacts(
-        id="deepseek-ai/DeepSeek-V3",
-        family="deepseek_v3",
-        params=671_000_000_000,
-        active_params=37_000_000_000,
-        layers=61,
-        hidden=7168,
-        intermediate=18432,
-        vocab=129280,
-        heads=128,
-        kv_heads=128,
-        context=163840,
-        licence="deepseek",
-        licence_note="DeepSeek model licence: commercial use allowed, with use-based restrictions",
-        trust_remote_code=True,
-        experts=256,
-        experts_per_token=8,
-        shared_experts=1,
-        moe_intermediate=2048,
-        dense_layers=3,
-        q_lora_rank=1536,
-        kv_lora_rank=512,
-        qk_nope_head_dim=128,
-        qk_rope_head_dim=64,
-        v_head_dim=128,
-        # Adapting every expert would train ~1% of 671B; attention only keeps LoRA small.
-        lora_targets=["q_a_proj", "q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj"],
-        source="https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json",
-    ),
-    "codestral-22b": ModelFacts(
-        id="mistralai/Codestral-22B-v0.1",
-        family="mistral",
-        params=22_247_282_688,
-        layers=56,
-        hidden=6144,
-        intermediate=16384,
-        vocab=32768,
-        heads=48,
-        kv_heads=8,
-        context=32768,
-        licence="mnpl-0.1",
-        licence_note="Mistral AI Non-Production License: research and testing only, no commercial use",
-        source="https://huggingface.co/mistralai/Codestral-22B-v0.1/blob/main/config.json",
-    ),
-    "starcoder2-3b": ModelFacts(
-        id="bigcode/starcoder2-3b",
-        family="starcoder2",
-        params=3_030_371_328,
-        layers=30,
-        hidden=3072,
-        intermediate=12288,
-        vocab=49152,
-        heads=24,
-        kv_heads=2,
-        context=16384,
-        embeddings_tied=True,
-        licence="bigcode-openrail-m",
-        licence_note="BigCode OpenRAIL-M: use-based restrictions travel with the weights and derivatives",
-        source="https://huggingface.co/bigcode/starcoder2-3b/blob/main/config.json",
-    ),
-    "starcoder2-7b": ModelFacts(
-        id="bigcode/starcoder2-7b",
-        family="starcoder2",
-        params=7_173_923_840,
-        layers=32,
-        hidden=4608,
-        intermediate=18432,
-        vocab=49152,
-        heads=36,
-        kv_heads=4,
-        context=16384,
-        embeddings_tied=True,
-        licence="bigcode-openrail-m",
-        licence_note="BigCode OpenRAIL-M: use-based restrictions travel with the weights and derivatives",
-        source="https://huggingface.co/bigcode/starcoder2-7b/blob/main/config.json",
-    ),
-    "starcoder2-15b": ModelFacts(
-        id="bigcode/starcoder2-15b",
-        family="starcoder2",
-        params=15_957_889_024,
-        layers=40,
-        hidden=6144,
-        intermediate=24576,
-        vocab=49152,
-        heads=48,
-        kv_heads=4,
-        context=16384,
-        licence="bigcode-openrail-m",
-        licence_note="BigCode OpenRAIL-M: use-based restrictions travel with the weights and derivatives",
-        source="https://huggingface.co/bigcode/starcoder2-15b/blob/main/config.json",
-    ),
-    "phi-3-medium": ModelFacts(
-        id="microsoft/Phi-3-medium-4k-instruct",
-        family="phi3",
-        params=13_960_238_080,
-        layers=40,
-        hidden=5120,
-        intermediate=17920,
-        vocab=32064,
-        heads=40,
-        kv_heads=10,
-        context=4096,
-        licence="mit",
-        source="https://huggingface.co/microsoft/Phi-3-medium-4k-instruct/blob/main/config.json",
-    ),
-}
-
-
 class GpuType(ApiModel):
     """One accelerator model: what decides precision, memory and how many share a node."""
 
@@ -533,121 +273,16 @@ class GpuType(ApiModel):
         return int(major), int(minor)
 
 
-_GiB = 1024**3
+def _load() -> tuple[dict[str, ModelFacts], dict[str, GpuType]]:
+    """The catalog data (``data/catalog.yaml``), validated into the models above."""
+    data = yaml.safe_load(resources.files("tac2sol.operator").joinpath(CATALOG_FILE).read_text())
+    models = {key: ModelFacts.model_validate(facts) for key, facts in data["models"].items()}
+    gpus = {key: GpuType.model_validate(gpu) for key, gpu in data["gpus"].items()}
+    return models, gpus
 
-GPUS: dict[str, GpuType] = {
-    "rtx8000": GpuType(
-        name="NVIDIA Quadro RTX 8000",
-        memory_bytes=48 * _GiB,
-        compute_capability="7.5",
-        bf16=False,
-        fp16_tensor_cores=True,
-        peak_fp16_tflops=130.5,
-        max_per_node=8,
-        nvlink_group=2,
-        product_label="Quadro-RTX-8000",
-    ),
-    "t4": GpuType(
-        name="NVIDIA T4",
-        memory_bytes=16 * _GiB,
-        compute_capability="7.5",
-        bf16=False,
-        fp16_tensor_cores=True,
-        peak_fp16_tflops=65.0,
-        max_per_node=8,
-        product_label="Tesla-T4",
-    ),
-    "v100-32": GpuType(
-        name="NVIDIA V100 SXM2 32GB",
-        memory_bytes=32 * _GiB,
-        compute_capability="7.0",
-        bf16=False,
-        fp16_tensor_cores=True,
-        peak_fp16_tflops=125.0,
-        max_per_node=8,
-        nvlink_group=8,
-        product_label="Tesla-V100-SXM2-32GB",
-    ),
-    "a10g": GpuType(
-        name="NVIDIA A10G",
-        memory_bytes=24 * _GiB,
-        compute_capability="8.6",
-        bf16=True,
-        fp16_tensor_cores=True,
-        flash_attention2=True,
-        peak_fp16_tflops=70.0,
-        max_per_node=8,
-        product_label="NVIDIA-A10G",
-    ),
-    "l4": GpuType(
-        name="NVIDIA L4",
-        memory_bytes=24 * _GiB,
-        compute_capability="8.9",
-        bf16=True,
-        fp16_tensor_cores=True,
-        flash_attention2=True,
-        peak_fp16_tflops=121.0,
-        max_per_node=8,
-        product_label="NVIDIA-L4",
-    ),
-    "l40s": GpuType(
-        name="NVIDIA L40S",
-        memory_bytes=48 * _GiB,
-        compute_capability="8.9",
-        bf16=True,
-        fp16_tensor_cores=True,
-        flash_attention2=True,
-        peak_fp16_tflops=362.0,
-        max_per_node=8,
-        product_label="NVIDIA-L40S",
-    ),
-    "a100-40": GpuType(
-        name="NVIDIA A100 SXM4 40GB",
-        memory_bytes=40 * _GiB,
-        compute_capability="8.0",
-        bf16=True,
-        fp16_tensor_cores=True,
-        flash_attention2=True,
-        peak_fp16_tflops=312.0,
-        max_per_node=8,
-        nvlink_group=8,
-        product_label="NVIDIA-A100-SXM4-40GB",
-    ),
-    "a100-80": GpuType(
-        name="NVIDIA A100 SXM4 80GB",
-        memory_bytes=80 * _GiB,
-        compute_capability="8.0",
-        bf16=True,
-        fp16_tensor_cores=True,
-        flash_attention2=True,
-        peak_fp16_tflops=312.0,
-        max_per_node=8,
-        nvlink_group=8,
-        product_label="NVIDIA-A100-SXM4-80GB",
-    ),
-    "h100-80": GpuType(
-        name="NVIDIA H100 SXM5 80GB",
-        memory_bytes=80 * _GiB,
-        compute_capability="9.0",
-        bf16=True,
-        fp16_tensor_cores=True,
-        flash_attention2=True,
-        peak_fp16_tflops=989.0,
-        max_per_node=8,
-        nvlink_group=8,
-        product_label="NVIDIA-H100-80GB-HBM3",
-    ),
-    # The local tour: no GPU, fp32, one process (or DDP over gloo). Memory is a laptop-sized
-    # budget of host RAM, not a device.
-    "cpu": GpuType(
-        name="CPU (no accelerator)",
-        memory_bytes=16 * _GiB,
-        compute_capability=None,
-        bf16=False,
-        fp16_tensor_cores=False,
-        max_per_node=64,
-    ),
-}
+
+CATALOG_FILE = "data/catalog.yaml"
+MODELS, GPUS = _load()
 
 
 class UnknownModel(LookupError):
