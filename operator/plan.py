@@ -6,13 +6,13 @@ importing the planner, which imports the spec.
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field
 from tac2sol.operator.apimodel import ApiModel
+from tac2sol.trainer.config import Precision, Strategy
 
-PlanStrategy = Literal["single", "ddp", "deepspeed"]
-PlanPrecision = Literal["fp16", "bf16", "fp32"]
+# What a plan decides is what the trainer config holds: one definition of each set of values.
+PlanStrategy = Strategy
+PlanPrecision = Precision
 
 
 class Candidate(ApiModel):
