@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import contextvars
 import posixpath
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from tac2sol.trainer import hparams as hp
 
+_S = TypeVar("_S", bound=BaseModel)
 Precision = Literal["fp16", "bf16", "fp32"]
 Strategy = Literal["single", "ddp", "deepspeed"]
 # Where a download lands when data.uri is given without data.path (under output_dir).
@@ -120,6 +122,14 @@ class TrainingSection(_Section):
     save_merged_model: bool = Field(
         False, description="Also save base + LoRA merged into one model (only with quantization 'none')."
     )
+    termination_grace_seconds: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="On SIGTERM (preemption, eviction, drain, pod deletion) finish the optimizer step, save a "
+        "checkpoint and exit 143 within this many seconds (tac2sol.trainer.preemption); the pod's "
+        "terminationGracePeriodSeconds must be longer.",
+    )
 
 
 class LoraSection(_Section):
@@ -185,6 +195,12 @@ class MetricsSection(_Section):
     )
 
 
+def _defaults(section: type[_S]) -> Callable[[], _S]:
+    """A factory of ``section`` with every default. (pydantic's mypy plugin does not see defaults
+    given inside the Annotated types of :mod:`tac2sol.trainer.hparams`, so it flags ``Section()``.)"""
+    return lambda: section.model_validate({})
+
+
 class TrainConfig(BaseSettings):
     """Everything ``tac2sol train`` needs; saved beside the run as part of ``run.json``."""
 
@@ -201,11 +217,11 @@ class TrainConfig(BaseSettings):
     quantization: hp.Quantization
     model: ModelSection
     data: DataSection
-    training: TrainingSection = TrainingSection()
-    lora: LoraSection = LoraSection()
-    distributed: DistributedSection = DistributedSection()
-    evaluation: EvalSection = EvalSection()
-    metrics: MetricsSection = MetricsSection()
+    training: TrainingSection = Field(default_factory=_defaults(TrainingSection))
+    lora: LoraSection = Field(default_factory=_defaults(LoraSection))
+    distributed: DistributedSection = Field(default_factory=DistributedSection)
+    evaluation: EvalSection = Field(default_factory=_defaults(EvalSection))
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     @model_validator(mode="after")
     def _download_target(self) -> TrainConfig:

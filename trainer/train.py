@@ -30,6 +30,7 @@ from tac2sol.trainer.config import TrainConfig
 from tac2sol.trainer.data import write_json, write_jsonl
 from tac2sol.trainer.distributed import DistEnv
 from tac2sol.trainer.metrics import linger, metrics_callback, metrics_port, record_eval
+from tac2sol.trainer.preemption import GracefulStop
 from tac2sol.trainer.prompt import IGNORE_INDEX
 from tac2sol.trainer.rank_report import rank_report_callback
 
@@ -226,17 +227,22 @@ def train(cfg: TrainConfig, say: Say | None = None) -> TrainResult:
     warnings.filterwarnings(
         "ignore", message=r".*deprecated and will be removed in v6", category=FutureWarning
     )
-    env = init_distributed(cfg)
-    if not env.on_gpu and cfg.training.cpu_threads:
-        import torch
-
-        torch.set_num_threads(cfg.training.cpu_threads)
-    echo = _say_on(env, say)
+    stop = GracefulStop(cfg.training.termination_grace_seconds)
+    stop.install()
     try:
-        fitted = _fit(cfg, env, echo)
+        env = init_distributed(cfg)
+        if not env.on_gpu and cfg.training.cpu_threads:
+            import torch
+
+            torch.set_num_threads(cfg.training.cpu_threads)
+        echo = _say_on(env, say)
+        try:
+            fitted = _fit(cfg, env, echo, stop)
+        finally:
+            finalize_distributed()
+        return _finish(cfg, env, echo, fitted, started)
     finally:
-        finalize_distributed()
-    return _finish(cfg, env, echo, fitted, started)
+        stop.restore()
 
 
 @dataclass
@@ -259,7 +265,7 @@ class _Fitted:
     ds_config: str | None
 
 
-def _fit(cfg: TrainConfig, env: DistEnv, echo: Say) -> _Fitted:
+def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitted:
     import transformers
     from tac2sol.trainer.distributed import bnb_config_kwargs, check_plan, model_load_kwargs
     from tac2sol.trainer.model import count_parameters, load_model, load_tokenizer
@@ -334,6 +340,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say) -> _Fitted:
 
     if (report_cb := rank_report_callback(env, out)) is not None:
         callbacks.append(report_cb)
+    callbacks.append(stop.callback(env.world_size))  # after the manifest callback: sees sealed checkpoints
     callbacks.append(checkpoints.log_at_save_callback())  # last: after every callback that saves
     from transformers import DataCollatorForSeq2Seq
 
@@ -363,6 +370,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say) -> _Fitted:
             f"training diverged: {key} is {value} at step {step}; the last good checkpoint is "
             f"{last or 'none'}; lower training.learning_rate or raise training.warmup_ratio, then resume"
         )
+    stop.raise_if_stopped()  # SIGTERM: the checkpoint is saved; exit 143 before evaluation
     eval_loss = None
     if eval_ds is not None:
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
