@@ -131,6 +131,7 @@ def write_deepspeed_config(cfg: TrainConfig, run_dir: Path, *, on_gpu: bool) -> 
     given = cfg.distributed.deepspeed_config
     if cfg.distributed.strategy != "deepspeed":
         return None
+    config: dict[str, Any] | None
     if given is not None:
         config = _read_config(given)
     else:
