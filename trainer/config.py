@@ -126,8 +126,8 @@ class TrainingSection(_Section):
         120.0,
         gt=0,
         le=3600,
-        description="On SIGTERM (preemption, eviction, drain, pod deletion) finish the optimizer step, save a "
-        "checkpoint and exit 143 within this many seconds (tac2sol.trainer.preemption); the pod's "
+        description="On SIGTERM (preemption, eviction, drain, pod deletion) finish the optimizer step, "
+        "save a checkpoint and exit 143 within this many seconds (tac2sol.trainer.preemption); the pod's "
         "terminationGracePeriodSeconds must be longer.",
     )
 
@@ -177,7 +177,11 @@ class EvalSection(_Section):
 
 class MetricsSection(_Section):
     enabled: bool = True
-    host: str = "0.0.0.0"
+    host: str = Field(
+        "127.0.0.1",
+        description="Address /metrics listens on: loopback unless told otherwise (a local run); pods set "
+        "0.0.0.0 so Prometheus can scrape the pod IP (the operator's rendered config does).",
+    )
     port: int = Field(
         9400,
         ge=0,

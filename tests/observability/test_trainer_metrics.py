@@ -74,6 +74,21 @@ def test_disabled_metrics_give_no_callback(tmp_path: Path, no_server: None) -> N
     assert metrics.record_eval({"loss": 1.0}) == []
 
 
+def test_metrics_listen_on_loopback_unless_told_otherwise(tmp_path: Path, no_server: None) -> None:
+    cfg = TrainConfig(
+        output_dir=tmp_path,
+        model={"name_or_path": "tiny-random-llama"},
+        data={"path": "random-token-ids"},
+        metrics={"port": 0},
+    )
+    assert metrics.metrics_callback(cfg) is not None
+    assert metrics._ACTIVE is not None and metrics._ACTIVE.server.server_address[0] == "127.0.0.1"
+    metrics.stop_server()
+    wide = cfg.model_copy(update={"metrics": cfg.metrics.model_copy(update={"host": "0.0.0.0"})})
+    assert metrics.metrics_callback(wide) is not None  # what a pod's rendered config says
+    assert metrics._ACTIVE is not None and metrics._ACTIVE.server.server_address[0] == "0.0.0.0"
+
+
 def test_busy_port_is_one_clear_error(tmp_path: Path, no_server: None) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
