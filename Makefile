@@ -9,18 +9,30 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-EXTRAS ?= operator,trainer,dev
+# requirements.lock pins every Python package (with hashes) of these extras: `make lock`.
+LOCK := requirements.lock
+LOCK_EXTRAS := operator trainer dev
 PYTEST_ARGS ?=
 
-.PHONY: venv run test test-fast lint typecheck tools generate check-generated cluster-up cluster-down cluster-demo images bench clean
+.PHONY: venv lock run test test-fast lint typecheck tools generate check-generated cluster-up cluster-down cluster-demo images bench clean
 
-$(VENV)/.installed: pyproject.toml
+# What the suite was tested with is what gets installed: the lock first (hash-checked, so
+# every package must be in it), then the project itself without resolving anything again.
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -P -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[$(EXTRAS)]'
+	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 
 venv: $(VENV)/.installed
+
+# lock: re-resolve requirements.lock after a change to pyproject.toml's dependencies, keeping
+# every other pin; `make lock UPGRADE=1` moves all pins to the newest versions allowed.
+lock: venv
+	$(BIN)/uv pip compile --quiet pyproject.toml $(addprefix --extra ,$(LOCK_EXTRAS)) --universal \
+		--python-version 3.11 --generate-hashes --custom-compile-command 'make lock' \
+		$(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 run: venv
 	$(BIN)/tac2sol run runs/tiny-local.yaml
