@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -40,6 +41,15 @@ _COMMAND_MODULES = (
 )
 
 
+class LogLevel(StrEnum):
+    """The levels the operator's settings accept too (TAC2SOL_LOG_LEVEL)."""
+
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
 def _version_callback(value: bool) -> None:
     if value:
         typer.echo(f"tac2sol {__version__}")
@@ -51,9 +61,14 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
     ] = False,
-    log_level: Annotated[str, typer.Option(help="Log level (default WARNING: quiet).")] = "",
+    log_level: Annotated[
+        LogLevel | None,
+        typer.Option(
+            envvar="TAC2SOL_LOG_LEVEL", case_sensitive=False, help="Log level (default WARNING: quiet)."
+        ),
+    ] = None,
 ) -> None:
-    setup_logging(log_level or None)
+    setup_logging(log_level.value if log_level else None)
 
 
 def _register_all() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ RUN = "runs/tiny-local.yaml"
 USAGE_ERRORS: list[tuple[str, list[str], list[str]]] = [
     ("root-unknown-command", ["bogus"], ["tac2sol:", "'bogus'", "commands: plan, crd, validate"]),
     ("root-unknown-option", ["--bogus"], ["tac2sol:", "--bogus"]),
+    ("root-bad-log-level", ["--log-level", "LOUD", "crd"], ["'--log-level'", "'debug', 'info', 'warning'"]),
     ("root-option-needs-value", ["--log-level"], ["tac2sol:", "'--log-level' requires an argument"]),
     ("plan-bad-choice", ["plan", "-o", "yaml", RUN], ["tac2sol plan:", "'--output'", "'table', 'json'"]),
     ("plan-not-an-int", ["plan", RUN, "--gpus-per-node", "abc"], ["'--gpus-per-node'", "integer", "'abc'"]),
@@ -74,9 +76,10 @@ USAGE_ERRORS: list[tuple[str, list[str], list[str]]] = [
 ]
 
 
-def _tac2sol(*args: str) -> subprocess.CompletedProcess[str]:
+def _tac2sol(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     repo = Path(__file__).resolve().parents[1]
-    return subprocess.run([TAC2SOL, *args], cwd=repo, capture_output=True, text=True, timeout=60)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TAC2SOL_")} | env
+    return subprocess.run([TAC2SOL, *args], cwd=repo, env=environ, capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize(("args", "words"), [pytest.param(a, w, id=i) for i, a, w in USAGE_ERRORS])
@@ -109,3 +112,12 @@ def test_help_and_version_still_exit_0() -> None:
     proc = _tac2sol("plan", "--help")
     assert proc.returncode == 0
     assert "--gpus-per-node" in proc.stdout
+
+
+def test_a_bad_log_level_in_the_environment_names_the_variable() -> None:
+    proc = _tac2sol("crd", TAC2SOL_LOG_LEVEL="LOUD")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: tac2sol: invalid value for '--log-level' (env var: 'TAC2SOL_LOG_LEVEL'): 'LOUD' is not one "
+        "of 'debug', 'info', 'warning', 'error' (see 'tac2sol --help')"
+    ]
