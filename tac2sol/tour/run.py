@@ -10,7 +10,6 @@ It builds (or reuses) the tiny model at ``.cache/tiny-model`` and the SYNTHETIC 
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -23,6 +22,18 @@ from tac2sol.trainer.train import RUN_JSON
 
 def _same(a: str | Path, b: Path) -> bool:
     return Path(a).resolve() == b.resolve()
+
+
+def keep_aside(out: Path) -> Path:
+    """Rename a finished run's output directory to the first free ``<name>.previous[-N]``.
+
+    Every earlier run is kept (never deleted); returns where this one went.
+    """
+    n = 1
+    while (previous := out.with_name(out.name + (".previous" if n == 1 else f".previous-{n}"))).exists():
+        n += 1
+    out.rename(previous)
+    return previous
 
 
 def run_tour(
@@ -94,14 +105,12 @@ def run_tour(
     overrides["training"] = training
     cfg = to_train_config(resolved, plan, **overrides)
 
-    # A finished tour would "resume" at its last step and train nothing: keep it as the previous
-    # run instead. An interrupted tour (checkpoints, no run.json) resumes where it stopped.
+    # A finished tour would "resume" at its last step and train nothing: keep it aside (every
+    # earlier run is kept). An interrupted tour (checkpoints, no run.json) resumes where it stopped.
     out = Path(cfg.output_dir)
     if (out / RUN_JSON).is_file():
-        previous = out.with_name(out.name + ".previous")
-        shutil.rmtree(previous, ignore_errors=True)
-        out.rename(previous)
-        echo(f"output: moved the finished run in {out} to {previous}; training anew")
+        previous = keep_aside(out)
+        echo(f"output: kept the finished run in {out} as {previous}; training anew")
 
     result = train(cfg, say=echo)
 

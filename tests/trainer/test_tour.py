@@ -57,3 +57,17 @@ def test_tour_runs_end_to_end_and_serves_metrics(repo_root: Path, tmp_path: Path
     run = json.loads((out / "run.json").read_text())
     assert run["results"]["globalStep"] == 8 and run["config"]["run_name"] == "tiny-local"
     assert json.loads((out / "eval" / "eval.json").read_text())["overall"]["samples"] == 20
+
+
+def test_every_earlier_tour_is_kept(tmp_path: Path) -> None:
+    from tac2sol.tour.run import keep_aside
+
+    out = tmp_path / "tour-out"
+    kept = []
+    for run in range(3):  # three finished tours into the same output: none is deleted
+        out.mkdir()
+        (out / "run.json").write_text(json.dumps({"run": run}))
+        kept.append(keep_aside(out))
+        assert not out.exists()
+    assert [p.name for p in kept] == ["tour-out.previous", "tour-out.previous-2", "tour-out.previous-3"]
+    assert [json.loads((p / "run.json").read_text())["run"] for p in kept] == [0, 1, 2]
