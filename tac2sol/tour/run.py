@@ -12,12 +12,21 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from tac2sol.errors import PlanDoesNotFit
+from tac2sol.errors import InvalidInput, PlanDoesNotFit
 from tac2sol.tour import sample, tiny
 from tac2sol.trainer.train import RUN_JSON
+
+# Trainer config fields the tour's flags set: a bad value is reported under the flag's name.
+_FLAGS = {
+    "training.max_steps": "--max-steps",
+    "metrics.port": "--metrics-port",
+    "output_dir": "--output",
+    "data.path": "--dataset",
+}
 
 
 def _same(a: str | Path, b: Path) -> bool:
@@ -36,6 +45,23 @@ def keep_aside(out: Path) -> Path:
     return previous
 
 
+def _train_config(run_yaml: Path, resolved: Any, plan: Any, overrides: dict[str, Any]) -> Any:
+    """The trainer config the operator would render, with the flags' overrides; a bad flag value is
+    one clear error naming the flag (checked before the tiny model or the data are built)."""
+    from pydantic import ValidationError
+
+    from tac2sol.operator.trainconfig import to_train_config
+
+    try:
+        return to_train_config(resolved, plan, **overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        flag = _FLAGS.get(field)
+        where = f"{flag} ({field})" if flag else f"{run_yaml}: {field}"
+        raise InvalidInput(f"{where}: {first['msg']}") from None
+
+
 def run_tour(
     run_yaml: Path,
     *,
@@ -47,7 +73,6 @@ def run_tour(
     from tac2sol.operator.planner import make_plan
     from tac2sol.operator.resolve import resolve
     from tac2sol.operator.specfile import load_training_run
-    from tac2sol.operator.trainconfig import to_train_config
     from tac2sol.trainer.train import train
 
     started = time.monotonic()
@@ -66,6 +91,22 @@ def run_tour(
         f"~{plan.per_gpu_memory_bytes / 2**30:.2f} GiB estimated per device"
     )
 
+    data_path = Path(dataset) if dataset is not None else Path(run.spec.dataset.path or "")
+    overrides: dict[str, Any] = {"data": {"path": str(data_path), "uri": None}}
+    if dataset is None and run.spec.dataset.uri is not None:  # train downloads it
+        overrides = {}
+    if output is not None:
+        overrides["output_dir"] = str(output)
+    if metrics_port is not None:
+        overrides["metrics"] = {"port": metrics_port}
+    # One intra-op thread: measured several times faster for this tiny model on 2 cores than
+    # torch's default of one per core (tiny kernels, threads spinning against each other).
+    training: dict[str, int] = {"cpu_threads": 1}
+    if max_steps is not None:
+        training["max_steps"] = max_steps
+    overrides["training"] = training
+    cfg = _train_config(run_yaml, resolved, plan, overrides)
+
     model_path = run.spec.model.name
     if _same(model_path, tiny.DEFAULT_DIR):
         spec = tiny.TinySpec()
@@ -82,28 +123,12 @@ def run_tour(
             tiny.ensure_tiny_model(tiny.DEFAULT_DIR, spec)
             echo(f"model: tiny Llama at {tiny.DEFAULT_DIR}")
 
-    data_path = Path(dataset) if dataset is not None else Path(run.spec.dataset.path or "")
     if dataset is None and _same(data_path, sample.DEFAULT_PATH):
         sample.write_sample(sample.DEFAULT_PATH)
         echo(
             f"data: {sample.DEFAULT_PATH} is SYNTHETIC sample data made by tac2sol.tour.sample "
             "(not real contracts; metadata.synthetic = true). Use --dataset FILE for real data."
         )
-
-    overrides: dict[str, object] = {"data": {"path": str(data_path), "uri": None}}
-    if dataset is None and run.spec.dataset.uri is not None:  # train downloads it
-        overrides = {}
-    if output is not None:
-        overrides["output_dir"] = str(output)
-    if metrics_port is not None:
-        overrides["metrics"] = {"port": metrics_port}
-    # One intra-op thread: measured several times faster for this tiny model on 2 cores than
-    # torch's default of one per core (tiny kernels, threads spinning against each other).
-    training: dict[str, int] = {"cpu_threads": 1}
-    if max_steps is not None:
-        training["max_steps"] = max_steps
-    overrides["training"] = training
-    cfg = to_train_config(resolved, plan, **overrides)
 
     # A finished tour would "resume" at its last step and train nothing: keep it aside (every
     # earlier run is kept). An interrupted tour (checkpoints, no run.json) resumes where it stopped.

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 TAC2SOL = Path(sys.executable).parent / "tac2sol"
 
 
@@ -65,3 +67,24 @@ def test_train_with_a_bad_config_field_names_it(tmp_path: Path) -> None:
     done = _run("train", "--config", str(cfg))
     assert done.returncode == 2
     assert "data.validation_ratio" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["train", "--max-steps", "0"], "training.max_steps"),  # used to train 1 step
+        (["train", "--max-steps", "-5"], "training.max_steps"),  # used to train 3 epochs
+        (["train", "--metrics-port", "70000"], "metrics.port"),
+        (["evaluate", "--max-samples", "0"], "evaluation.max_samples"),
+        (["evaluate", "--batch-size", "0"], "evaluation.batch_size"),
+        (["evaluate", "--max-new-tokens", "-3"], "evaluation.max_new_tokens"),
+    ],
+    ids=["max-steps-0", "max-steps-negative", "metrics-port", "max-samples", "batch-size", "max-new-tokens"],
+)
+def test_a_bad_override_exits_2_naming_the_field(tmp_path: Path, args: list[str], field: str) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"model: {{name_or_path: x}}\ndata: {{path: y}}\noutput_dir: {tmp_path / 'out'}\n")
+    done = _run(args[0], "--config", str(cfg), *args[1:])
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith("error: ") and f": {field}: " in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -71,3 +71,31 @@ def test_every_earlier_tour_is_kept(tmp_path: Path) -> None:
         assert not out.exists()
     assert [p.name for p in kept] == ["tour-out.previous", "tour-out.previous-2", "tour-out.previous-3"]
     assert [json.loads((p / "run.json").read_text())["run"] for p in kept] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--max-steps", "0"], "--max-steps (training.max_steps): Value error, must be at least 1"),
+        (
+            ["--max-steps", "-5"],
+            "--max-steps (training.max_steps): Input should be greater than or equal to -1",
+        ),
+        (
+            ["--metrics-port", "70000"],
+            "--metrics-port (metrics.port): Input should be less than or equal to 65535",
+        ),
+    ],
+    ids=["max-steps-0", "max-steps-negative", "metrics-port-too-big"],
+)
+def test_a_bad_flag_value_exits_2_before_anything_is_built(
+    repo_root: Path, tmp_path: Path, flags: list[str], message: str
+) -> None:
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [str(TAC2SOL), "run", str(repo_root / "runs" / "tiny-local.yaml"), *flags],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.startswith(f"error: {message}") and len(done.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no tiny model, no sample, no output
