@@ -181,8 +181,23 @@ def evaluate_command(
     max_samples: Annotated[int | None, typer.Option(help="Evaluate at most N held-out rows.")] = None,
     max_new_tokens: Annotated[int | None, typer.Option(help="Tokens to generate per function.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Generation batch size.")] = None,
+    base_model: Annotated[
+        bool | None,
+        typer.Option(
+            "--base-model/--no-base-model",
+            help="Also evaluate the base model without the adapter on the same rows, into eval-base/ "
+            "(evaluation.base_model).",
+        ),
+    ] = None,
+    test_set: Annotated[
+        Path | None,
+        typer.Option(
+            help="A fixed test set (JSONL) to evaluate besides the held-out split, into eval-test-set/; "
+            "rows overlapping the training rows are excluded (evaluation.test_set; replaces test_set_uri)."
+        ),
+    ] = None,
 ) -> None:
-    """Generate Solidity for the held-out split and score it (similarity, edit distance, exact match)."""
+    """Generate Solidity for the held-out split (and a test set) and score it; eval.md says what."""
     from tac2sol.trainer.evaluate import evaluate_adapter
 
     evaluation: dict[str, Any] = {}
@@ -192,12 +207,18 @@ def evaluate_command(
         evaluation["max_new_tokens"] = max_new_tokens
     if batch_size is not None:
         evaluation["batch_size"] = batch_size
+    if base_model is not None:
+        evaluation["base_model"] = base_model
+    if test_set is not None:
+        evaluation.update(test_set=str(test_set), test_set_uri=None)
     overrides = _overrides(output)
     if evaluation:
         overrides["evaluation"] = evaluation
     cfg = load_config(config, overrides)
-    out = evaluate_adapter(cfg, adapter, say=typer.echo)
-    typer.echo(f"report: {out / 'eval.md'}\nsummary: {out / 'eval.json'}")
+    results = evaluate_adapter(cfg, adapter, say=typer.echo)
+    for name in results:
+        if (report := Path(cfg.output_dir) / name / "eval.md").is_file():
+            typer.echo(f"report: {report}")
 
 
 def register(app: typer.Typer) -> None:

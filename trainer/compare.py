@@ -31,9 +31,14 @@ class Gates:
 
 
 def _names(dirs: Sequence[Path]) -> list[str]:
+    """A run's name per directory: ``qwen32b/eval`` is qwen32b, ``qwen32b/eval-test-set-base`` is
+    qwen32b-test-set-base (the evaluations a run writes, ``evaluate.evaluate_run``)."""
     names: list[str] = []
     for d in dirs:
-        name = d.parent.name if d.name == "eval" and d.parent.name else d.name or str(d)
+        if d.name.startswith("eval") and d.parent.name:
+            name = d.parent.name + d.name.removeprefix("eval")
+        else:
+            name = d.name or str(d)
         names.append(name if name not in names else f"{name}#{len(names) + 1}")
     return names
 

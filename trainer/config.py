@@ -173,6 +173,14 @@ class EvalSection(_Section):
     batch_size: hp.EvalBatchSize
     max_samples: hp.MaxSamples
     num_beams: hp.NumBeams
+    base_model: hp.EvalBaseModel
+    test_set: Path | None = Field(
+        None,
+        description="A fixed test set (JSONL like the data) evaluated besides the held-out split, so runs "
+        "trained on other data or seeds meet on the same rows; with test_set_uri, where the download lands "
+        "(default <output_dir>/data/test-set/<file name of the uri>).",
+    )
+    test_set_uri: hp.TestSetUri
 
 
 class MetricsSection(_Section):

@@ -13,6 +13,11 @@ overall and per slice (``slices.py``: size, visibility, the hard cases). Writes 
 (every row with its texts), ``eval.md``, ``similarity_histogram.png`` and ``slices.png``. The
 paper's numbers (Llama 3.2 3B, 238k training pairs) are printed beside ours as a reference
 point, never as our result.
+
+A run's output holds one such directory per evaluation (:func:`evaluate_run`): ``eval/`` (the
+held-out split), ``eval-test-set/`` (``evaluation.test_set``, ``testset.py``) and, with
+``evaluation.base_model``, ``eval-base/`` and ``eval-test-set-base/``: the base model without the
+adapter on the same rows (the ablation), paired with the adapter's by row id in ``tac2sol compare``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from tac2sol.trainer.data import Row, write_json, write_jsonl
 from tac2sol.trainer.evalfile import EVAL_FILE, EVAL_KIND, EVAL_SCHEMA_VERSION, row_ids, row_metrics
 from tac2sol.trainer.facts import FACT_KINDS
 from tac2sol.trainer.slices import MIN_SLICE_ROWS, row_slices, size_bucket
+from tac2sol.trainer.testset import TestSet
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,20 @@ PAPER_BASELINE: dict[str, Any] = {
     "similarityAbove08": 0.783,
     "similarityAbove09": 0.452,
 }
-__all__ = ["edit_distance", "evaluate_adapter", "evaluate_rows", "score", "size_bucket", "write_report"]
+HELD_OUT_DIR = "eval"
+TEST_SET_DIR = "eval-test-set"
+BASE_SUFFIX = "-base"  # eval-base/, eval-test-set-base/: the base model without the adapter
+VARIANTS = {"adapter": "base model + adapter", "base": "base model without the adapter (ablation)"}
+__all__ = [
+    "edit_distance",
+    "evaluate_adapter",
+    "evaluate_rows",
+    "evaluate_run",
+    "export_summary",
+    "score",
+    "size_bucket",
+    "write_report",
+]
 
 
 def similarity_model_path() -> Path:
@@ -228,9 +247,11 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines = [
         "# tac2sol evaluation",
         "",
-        f"Held-out functions: {o['samples']}. Decoding: {summary['settings']['decoding']}, "
+        f"Model: {VARIANTS[summary['settings']['model']]}. Rows: {o['samples']} "
+        f"({summary['settings']['rows']}). Decoding: {summary['settings']['decoding']}, "
         f"max {summary['settings']['maxNewTokens']} new tokens.",
         "",
+        *_test_set_lines(summary.get("testSet")),
         "| slice | n | similarity mean | > 0.8 | > 0.9 | edit distance | exact match "
         "| signature | syntax valid |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -297,6 +318,19 @@ def _markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _test_set_lines(test_set: dict[str, Any] | None) -> list[str]:
+    if not test_set:
+        return []
+    o = test_set["overlap"]
+    keys = ", ".join(f"{k} {n}" for k, n in o["byKey"].items())
+    return [
+        f"Test set {test_set['file']} (sha256 {test_set['sha256'][:12]}): {test_set['taken']} rows taken; "
+        f"{test_set['excludedRows']} share a key with one of the {o['trainingRows']} training rows ({keys}) "
+        f"and are excluded from the scores; {test_set['evaluatedRows']} scored.",
+        "",
+    ]
+
+
 def _slice_bars(by_slice: dict[str, Any], path: Path) -> None:
     """Mean similarity per slice, n on each bar; slices with too few rows drawn hatched and grey."""
     import matplotlib
@@ -349,11 +383,24 @@ def _histogram(similarities: list[float], path: Path, samples: int) -> None:
 
 
 def write_report(
-    out_dir: Path, rows: Sequence[Row], predictions: Sequence[str], settings: EvalSection, held_out: int
+    out_dir: Path,
+    rows: Sequence[Row],
+    predictions: Sequence[str],
+    settings: EvalSection,
+    held_out: int,
+    *,
+    variant: str = "adapter",
+    test_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Score ``predictions`` for ``rows`` and write eval.json, predictions.jsonl, eval.md, PNG."""
+    """Score ``predictions`` for ``rows`` and write eval.json, predictions.jsonl, eval.md, PNG.
+
+    ``variant``: "adapter" or "base" (the base model without the adapter); ``test_set``: the test
+    set's report (``testset.py``) when these rows are the test set, not the held-out split.
+    """
     summary, items = score(predictions, [r.output for r in rows], [r.metadata for r in rows])
     summary["settings"] = {
+        "model": variant,
+        "rows": "the test set" if test_set else "the run's held-out split",
         "decoding": "greedy" if settings.num_beams == 1 else f"beam search ({settings.num_beams} beams)",
         "maxNewTokens": settings.max_new_tokens,
         "batchSize": settings.batch_size,
@@ -361,6 +408,8 @@ def write_report(
         "heldOutRows": held_out,
         "evaluatedRows": len(rows),
     }
+    if test_set:
+        summary["testSet"] = test_set
     summary["paperBaseline"] = PAPER_BASELINE
     synthetic = sum(bool(r.metadata.get("synthetic")) for r in rows)
     if synthetic:
@@ -394,10 +443,14 @@ def evaluate_rows(
     settings: EvalSection,
     out_dir: Path,
     say: Callable[[str], None] | None = None,
+    *,
+    variant: str = "adapter",
+    test_set: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate for ``rows`` (at most ``settings.max_samples``), score, and write the reports.
 
-    ``encoded`` is the tokenized dataset (``tokenized.encode_rows``): prompts come from it.
+    ``encoded`` is the tokenized dataset (``tokenized.encode_rows``): prompts come from it. For
+    ``variant`` "base" the caller has disabled the adapter (``model.disable_adapter()``).
     """
     chosen = list(rows)[: settings.max_samples] if settings.max_samples else list(rows)
     predictions = generate(
@@ -408,23 +461,97 @@ def evaluate_rows(
         max_new_tokens=settings.max_new_tokens,
         num_beams=settings.num_beams,
     )
-    summary = write_report(out_dir, chosen, predictions, settings, held_out=len(rows))
+    summary = write_report(
+        out_dir, chosen, predictions, settings, held_out=len(rows), variant=variant, test_set=test_set
+    )
     if say is not None:
         o = summary["overall"]
+        what = "test-set" if test_set else "held-out"
         say(
-            f"evaluation: {o['samples']} held-out functions, "
+            f"evaluation{'' if variant == 'adapter' else ' (base model, no adapter)'}: "
+            f"{o['samples']} {what} functions, "
             f"similarity mean {o['semanticSimilarityMean']:.3f}, "
             f"> 0.8: {100 * o['similarityAbove08']:.1f}%, > 0.9: {100 * o['similarityAbove09']:.1f}%, "
-            f"edit distance {o['editDistanceMean']:.3f}, exact match {100 * o['exactMatchRate']:.1f}%"
+            f"edit distance {o['editDistanceMean']:.3f}, exact match {100 * o['exactMatchRate']:.1f}% "
+            f"-> {out_dir / 'eval.md'}"
         )
     return summary
 
 
-def evaluate_adapter(cfg: Any, adapter: Path | None = None, say: Callable[[str], None] | None = None) -> Path:
-    """``tac2sol evaluate``: rebuild the held-out split, load base + adapter, evaluate.
+def evaluate_run(
+    model: Any,
+    tokenizer: Any,
+    cfg: Any,
+    held_out: Sequence[Row],
+    encoded: Any,
+    test_set: TestSet | None,
+    say: Callable[[str], None] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Every evaluation ``cfg.evaluation`` asks for, under ``cfg.output_dir``: {directory name: summary}.
+
+    The held-out split (``eval/``) and the test set (``eval-test-set/``), each also with the
+    adapter disabled when ``evaluation.base_model`` is on (``eval-base/``, ``eval-test-set-base/``).
+    """
+    out = Path(cfg.output_dir)
+    settings: EvalSection = cfg.evaluation
+    jobs: list[tuple[str, Sequence[Row], Any, dict[str, Any] | None]] = []
+    if held_out:
+        jobs.append((HELD_OUT_DIR, held_out, encoded, None))
+    if test_set is not None:
+        if test_set.rows:
+            jobs.append((TEST_SET_DIR, test_set.rows, test_set.encoded, test_set.report))
+        elif say is not None:
+            say(f"test set {test_set.report['file']}: every row overlaps the training rows; nothing to score")
+    results: dict[str, dict[str, Any]] = {}
+    for name, rows, enc, report in jobs:
+        results[name] = evaluate_rows(
+            model, tokenizer, rows, enc, settings, out / name, say=say, test_set=report
+        )
+        if settings.base_model:
+            with model.disable_adapter():
+                results[name + BASE_SUFFIX] = evaluate_rows(
+                    model, tokenizer, rows, enc, settings, out / (name + BASE_SUFFIX), say=say,
+                    variant="base", test_set=report,
+                )  # fmt: skip
+    if test_set is not None and TEST_SET_DIR not in results:
+        results[TEST_SET_DIR] = {"testSet": test_set.report}  # excluded rows are said even with none left
+    return results
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of one evaluation that status and metrics carry: overall scores and fact F1 per kind."""
+    out = dict(summary.get("overall") or {})
+    facts = summary.get("facts") or {}
+    out["factF1"] = {kind: facts[kind]["f1"] for kind in FACT_KINDS if isinstance(facts.get(kind), dict)}
+    return out
+
+
+def export_summary(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One nested summary of a run's evaluations (``record_eval`` exports it, run.json keeps it).
+
+    Held-out scores at the top, ``base`` for the base model on those rows, ``testSet`` (with
+    ``excludedRows``) and ``testSet.base`` for the test set. Entries that were not measured are None.
+    """
+    out: dict[str, Any] = {}
+    if HELD_OUT_DIR in results:
+        out.update(headline(results[HELD_OUT_DIR]))
+    if HELD_OUT_DIR + BASE_SUFFIX in results:
+        out["base"] = headline(results[HELD_OUT_DIR + BASE_SUFFIX])
+    if TEST_SET_DIR in results:
+        test = results[TEST_SET_DIR]
+        out["testSet"] = {**headline(test), "excludedRows": test["testSet"]["excludedRows"]}
+        if TEST_SET_DIR + BASE_SUFFIX in results:
+            out["testSet"]["base"] = headline(results[TEST_SET_DIR + BASE_SUFFIX])
+    return out
+
+
+def evaluate_adapter(
+    cfg: Any, adapter: Path | None = None, say: Callable[[str], None] | None = None
+) -> dict[str, dict[str, Any]]:
+    """``tac2sol evaluate``: rebuild the held-out split, load base + adapter, run :func:`evaluate_run`.
 
     The split is recomputed from the data with the config's seed (it is deterministic) and
-    checked against ``<output>/data/split.json`` when that exists.
+    checked against ``<output>/data/split.json`` when that exists. Returns {directory: summary}.
     """
     import json
 
@@ -433,6 +560,7 @@ def evaluate_adapter(cfg: Any, adapter: Path | None = None, say: Callable[[str],
     from tac2sol.trainer.model import load_for_inference, load_tokenizer
     from tac2sol.trainer.preflight import preflight_data
     from tac2sol.trainer.split import split_rows
+    from tac2sol.trainer.testset import load_test_set
 
     from tac2sol.errors import InvalidInput
 
@@ -462,9 +590,10 @@ def evaluate_adapter(cfg: Any, adapter: Path | None = None, say: Callable[[str],
                 f"{recorded}: the held-out rows differ from the split of {cfg.data.path} now "
                 "(data, seed or settings changed); evaluate with the config the run was trained with"
             )
-    if not split.eval:
-        raise InvalidInput("data.validation_ratio: the split has no held-out rows to evaluate")
+    test_set = load_test_set(cfg, tokenizer, split.train, say=say)
+    if not split.eval and test_set is None:
+        raise InvalidInput(
+            "data.validation_ratio: the split has no held-out rows to evaluate; raise it or give --test-set"
+        )
     model = load_for_inference(cfg, adapter, model_load_kwargs(cfg, env), bnb_config_kwargs(cfg, env))
-    eval_dir = out / "eval"
-    evaluate_rows(model, tokenizer, split.eval, pf.encoded, cfg.evaluation, eval_dir, say=say)
-    return eval_dir
+    return evaluate_run(model, tokenizer, cfg, split.eval, pf.encoded, test_set, say=say)

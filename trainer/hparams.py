@@ -120,6 +120,29 @@ MaxNewTokens = Annotated[int, Field(512, ge=1, le=32768, description="Generation
 EvalBatchSize = Annotated[int, Field(4, ge=1, le=1024, description="Generation batch size.")]
 MaxSamples = Annotated[int | None, Field(None, ge=1, description="Evaluate at most this many held-out rows.")]
 NumBeams = Annotated[int, Field(1, ge=1, le=16, description="Beam search width (1: greedy).")]
+EvalBaseModel = Annotated[
+    bool,
+    Field(
+        False,
+        description=(
+            "Also evaluate the base model without the adapter on the same rows (the ablation); its reports "
+            "go to eval-base/ (and eval-test-set-base/), paired with the adapter's by row id."
+        ),
+    ),
+]
+TestSetUri = Annotated[
+    str | None,
+    Field(
+        None,
+        min_length=1,
+        max_length=2048,
+        pattern=DATA_URI_PATTERN,
+        description=(
+            "Download the test set from here (https://, s3://, gs:// or hf://, as the dataset's uri) to "
+            "<output>/data/test-set/<file name>, reused while unchanged."
+        ),
+    ),
+]
 
 # --- the rest -----------------------------------------------------------------------------
 Quantization = Annotated[

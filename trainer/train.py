@@ -263,6 +263,7 @@ class _Fitted:
     throughput: dict[str, Any]
     timings: dict[str, float]
     ds_config: str | None
+    test_set: Any = None  # testset.TestSet on rank 0 when evaluation.test_set is given
 
 
 def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitted:
@@ -321,6 +322,11 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
     )
     train_ds = _select(pf.encoded, [row.line for row in split.train])
     eval_ds = _select(pf.encoded, [row.line for row in split.eval]) if split.eval else None
+    test_set = None
+    if env.is_main and cfg.evaluation.enabled:  # read before training: a bad test set fails now
+        from tac2sol.trainer.testset import load_test_set
+
+        test_set = load_test_set(cfg, tokenizer, split.train, say=echo)
     timings["data_s"] = time.monotonic() - mark
 
     # -- model ------------------------------------------------------------------------------
@@ -410,6 +416,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
         throughput=throughput,
         timings=timings,
         ds_config=args.deepspeed if isinstance(args.deepspeed, str) else None,
+        test_set=test_set,
     )
 
 
@@ -419,6 +426,7 @@ def _finish(cfg: TrainConfig, env: DistEnv, echo: Say, fitted: _Fitted, started:
     timings = dict(fitted.timings)
     summary = None
     eval_dir = None
+    exported = None
     if env.is_main:
         from tac2sol.trainer.distributed import zero3
 
@@ -429,8 +437,8 @@ def _finish(cfg: TrainConfig, env: DistEnv, echo: Say, fitted: _Fitted, started:
             fitted.tokenizer.save_pretrained(out / MERGED_DIR)
             echo(f"merged model: {out / MERGED_DIR}")
             model = None
-        if cfg.evaluation.enabled and fitted.eval_rows:
-            from tac2sol.trainer.evaluate import evaluate_rows
+        if cfg.evaluation.enabled and (fitted.eval_rows or fitted.test_set is not None):
+            from tac2sol.trainer.evaluate import HELD_OUT_DIR, evaluate_run, export_summary
 
             mark = time.monotonic()
             if model is None or zero3(cfg):
@@ -439,12 +447,14 @@ def _finish(cfg: TrainConfig, env: DistEnv, echo: Say, fitted: _Fitted, started:
                 fitted.trainer = None
                 gc.collect()
                 model = _reload_for_eval(cfg, env, fitted.adapter_dir)
-            eval_dir = out / EVAL_DIR
-            summary = evaluate_rows(
-                model, fitted.tokenizer, fitted.eval_rows, fitted.encoded, cfg.evaluation, eval_dir, say=echo
+            evaluations = evaluate_run(
+                model, fitted.tokenizer, cfg, fitted.eval_rows, fitted.encoded, fitted.test_set, say=echo
             )
+            summary = evaluations.get(HELD_OUT_DIR)
+            eval_dir = out / EVAL_DIR if summary else None
+            exported = export_summary(evaluations)
             timings["eval_s"] = time.monotonic() - mark
-            record_eval(summary["overall"])
+            record_eval(exported)
     timings["total_s"] = time.monotonic() - started
     run_json = out / RUN_JSON
     if env.is_main:
@@ -476,7 +486,7 @@ def _finish(cfg: TrainConfig, env: DistEnv, echo: Say, fitted: _Fitted, started:
                 "trainLoss": fitted.train_loss,
                 "evalLoss": fitted.eval_loss,
                 **fitted.throughput,
-                "evaluation": summary["overall"] if summary else None,
+                "evaluation": exported,
             },
             "outputs": {
                 "adapter": str(fitted.adapter_dir),

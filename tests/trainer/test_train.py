@@ -66,8 +66,8 @@ def test_qlora_training_run_end_to_end(make_config: Any) -> None:
 
     # `tac2sol evaluate` later: same held-out rows (checked against split.json), same report
     (out / "eval" / "eval.json").unlink()
-    eval_dir = evaluate_adapter(cfg, say=said.append)
-    again = json.loads((eval_dir / "eval.json").read_text())
+    assert list(evaluate_adapter(cfg, say=said.append)) == ["eval"]
+    again = json.loads((out / "eval" / "eval.json").read_text())
     assert again["overall"] == summary["overall"]  # greedy decoding of the same adapter
 
 
