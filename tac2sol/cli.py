@@ -2,7 +2,8 @@
 
 The root app only wires sub-commands together; each side registers its own commands:
 ``tac2sol.operator.cli`` (plan, crd, validate, catalog, operator), ``tac2sol.trainer.cli``
-(train, data, evaluate), ``tac2sol.trainer.compare_cli`` (compare) and ``tac2sol.tour.cli``
+(train, data, evaluate), ``tac2sol.trainer.compare_cli`` (compare), ``tac2sol.trainer.decompile_cli``
+(decompile) and ``tac2sol.tour.cli``
 (run, data sample). Heavy libraries (torch, kopf) are imported inside commands, so
 ``tac2sol --help`` and the operator image stay light.
 
@@ -37,6 +38,7 @@ _COMMAND_MODULES = (
     "tac2sol.operator.cli",
     "tac2sol.trainer.cli",
     "tac2sol.trainer.compare_cli",
+    "tac2sol.trainer.decompile_cli",
     "tac2sol.tour.cli",  # after the trainer's: it adds ``sample`` to the trainer's ``data`` group
 )
 

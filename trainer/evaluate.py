@@ -199,8 +199,14 @@ def generate(
     max_new_tokens: int,
     num_beams: int = 1,
     progress: bool = True,
+    on_batch: Callable[[list[int], float], None] | None = None,
 ) -> list[str]:
-    """Greedy (or beam) generation from prompt token ids, batched with left padding."""
+    """Greedy (or beam) generation from prompt token ids, batched with left padding.
+
+    ``on_batch(indices, seconds)`` hears each batch's prompt indices and wall time.
+    """
+    import time
+
     import torch
     from tqdm.auto import tqdm
 
@@ -220,6 +226,7 @@ def generate(
             mask = torch.tensor(
                 [[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in batch], device=device
             )
+            started = time.perf_counter()
             with torch.inference_mode():
                 generated = model.generate(
                     input_ids=ids,
@@ -233,6 +240,8 @@ def generate(
                 )
             for row, i in enumerate(batch):
                 outputs[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=True).strip()
+            if on_batch is not None:
+                on_batch(batch, time.perf_counter() - started)
     finally:
         model.train(was_training)
     return outputs
@@ -545,6 +554,27 @@ def export_summary(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def check_adapter_dir(adapter: Path) -> None:
+    from tac2sol.errors import InvalidInput
+
+    if not (adapter / "adapter_config.json").is_file():
+        raise InvalidInput(
+            f"--adapter: {adapter} has no adapter_config.json; give the adapter directory of a run"
+        )
+
+
+def inference_setup(cfg: Any) -> tuple[Any, Any]:
+    """``cfg`` for generation in this one process (no process group; fp32 on a CPU) and its device."""
+    from tac2sol.trainer.config import DistributedSection
+    from tac2sol.trainer.distributed import init_distributed
+
+    cfg = cfg.model_copy(update={"distributed": DistributedSection(precision=cfg.distributed.precision)})
+    env = init_distributed(cfg)
+    if not env.on_gpu and cfg.distributed.precision != "fp32":
+        cfg = cfg.model_copy(update={"distributed": DistributedSection(precision="fp32")})
+    return cfg, env
+
+
 def evaluate_adapter(
     cfg: Any, adapter: Path | None = None, say: Callable[[str], None] | None = None
 ) -> dict[str, dict[str, Any]]:
@@ -555,8 +585,7 @@ def evaluate_adapter(
     """
     import json
 
-    from tac2sol.trainer.config import DistributedSection
-    from tac2sol.trainer.distributed import bnb_config_kwargs, init_distributed, model_load_kwargs
+    from tac2sol.trainer.distributed import bnb_config_kwargs, model_load_kwargs
     from tac2sol.trainer.model import load_for_inference, load_tokenizer
     from tac2sol.trainer.preflight import preflight_data
     from tac2sol.trainer.split import split_rows
@@ -566,15 +595,8 @@ def evaluate_adapter(
 
     out = Path(cfg.output_dir)
     adapter = Path(adapter) if adapter is not None else out / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise InvalidInput(
-            f"--adapter: {adapter} has no adapter_config.json; give the adapter directory of a run"
-        )
-    # One process, no process group: evaluation is generation on one device.
-    cfg = cfg.model_copy(update={"distributed": DistributedSection(precision=cfg.distributed.precision)})
-    env = init_distributed(cfg)
-    if not env.on_gpu and cfg.distributed.precision != "fp32":
-        cfg = cfg.model_copy(update={"distributed": DistributedSection(precision="fp32")})
+    check_adapter_dir(adapter)
+    cfg, env = inference_setup(cfg)
     tokenizer = load_tokenizer(str(adapter), field="--adapter")
     if cfg.data.uri is not None and not cfg.data.file.is_file():  # trained elsewhere: fetch it again
         from tac2sol.trainer.fetch import fetch

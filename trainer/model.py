@@ -178,5 +178,13 @@ def load_for_inference(
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"{adapter}: not a LoRA adapter directory ({exc})") from None
+    except RuntimeError as exc:  # load_state_dict: the adapter's shapes are another model's
+        if "size mismatch" not in str(exc):
+            raise
+        first = next(line.strip() for line in str(exc).splitlines() if "size mismatch" in line)
+        raise InvalidInput(
+            f"{adapter}: the adapter does not fit the base model {cfg.model.name_or_path} ({first}); "
+            "use the base model it was trained on"
+        ) from None
     model.eval()
     return model

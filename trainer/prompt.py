@@ -59,14 +59,28 @@ def special_prefix(tokenizer: Any) -> list[int]:
 
 def encode_prompts(tokenizer: Any, tacs: list[str]) -> list[list[int]]:
     """Prompt token ids exactly as training builds them (for generation at evaluation time)."""
+    return [ids for ids, _ in fit_prompts(tokenizer, tacs, None)]
+
+
+def fit_prompts(tokenizer: Any, tacs: list[str], max_tokens: int | None) -> list[tuple[list[int], bool]]:
+    """Prompt token ids and whether the TAC was cut: a prompt longer than ``max_tokens`` loses the
+    end of its TAC (marked with the truncation note), as ``truncate_input`` does in training."""
     head, tail = prompt_parts()
     head_ids = tokenizer(head, add_special_tokens=False, verbose=False)["input_ids"]
     tail_ids = tokenizer(tail, add_special_tokens=False, verbose=False)["input_ids"]
+    note_ids = tokenizer(TRUNCATION_NOTE, add_special_tokens=False, verbose=False)["input_ids"]
     bos = special_prefix(tokenizer)
-    return [
-        bos + head_ids + tac + tail_ids
-        for tac in tokenizer(list(tacs), add_special_tokens=False, verbose=False)["input_ids"]
-    ]
+    fixed = len(bos) + len(head_ids) + len(tail_ids)
+    out = []
+    for tac in tokenizer(list(tacs), add_special_tokens=False, verbose=False)["input_ids"]:
+        cut = max_tokens is not None and fixed + len(tac) > max_tokens
+        if cut:
+            room = int(max_tokens or 0) - fixed - len(note_ids)
+            if room <= 0:
+                raise ValueError(f"{max_tokens} tokens leave no room for TAC after the prompt's {fixed}")
+            tac = tac[:room] + note_ids
+        out.append((bos + head_ids + tac + tail_ids, cut))
+    return out
 
 
 def encode_batch(
