@@ -10,6 +10,8 @@ Layout of a trainer pod (both kinds)::
     /etc/tac2sol/ds_config.json  the DeepSpeed config (DeepSpeed plans only): train.yaml names it, the
                                  trainer reads it and generates none of its own
     /data                        spec.dataset.pvc (read-only); none for a spec.dataset.uri run
+    /test-set                    spec.evaluation.testSet.pvc (read-only) when it is another claim than
+                                 the dataset's (the same claim: the test set is read under /data)
     /output                      spec.output.pvc (or an emptyDir); checkpoints, adapter, reports, and
                                  data/source/ where a spec.dataset.uri is downloaded to
     /var/cache/huggingface       HF_HOME: the output claim's .cache/huggingface (downloads survive restarts)
@@ -60,12 +62,15 @@ MPI_CONTAINER = "mpi"
 CONFIG_DIR = "/etc/tac2sol"
 CONFIG_FILE = "train.yaml"
 DATA_DIR = "/data"
+TEST_SET_DIR = "/test-set"
 OUTPUT_DIR = "/output"
 HF_HOME = "/var/cache/huggingface"
 TRAIN_COMMAND = ["tac2sol", "train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
 # torchrun reads PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE, PET_MASTER_ADDR/PORT, which the
 # training-operator sets on every PyTorchJob pod, and starts one process per GPU.
 TORCHRUN = ["torchrun", "--no-python"]
+# After the trainer's own stop time (stop_seconds), time for torchrun and the runtime to exit.
+STOP_MARGIN_SECONDS = 15
 LAUNCHER_REQUESTS = {"cpu": "1", "memory": "1Gi"}
 RESTART_POLICY = "ExitCode"  # see render_pytorchjob
 
@@ -162,9 +167,25 @@ def train_config(rr: ResolvedRun, plan: Plan, opts: RenderOptions) -> TrainConfi
     if s.dataset.path is not None:
         path = _in_dir(DATA_DIR, s.dataset.path) if s.dataset.pvc else s.dataset.path
         overrides["data"] = {"path": path}
+    ts = s.evaluation.test_set
+    if ts is not None and ts.path is not None and ts.pvc:
+        overrides["evaluation"] = {"test_set": _in_dir(_test_set_mount(s.dataset.pvc, ts.pvc), ts.path)}
     if plan.strategy == "deepspeed":
         overrides["distributed"] = {"deepspeed_config": f"{CONFIG_DIR}/{DS_CONFIG_FILENAME}"}
+    # Prometheus scrapes the pod's address; a local run keeps the trainer's 127.0.0.1.
+    overrides["metrics"]["host"] = "0.0.0.0"
     return to_train_config(rr, plan, **overrides)
+
+
+def _test_set_mount(dataset_pvc: str | None, test_set_pvc: str) -> str:
+    """Where the test set's claim is mounted: the dataset's mount when it is the same claim."""
+    return DATA_DIR if test_set_pvc == dataset_pvc else TEST_SET_DIR
+
+
+def stop_seconds(cfg: TrainConfig) -> int:
+    """How long a trainer may take after SIGTERM: finish the step and checkpoint
+    (training.termination_grace_seconds), then serve a last scrape (metrics.linger_seconds)."""
+    return math.ceil(cfg.training.termination_grace_seconds + cfg.metrics.linger_seconds)
 
 
 def config_data(rr: ResolvedRun, plan: Plan, opts: RenderOptions) -> dict[str, str]:
@@ -269,6 +290,10 @@ def _volumes(run: TrainingRun) -> tuple[list[dict[str, Any]], list[dict[str, Any
             {"name": "data", "persistentVolumeClaim": {"claimName": s.dataset.pvc, "readOnly": True}}
         )
         mounts.append({"name": "data", "mountPath": DATA_DIR, "readOnly": True})
+    ts = s.evaluation.test_set
+    if ts is not None and ts.pvc and _test_set_mount(s.dataset.pvc, ts.pvc) == TEST_SET_DIR:
+        volumes.append({"name": "test-set", "persistentVolumeClaim": {"claimName": ts.pvc, "readOnly": True}})
+        mounts.append({"name": "test-set", "mountPath": TEST_SET_DIR, "readOnly": True})
     if s.output.pvc:
         volumes.append({"name": "output", "persistentVolumeClaim": {"claimName": s.output.pvc}})
         mounts.append({"name": "output", "mountPath": OUTPUT_DIR})
@@ -324,9 +349,15 @@ def trainer_container(
 
 
 def pod_template(
-    rr: ResolvedRun, opts: RenderOptions, *, containers: list[dict[str, Any]], config: str
+    rr: ResolvedRun,
+    opts: RenderOptions,
+    *,
+    containers: list[dict[str, Any]],
+    config: str,
+    stop: int,
 ) -> dict[str, Any]:
-    """A trainer pod: labels for the PodMonitor, scrape annotations, the spec's own labels/annotations."""
+    """A trainer pod: labels for the PodMonitor, scrape annotations, the spec's own labels/annotations,
+    and a termination grace period that lets the trainer checkpoint before the kubelet's SIGKILL."""
     run = rr.run
     s = run.spec
     name = run.metadata.name
@@ -343,6 +374,7 @@ def pod_template(
         "spec": {
             "containers": containers,
             "volumes": volumes,
+            "terminationGracePeriodSeconds": stop + STOP_MARGIN_SECONDS,
             **_scheduling(rr, opts),
         },
     }
@@ -390,9 +422,12 @@ def render_pytorchjob(
 ) -> dict[str, Any]:
     """Master (node rank 0) + ``nodes - 1`` Workers, ``gpusPerNode`` processes each (torchrun)."""
     run = rr.run
-    container = trainer_container(rr, plan, opts, name=PYTORCH_CONTAINER, command=TORCHRUN + TRAIN_COMMAND)
+    stop = stop_seconds(train_config(rr, plan, opts))
+    # torchrun forwards SIGTERM to its workers and kills them --shutdown-timeout later (30 s by default).
+    command = [*TORCHRUN, f"--shutdown-timeout={stop}", *TRAIN_COMMAND]
+    container = trainer_container(rr, plan, opts, name=PYTORCH_CONTAINER, command=command)
     config = config or config_hash(config_data(rr, plan, opts))
-    template = pod_template(rr, opts, containers=[container], config=config)
+    template = pod_template(rr, opts, containers=[container], config=config, stop=stop)
     # ExitCode (RESTART_POLICY): exit codes 1-127 are the trainer's own verdict (bad data, a bug):
     # the job fails at once instead of repeating it backoffLimit times. 128+ (killed: OOM,
     # preemption, NCCL watchdog abort) re-create the pod, and training resumes from its last
@@ -439,7 +474,8 @@ def render_mpijob(
     s = run.spec
     worker = trainer_container(rr, plan, opts, name=MPI_CONTAINER, command=["sleep", "infinity"])
     config = config or config_hash(config_data(rr, plan, opts))
-    worker_template = pod_template(rr, opts, containers=[worker], config=config)
+    stop = stop_seconds(train_config(rr, plan, opts))
+    worker_template = pod_template(rr, opts, containers=[worker], config=config, stop=stop)
     launcher = {
         "name": MPI_CONTAINER,
         "image": s.image or opts.trainer_image,

@@ -13,6 +13,7 @@ import copy
 import difflib
 import functools
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,9 @@ from tac2sol.operator.render import RenderOptions, render_children, to_yaml
 from tac2sol.operator.resolve import resolve
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import parse_training_run
+from tac2sol.operator.trainconfig import to_train_config
+
+from tac2sol.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -214,6 +218,44 @@ def test_deepspeed_plans_carry_the_trainers_ds_config() -> None:
     assert ds == build_deepspeed_config(cfg.distributed, hidden_size=cfg.distributed.model_hidden_size)
     replicas = job["spec"]["pytorchReplicaSpecs"]
     assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 1)
+
+
+def test_the_trainer_reads_the_rendered_ds_config_and_generates_none(tmp_path: Path) -> None:
+    """train.yaml names the ConfigMap's ds_config.json; the trainer copies that file as it is."""
+    from tac2sol.trainer.config import TrainConfig
+    from tac2sol.trainer.deepspeed_config import write_deepspeed_config
+
+    config_map, _ = _render(CASES["qwen72b-mpijob"])
+    train = yaml.safe_load(config_map["data"]["train.yaml"])
+    assert train["distributed"]["deepspeed_config"] == "/etc/tac2sol/ds_config.json"
+    rendered = tmp_path / "ds_config.json"
+    rendered.write_text(json.dumps({**json.loads(config_map["data"]["ds_config.json"]), "marker": 1}))
+    train["distributed"]["deepspeed_config"] = str(rendered)
+    written = write_deepspeed_config(TrainConfig(**train), tmp_path / "run", on_gpu=False)
+    assert written is not None and json.loads(written.read_text())["marker"] == 1
+    rendered.write_text("{not json")
+    with pytest.raises(InvalidInput, match=r"distributed\.deepspeed_config: .* is not JSON"):
+        write_deepspeed_config(TrainConfig(**train), tmp_path / "run", on_gpu=False)
+
+
+@pytest.mark.parametrize("case", ["qwen32b", "qwen72b-mpijob"])
+def test_pods_stop_after_the_trainers_checkpoint_grace(case: str) -> None:
+    """SIGTERM -> the trainer checkpoints and serves a last scrape -> only then the kubelet's SIGKILL."""
+    config_map, job = _render(CASES[case])
+    train = yaml.safe_load(config_map["data"]["train.yaml"])
+    stop = train["training"]["termination_grace_seconds"] + train["metrics"]["linger_seconds"]
+    pod = _pod(job, "Master" if job["kind"] == "PyTorchJob" else "Worker")
+    assert pod["spec"]["terminationGracePeriodSeconds"] > stop
+    if job["kind"] == "PyTorchJob":  # torchrun waits that long for its workers before SIGKILL
+        (container,) = pod["spec"]["containers"]
+        assert f"--shutdown-timeout={math.ceil(stop)}" in container["command"]
+
+
+def test_pods_serve_metrics_on_every_interface_the_tour_on_loopback() -> None:
+    config_map, _ = _render(CASES["tiny-cpu"])
+    assert yaml.safe_load(config_map["data"]["train.yaml"])["metrics"]["host"] == "0.0.0.0"
+    rr = resolve(_run(CASES["tiny-cpu"]))
+    assert to_train_config(rr, make_plan(rr)).metrics.host == "127.0.0.1"
 
 
 def test_the_hf_token_is_a_secret_reference_never_config() -> None:
