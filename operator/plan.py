@@ -27,6 +27,20 @@ class Candidate(ApiModel):
     fits: bool = Field(description="Within the usable share of device (and host) memory.")
 
 
+class PlanTerm(ApiModel):
+    """One term of the memory estimate: its formula, the numbers it used and its bytes."""
+
+    name: str = Field(description="Component (the key in breakdown).")
+    formula: str = Field(description="How the bytes are computed, in words and symbols.")
+    inputs: dict[str, float] = Field(default_factory=dict, description="The numbers the formula used.")
+    bytes: int = Field(ge=0, description="Bytes per device.")
+    phase: str = Field(
+        description=(
+            "persistent (whole step), layer (one layer's backward), loss, outside (not torch-allocated)."
+        )
+    )
+
+
 class Plan(ApiModel):
     """How a TrainingRun will be trained, and why."""
 
@@ -58,6 +72,15 @@ class Plan(ApiModel):
     host_memory_bytes: int = Field(0, ge=0, description="Estimated host memory per node for offloaded state.")
     breakdown: dict[str, int] = Field(
         default_factory=dict, description="Estimated bytes per device by component."
+    )
+    peak_allocated_bytes: int = Field(
+        0, ge=0, description="Estimated peak of torch's allocated memory (torch.cuda.max_memory_allocated)."
+    )
+    attention_kernel: str = Field(
+        "", description="SDPA backend the estimate assumes (math, efficient, flash)."
+    )
+    terms: list[PlanTerm] = Field(
+        default_factory=list, description="Every term of the estimate with formula, inputs and bytes."
     )
     fits: bool = Field(description="Whether the chosen layout fits; false: nothing tried fits.")
     reasons: list[str] = Field(default_factory=list, description="Why each decision was taken.")

@@ -52,7 +52,7 @@ from tac2sol.operator.catalog import (
     linear_shapes,
     lora_trainable_params,
 )
-from tac2sol.operator.plan import Candidate, Plan, PlanStrategy
+from tac2sol.operator.plan import Candidate, Plan, PlanStrategy, PlanTerm
 from tac2sol.operator.resolve import ResolvedRun, resolve
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.validation import accumulation_steps
@@ -64,6 +64,7 @@ __all__ = ["Plan", "estimate", "format_bytes", "format_count", "make_plan"]
 GiB = 1024**3
 NF4_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 0.516
 HEADROOM = 0.90
+TIGHT = 0.80
 CUDA_CONTEXT = 1.0 * GiB
 NCCL_BUFFERS = 0.25 * GiB
 CPU_RUNTIME = 0.5 * GiB
@@ -88,10 +89,65 @@ class Layout:
 
 
 @dataclass(frozen=True)
+class Term:
+    """One line of the estimate: what allocates it, its formula, the numbers it used, its bytes."""
+
+    name: str
+    formula: str
+    inputs: dict[str, float]
+    bytes: int
+    phase: str  # "persistent", "layer" (one layer's backward), "loss", "outside" (not torch-allocated)
+
+
+@dataclass(frozen=True)
 class Estimate:
     per_gpu: int
     host_per_node: int
     breakdown: dict[str, int]
+    peak_allocated: int = 0
+    terms: tuple[Term, ...] = ()
+    attention_kernel: str = ""
+
+
+def attention_kernel(facts: ModelFacts, gpu: GpuType) -> str:
+    """The SDPA backend torch picks for the trainer's call (no padding: mask None, ``is_causal``).
+
+    transformers passes ``enable_gqa=True`` when the mask is None and kv heads < heads. Flash needs
+    sm_80+; torch's memory-efficient kernel refuses grouped-query inputs (heads != kv heads), so on
+    sm_7x a GQA model falls back to the math kernel, which upcasts fp16 to fp32 and materialises the
+    ``b x heads x s x s`` probabilities. CPU: the flash CPU kernel.
+    """
+    if gpu.is_cpu:
+        return "flash-cpu"
+    if gpu.flash_attention2:
+        return "flash"
+    return "math" if facts.kv_heads < facts.heads else "efficient"
+
+
+def layer_saved_bytes_per_token(
+    facts: ModelFacts, targets: list[str], residual: int, half: int, kernel: str, lora_dropout: bool
+) -> tuple[float, dict[str, float]]:
+    """Bytes one decoder layer saves for backward per token, without the ``s^2`` attention part."""
+    h, q, kv = facts.hidden, facts.heads * facts.dim_per_head, facts.kv_heads * facts.dim_per_head
+    width = facts.mlp_width_per_token
+    wanted = set(targets)
+    lora_in = sum(s.in_features * s.count for s in linear_shapes(facts) if s.name in wanted) / facts.layers
+    if facts.is_moe:  # routed experts only see their tokens: one token passes experts_per_token of them
+        lora_in = min(lora_in, 6 * h + 2 * width)
+    per_lora_input = half + (1 if lora_dropout else 0)
+    parts = {
+        # peft: the 16-bit copy lora_A saves (autocast cast or dropout output) + dropout's bool mask.
+        "loraInputs": per_lora_input * lora_in,
+        # RMSNorm saves its fp32 input: the fp32 mid-layer residual, and a copy of a 16-bit one.
+        "norms": 4 * h + (4 * h if residual != 4 else 0),
+        # gate/up outputs and the activation, in the dtype bitsandbytes/linear return (the residual's).
+        "mlp": (2 if facts.family == "starcoder2" else 3) * width * residual,
+    }
+    if kernel == "math":  # fp32 q, repeated k and v (heads x head_dim each)
+        parts["attentionQkv"] = 3 * q * 4
+    else:  # q, k, v, output in 16-bit
+        parts["attentionQkv"] = (2 * q + 2 * kv) * half
+    return sum(parts.values()), parts
 
 
 def estimate(
@@ -106,70 +162,225 @@ def estimate(
     trainable: int,
     quantized: bool,
     checkpointing: bool,
+    targets: list[str] | None = None,
+    lora_dropout: bool = True,
+    fused_cross_entropy: bool = False,
 ) -> Estimate:
-    """Per-device bytes by component (see the module docstring for the formula)."""
+    """Per-device bytes, term by term (see the module docstring for each term's code path)."""
+    targets = facts.default_lora_targets if targets is None else targets
     half = 4 if gpu.is_cpu else 2  # bytes of a "16-bit" tensor; fp32 on CPU
+    # prepare_model_for_kbit_training casts every non-4-bit parameter to fp32 (peft utils/other.py):
+    # embeddings, lm_head and norms; the residual stream then stays fp32 through every layer.
+    kbit = quantized and not gpu.is_cpu
+    residual = 4 if kbit or gpu.is_cpu else 2
     linear = sum(s.params for s in linear_shapes(facts))
     emb = embedding_params(facts)
-    w_bytes = linear * (NF4_BYTES_PER_PARAM if quantized else half)
-    e_bytes = emb * half
+    w_per = NF4_BYTES_PER_PARAM if quantized else half
+    w_bytes = linear * w_per
+    e_per = 4 if kbit else half
+    e_bytes = emb * e_per
     n = world
     ds = layout.strategy == "deepspeed"
     stage = layout.zero_stage or 0
-    b: dict[str, float] = {}
+    tokens = batch * seq
+    terms: list[Term] = []
     host = 0.0
+
+    def add(name: str, formula: str, inputs: dict[str, float], value: float, phase: str) -> None:
+        terms.append(Term(name, formula, inputs, round(value), phase))
 
     # Base weights.
     if ds and stage == 3:
-        shard = (w_bytes + e_bytes) / n
         if layout.offload_params:
-            host += shard * gpus_per_node
+            host += (w_bytes + e_bytes) / n * gpus_per_node
         else:
-            b["quantizedWeights"] = w_bytes / n
-            b["embeddings16bit"] = e_bytes / n
-        b["zero3GatheredParams"] = (
-            2 * _layer_working_params(facts) * (w_bytes / linear) + facts.vocab * facts.hidden * half
+            add(
+                "quantizedWeights",
+                "linear params x B/param / N",
+                {"linearParams": linear, "bytesPerParam": w_per, "N": n},
+                w_bytes / n,
+                "persistent",
+            )
+            add(
+                "embeddings",
+                "embedding params x B/param / N",
+                {"embeddingParams": emb, "bytesPerParam": e_per, "N": n},
+                e_bytes / n,
+                "persistent",
+            )
+        gathered = 2 * _layer_working_params(facts) * w_per + facts.vocab * facts.hidden * e_per
+        add(
+            "zero3GatheredParams",
+            "2 layers' weights + lm_head, gathered",
+            {"bytes": gathered},
+            gathered,
+            "persistent",
         )
     else:
-        b["quantizedWeights"] = w_bytes
-        b["embeddings16bit"] = e_bytes
+        add(
+            "quantizedWeights",
+            "linear params x B/param (NF4 + double quant, or 16-bit)",
+            {"linearParams": linear, "bytesPerParam": w_per},
+            w_bytes,
+            "persistent",
+        )
+        add(
+            "embeddings",
+            "embedding (+ lm_head) params x B/param (fp32 after prepare_model_for_kbit_training)",
+            {"embeddingParams": emb, "bytesPerParam": e_per},
+            e_bytes,
+            "persistent",
+        )
 
     # LoRA weights, grads, optimizer.
     if not ds:
-        b["loraWeightsGradsOptimizer"] = trainable * 16
+        add(
+            "loraWeightsGradsOptimizer",
+            "T x (4 weight + 4 grad + 8 Adam)",
+            {"T": trainable},
+            16 * trainable,
+            "persistent",
+        )
         if n > 1:
-            b["ddpGradientBuckets"] = trainable * 4
+            add(
+                "ddpGradientBuckets",
+                "T x 4 (DDP reducer buckets)",
+                {"T": trainable},
+                4 * trainable,
+                "persistent",
+            )
     else:
-        fp32_state = 16 * trainable  # master weights 4 + fp32 grads 4 + Adam 8
+        fp32_state = 16 * trainable
         weights16 = 2 * trainable / (n if stage == 3 else 1)
         grads16 = 2 * trainable / (n if stage >= 2 else 1)
         state = fp32_state / (n if stage >= 1 else 1)
         if layout.offload_optimizer:
             host += state * gpus_per_node
             state = 0
-        b["loraWeightsGradsOptimizer"] = weights16 + grads16 + state
+        add(
+            "loraWeightsGradsOptimizer",
+            "T x (2 + 2) 16-bit + T x 16 fp32 master/grad/Adam, sharded by ZeRO",
+            {"T": trainable, "N": n, "stage": stage},
+            weights16 + grads16 + state,
+            "persistent",
+        )
         if stage >= 2:
-            b["zeroCommBuckets"] = 2 * min(ZERO_BUCKET_ELEMENTS, trainable) * half
+            add(
+                "zeroCommBuckets",
+                "2 x min(5e8, T) x 2 B",
+                {"T": trainable},
+                2 * min(ZERO_BUCKET_ELEMENTS, trainable) * half,
+                "persistent",
+            )
 
-    # Activations and logits.
-    act = 4 if gpu.is_cpu else 2
-    working = batch * seq * (13 * facts.hidden + 5 * facts.mlp_width_per_token) * act
+    # Activations.
+    kernel = attention_kernel(facts, gpu)
+    per_token, parts = layer_saved_bytes_per_token(facts, targets, residual, half, kernel, lora_dropout)
+    probs = batch * facts.heads * seq * seq * 4 if kernel == "math" else 0.0
+    layer_saved = tokens * per_token + probs
+    saved_inputs = {"b": batch, "s": seq, "L": facts.layers, **{f"{k}PerToken": v for k, v in parts.items()}}
     if checkpointing:
-        b["activationsCheckpointed"] = batch * seq * facts.hidden * act * facts.layers
-        b["activationsRecomputedLayer"] = working
+        add(
+            "activationsCheckpointed",
+            "b x s x h x residual B x L (each layer's input)",
+            {"b": batch, "s": seq, "h": facts.hidden, "residualBytes": residual, "L": facts.layers},
+            tokens * facts.hidden * residual * facts.layers,
+            "persistent",
+        )
+        add(
+            "layerRecomputed",
+            "b x s x (LoRA inputs + norms + MLP + q/k/v) [+ b x heads x s^2 x 4 math]",
+            {**saved_inputs, "heads": facts.heads},
+            layer_saved,
+            "layer",
+        )
     else:
-        b["activations"] = working * facts.layers
-    b["logits"] = batch * seq * facts.vocab * 4 * LOGITS_FACTOR
+        add(
+            "activations",
+            "L x b x s x (LoRA inputs + norms + MLP + q/k/v) [+ b x heads x s^2 x 4 math]",
+            {**saved_inputs, "heads": facts.heads},
+            layer_saved * facts.layers,
+            "persistent",
+        )
+    if kernel == "math":
+        add(
+            "attentionMathBackward",
+            "2 x b x heads x s^2 x 4 (grad of probabilities and of scores, fp32)",
+            {"b": batch, "heads": facts.heads, "s": seq, "kernel": 0},
+            2 * probs,
+            "layer",
+        )
+    # MLP backward: the gradients of the intermediate activations, in the residual dtype.
+    add(
+        "layerBackwardGrads",
+        "b x s x 2 x I x residual B",
+        {"b": batch, "s": seq, "I": facts.mlp_width_per_token, "residualBytes": residual},
+        tokens * 2 * facts.mlp_width_per_token * residual,
+        "layer",
+    )
 
-    # Runtime overhead.
-    tensors = sum(b.values())
-    if gpu.is_cpu:
-        b["runtimeOverhead"] = CPU_RUNTIME
+    # Loss: transformers' ForCausalLMLoss upcasts the 16-bit logits to fp32 and cross_entropy saves
+    # the fp32 log-probabilities; at the start of backward the log-probs, their gradient and the
+    # gradient of the logits are alive: 3 fp32 b x s x V tensors (12 B), more than the forward's
+    # 16-bit logits + fp32 copy + log-probs (10 B).
+    if fused_cross_entropy:
+        add(
+            "logits",
+            "fused linear cross-entropy: 2 x b x s x h x 4 (chunked, logits never whole)",
+            {"b": batch, "s": seq, "h": facts.hidden},
+            2 * tokens * facts.hidden * 4,
+            "loss",
+        )
     else:
-        b["cudaContext"] = CUDA_CONTEXT + (NCCL_BUFFERS if n > 1 else 0)
-    b["allocatorFragmentation"] = FRAGMENTATION * tensors
-    breakdown = {k: round(v) for k, v in b.items()}
-    return Estimate(per_gpu=sum(breakdown.values()), host_per_node=round(host), breakdown=breakdown)
+        add(
+            "logits",
+            "b x s x V x 12 (fp32 log-probs + their grad + grad of logits)",
+            {"b": batch, "s": seq, "V": facts.vocab, "bytes": 12},
+            tokens * facts.vocab * 12,
+            "loss",
+        )
+    if kbit:
+        add(
+            "lmHeadAutocastCopy",
+            "V x h x 2 (autocast's fp16 copy of the fp32 lm_head, saved for backward)",
+            {"V": facts.vocab, "h": facts.hidden},
+            facts.vocab * facts.hidden * 2,
+            "loss",
+        )
+
+    persistent = sum(t.bytes for t in terms if t.phase == "persistent")
+    phases = {ph: sum(t.bytes for t in terms if t.phase == ph) for ph in ("layer", "loss")}
+    peak = persistent + max(phases.values())
+    # Not in torch's allocated bytes: CUDA context + cuBLAS handles, NCCL buffers; and the caching
+    # allocator's reserve above the allocated peak (A1.5 measured reserved 2.6% above allocated).
+    if gpu.is_cpu:
+        add("runtimeOverhead", "Python + torch runtime", {}, CPU_RUNTIME, "outside")
+    else:
+        add(
+            "cudaContext",
+            "CUDA context + cuBLAS (+ NCCL buffers when N > 1)",
+            {"N": n},
+            CUDA_CONTEXT + (NCCL_BUFFERS if n > 1 else 0),
+            "outside",
+        )
+    add(
+        "allocatorFragmentation",
+        "5% of the allocated peak (reserved above allocated)",
+        {"share": FRAGMENTATION},
+        FRAGMENTATION * peak,
+        "outside",
+    )
+    outside = sum(t.bytes for t in terms if t.phase == "outside")
+    at_peak = ("persistent", max(phases, key=lambda ph: phases[ph]), "outside")
+    breakdown = {t.name: t.bytes for t in terms if t.phase in at_peak}
+    return Estimate(
+        per_gpu=peak + outside,
+        host_per_node=round(host),
+        breakdown=breakdown,
+        peak_allocated=peak,
+        terms=tuple(terms),
+        attention_kernel=kernel,
+    )
 
 
 def _layer_working_params(f: ModelFacts) -> float:
@@ -266,6 +477,8 @@ def _plan(rr: ResolvedRun) -> Plan:
             trainable=trainable,
             quantized=quantized,
             checkpointing=t.gradient_checkpointing,
+            targets=targets,
+            lora_dropout=s.lora.dropout > 0,
         )
         fits = est.per_gpu <= usable and (gpu.is_cpu or est.host_per_node <= host_usable)
         candidates.append((layout, est, fits))
@@ -291,6 +504,11 @@ def _plan(rr: ResolvedRun) -> Plan:
             f"{int(HEADROOM * 100)}% of {format_bytes(device_memory)}"
             + (f" (cheaper layouts do not fit: {why_not})" if why_not else "")
         )
+        if est.per_gpu > TIGHT * device_memory:
+            reasons.append(
+                f"tight: {format_bytes(est.per_gpu)} is above {int(TIGHT * 100)}% of the device; the largest "
+                f"term is {_largest(est)} (see `tac2sol plan --explain`)"
+            )
         if layout.strategy == "ddp":
             reasons.append(
                 "DDP over ZeRO: every GPU holds the whole quantized model and DDP is 40-60% faster "
@@ -311,6 +529,7 @@ def _plan(rr: ResolvedRun) -> Plan:
             f"nothing fits {format_bytes(usable)} per GPU and {format_bytes(host_usable)} host memory "
             f"per node (90% of each): {tried}"
         )
+        reasons.append(f"largest term to cut: {_largest(est)}")
         reasons.append(_weights_arithmetic(facts, quantized, gpu, world))
     world_reason = _world_reason(rr, layout)
     if world_reason:
@@ -337,6 +556,12 @@ def _plan(rr: ResolvedRun) -> Plan:
         usable_memory_bytes=usable,
         host_memory_bytes=est.host_per_node,
         breakdown=est.breakdown,
+        peak_allocated_bytes=est.peak_allocated,
+        attention_kernel=est.attention_kernel,
+        terms=[
+            PlanTerm(name=x.name, formula=x.formula, inputs=x.inputs, bytes=x.bytes, phase=x.phase)
+            for x in est.terms
+        ],
         fits=fits,
         reasons=reasons,
         candidates=[
@@ -352,6 +577,24 @@ def _plan(rr: ResolvedRun) -> Plan:
             for c in candidates
         ],
     )
+
+
+_KNOBS = {
+    "logits": "training.maxSeqLength or perDeviceBatchSize (a fused cross-entropy removes it)",
+    "layerRecomputed": "training.maxSeqLength or perDeviceBatchSize",
+    "attentionMathBackward": "training.maxSeqLength (s^2), or a GPU with flash attention (sm_80+)",
+    "activations": "training.gradientCheckpointing true",
+    "activationsCheckpointed": "training.maxSeqLength or perDeviceBatchSize",
+    "quantizedWeights": "quantization nf4, more GPUs with ZeRO-3, or a smaller model",
+    "embeddings": "ZeRO-3 over more GPUs, or a smaller model",
+    "loraWeightsGradsOptimizer": "lora.r, or DeepSpeed optimizer offload",
+}
+
+
+def _largest(est: Estimate) -> str:
+    """The biggest term at the peak, and the knob that moves it."""
+    name, value = max(((k, v) for k, v in est.breakdown.items() if k in _KNOBS), key=lambda kv: kv[1])
+    return f"{name} {format_bytes(value)} ({_KNOBS[name]})"
 
 
 def _precision_reason(gpu: GpuType, precision: str) -> str:
