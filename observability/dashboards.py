@@ -19,6 +19,7 @@ from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
 from grafana_foundation_sdk.models.dashboard import (
     DataSourceRef,
+    DataTransformerConfig,
     Threshold,
     ThresholdsMode,
     VariableRefresh,
@@ -53,6 +54,7 @@ class PanelSpec:
     gpu: bool = False  # its series exist only where a GPU is
     thresholds: tuple[tuple[float, str], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    transformations: tuple[tuple[str, dict[str, Any]], ...] = ()  # (Grafana transformation id, options)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,22 @@ def _q(expr: str, legend: str = "", instant: bool = False) -> Query:
 def _quantile(q: float, metric: str, sel: str, by: str) -> str:
     return f"histogram_quantile({q}, sum by ({by}, le) (rate({metric}_bucket{{{sel}}}[{RATE}])))"
 
+
+# The eval_result metrics the run comparison shows (evaluate.export_summary's keys; "." matches itself).
+COMPARED_EVAL_METRICS = "|".join(
+    [
+        prefix + score
+        for prefix in ("", "base.", "testSet.", "testSet.base.")
+        for score in (
+            "semanticSimilarityMean",
+            "exactMatchRate",
+            "signatureMatchRate",
+            "syntaxValidRate",
+            "samples",
+        )
+    ]
+    + ["testSet.excludedRows"]
+)
 
 TRAINING_ROWS = (
     Row(
@@ -255,6 +273,26 @@ TRAINING_ROWS = (
                 width=24,
                 description="The final evaluation summary (record_eval), one row per metric.",
             ),
+            PanelSpec(
+                "Latest evaluation by run",
+                "table",
+                (
+                    _q(
+                        f"max by (run, metric) (last_over_time({n.EVAL_RESULT}{{{RUN_SEL}, "
+                        f'metric=~"{COMPARED_EVAL_METRICS}"}}[$__range]))',
+                        "",
+                        instant=True,
+                    ),
+                ),
+                width=24,
+                description="The runs of the namespace side by side, one row each: the last evaluation in "
+                "the time range. testSet.* are the shared test set (spec.evaluation.testSet), the same "
+                "rows for every run; base.* the base model without the adapter (spec.evaluation.baseModel). "
+                "An empty cell was not measured. For intervals and a decision: tac2sol compare.",
+                transformations=(
+                    ("groupingToMatrix", {"columnField": "metric", "rowField": "run", "valueField": "Value"}),
+                ),
+            ),
         ),
     ),
 )
@@ -377,6 +415,8 @@ def _panel(spec: PanelSpec, panel_id: int) -> Any:
         panel = panel.reduce_options(gc.ReduceDataOptions().values(False).calcs(["lastNotNull"]))
     if spec.kind == "table":
         panel = panel.show_header(True)
+    for kind, options in spec.transformations:
+        panel = panel.with_transformation(DataTransformerConfig(id_val=kind, options=options))
     if spec.thresholds:
         panel = panel.thresholds(
             gd.ThresholdsConfig()

@@ -25,15 +25,37 @@ log = logging.getLogger(__name__)
 # Labels the training-operator puts on the pods it creates.
 RANK0_REPLICA = {"PyTorchJob": "Master", "MPIJob": "Worker 0"}  # the job kinds this reads
 
-# tac2sol_eval_result{metric=...} (the trainer exports summary["overall"]) -> status.evaluation.
+# tac2sol_eval_result{metric=...} (the trainer exports evaluate.export_summary) -> status.evaluation.
+# A metric is [testSet.][base.]<score>, a score one of these or factF1.<kind>.
 EVALUATION_FIELDS = {
     "semanticSimilarityMean": "semanticSimilarityMean",
     "editDistanceMean": "editDistanceMean",
     "exactMatchRate": "exactMatch",
     "similarityAbove08": "shareAbove08",
     "similarityAbove09": "shareAbove09",
+    "signatureMatchRate": "signatureMatch",
+    "syntaxValidRate": "syntaxValid",
     "samples": "samples",
 }
+COUNT_FIELDS = {"samples", "excludedRows"}
+FACT_F1 = "factF1"
+
+
+def _evaluation_field(metric: str) -> tuple[list[str], str] | None:
+    """``testSet.base.factF1.guards`` -> (["testSet", "base", "factF1"], "guards"); None: not status."""
+    parts = metric.split(".")
+    where: list[str] = []
+    if parts[0] == "testSet":
+        where.append(parts.pop(0))
+        if parts == ["excludedRows"]:
+            return where, "excludedRows"
+    if parts and parts[0] == "base":
+        where.append(parts.pop(0))
+    if len(parts) == 2 and parts[0] == FACT_F1:
+        return [*where, FACT_F1], parts[1]
+    if len(parts) == 1 and parts[0] in EVALUATION_FIELDS:
+        return where, EVALUATION_FIELDS[parts[0]]
+    return None
 
 
 def progress_from_metrics(text: str, now: str) -> dict[str, Any]:
@@ -65,9 +87,15 @@ def evaluation_from_metrics(text: str, rank: str = "0") -> dict[str, Any]:
         for sample in family.samples:
             if sample.name != names.EVAL_RESULT or sample.labels.get("rank", rank) != rank:
                 continue
-            field = EVALUATION_FIELDS.get(sample.labels.get("metric", ""))
-            if field is not None:
-                out[field] = int(sample.value) if field == "samples" else round(float(sample.value), 6)
+            found = _evaluation_field(sample.labels.get("metric", ""))
+            if found is None:
+                continue
+            where, field = found
+            target = out
+            for key in where:
+                target = target.setdefault(key, {})
+            value = float(sample.value)
+            target[field] = int(value) if field in COUNT_FIELDS else round(value, 6)
     return out
 
 

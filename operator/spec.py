@@ -290,14 +290,49 @@ class OutputSpec(ApiModel):
     )
 
 
+class TestSetSpec(ApiModel):
+    """A fixed test set shared across runs: JSONL rows like the dataset's, evaluated besides the split."""
+
+    model_config = _validations(
+        _cel("has(self.path) != has(self.uri)", "give exactly one of evaluation.testSet.path or .uri"),
+        _cel("!has(self.pvc) || has(self.path)", "evaluation.testSet.pvc needs a path on that claim", ".pvc"),
+    )
+
+    pvc: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        pattern=DNS_LABEL,
+        description="PersistentVolumeClaim holding the file (read-only; the dataset claim is mounted once).",
+    )
+    path: str | None = Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"\S",
+        description="File path inside the claim (or, without pvc, in the image / on this machine).",
+    )
+    uri: hp.TestSetUri
+
+
 class EvaluationSpec(ApiModel):
-    """Held-out evaluation after training."""
+    """Evaluation after training: the held-out split, a shared test set, the base model."""
 
     enabled: hp.EvalEnabled
     max_new_tokens: hp.MaxNewTokens
     batch_size: hp.EvalBatchSize
     max_samples: hp.MaxSamples
     num_beams: hp.NumBeams
+    base_model: hp.EvalBaseModel
+    test_set: TestSetSpec | None = Field(
+        None,
+        description=(
+            "A held-out benchmark evaluated besides the run's own split, so runs trained on other data or "
+            "seeds are compared on the same rows (tac2sol compare). Rows sharing a contract, body hash, "
+            "output or input with a training row are excluded from its scores and counted. A uri is "
+            "downloaded with the dataset's credentials (spec.hfTokenSecret, spec.dataset.credentialsSecret)."
+        ),
+    )
 
 
 class SecretKeyRef(ApiModel):

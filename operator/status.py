@@ -62,15 +62,49 @@ class Progress(ApiModel):
     updated_at: str | None = Field(None, description="RFC 3339 time of the last reading.")
 
 
-class EvaluationSummary(ApiModel):
-    """Held-out evaluation of the trained adapter (from the eval report on the output volume)."""
+class FactF1(ApiModel):
+    """Fact-level F1 between prediction and reference, per fact kind (from the parsed ASTs)."""
+
+    external_calls: float | None = Field(None, ge=0, le=1, description="External calls.")
+    state_writes: float | None = Field(None, ge=0, le=1, description="State variables written.")
+    guards: float | None = Field(None, ge=0, le=1, description="require / revert / if-revert guards.")
+    events: float | None = Field(None, ge=0, le=1, description="Events emitted.")
+    returns: float | None = Field(None, ge=0, le=1, description="Return presence.")
+    visibility: float | None = Field(None, ge=0, le=1, description="Visibility.")
+    mutability: float | None = Field(None, ge=0, le=1, description="State mutability.")
+
+
+class EvaluationScores(ApiModel):
+    """Scores of one evaluation (the trainer's eval.json ``overall``); absent: not measured."""
 
     semantic_similarity_mean: float | None = Field(None, description="Mean embedding cosine similarity.")
     edit_distance_mean: float | None = Field(None, ge=0, description="Mean normalised edit distance.")
     exact_match: float | None = Field(None, ge=0, le=1, description="Share of exact matches.")
     share_above08: float | None = Field(None, ge=0, le=1, description="Share with similarity above 0.8.")
     share_above09: float | None = Field(None, ge=0, le=1, description="Share with similarity above 0.9.")
-    samples: int | None = Field(None, ge=0, description="Held-out rows evaluated.")
+    signature_match: float | None = Field(
+        None, ge=0, le=1, description="Share whose signature hashes (Keccak-256) to the row's selector."
+    )
+    syntax_valid: float | None = Field(None, ge=0, le=1, description="Share that solc's parser accepts.")
+    fact_f1: FactF1 | None = Field(None, description="Fact-level F1 per fact kind.")
+    samples: int | None = Field(None, ge=0, description="Rows evaluated.")
+
+
+class TestSetScores(EvaluationScores):
+    """The shared test set (spec.evaluation.testSet), rows that overlap the training rows excluded."""
+
+    excluded_rows: int | None = Field(
+        None, ge=0, description="Test rows sharing a contract, body, output or input with a training row."
+    )
+    base: EvaluationScores | None = Field(None, description="The base model without the adapter, same rows.")
+
+
+class EvaluationSummary(EvaluationScores):
+    """Evaluation of the trained adapter on the held-out split (from the trainer's /metrics), the base
+    model on the same rows (spec.evaluation.baseModel) and the shared test set."""
+
+    base: EvaluationScores | None = Field(None, description="The base model without the adapter, same rows.")
+    test_set: TestSetScores | None = Field(None, description="The shared test set's scores.")
 
 
 class TrainingRunStatus(ApiModel):

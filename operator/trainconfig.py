@@ -13,6 +13,7 @@ from typing import Any
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.resolve import ResolvedRun
+from tac2sol.operator.spec import TestSetSpec
 from tac2sol.trainer.config import EvalSection, LoraSection, TrainConfig
 from tac2sol.trainer.hparams import DEFAULT_EPOCHS
 
@@ -93,7 +94,10 @@ def train_config_values(rr: ResolvedRun, plan: Plan) -> dict[str, Any]:
             "per_gpu_memory_bytes": plan.per_gpu_memory_bytes,
             "model_hidden_size": rr.facts.hidden,
         },
-        "evaluation": s.evaluation.model_dump(include=set(EvalSection.model_fields)),
+        "evaluation": {
+            **s.evaluation.model_dump(include=set(EvalSection.model_fields) - _TEST_SET_FIELDS),
+            **_test_set(s.evaluation.test_set),
+        },
         "metrics": metrics,
     }
 
@@ -112,6 +116,16 @@ _SHARED_TRAINING = {
     "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "gradient_checkpointing", "seed",
     "logging_steps", "eval_steps", "save_steps", "save_total_limit",
 }  # fmt: skip
+
+
+_TEST_SET_FIELDS = {"test_set", "test_set_uri"}
+
+
+def _test_set(ts: TestSetSpec | None) -> dict[str, Any]:
+    """evaluation.testSet: a path (inside its claim: the renderer points it at the mount) or a uri."""
+    if ts is None:
+        return {}
+    return {"test_set": ts.path, "test_set_uri": ts.uri}
 
 
 def _merge(base: dict[str, Any], extra: dict[str, Any]) -> None:

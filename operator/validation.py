@@ -71,6 +71,16 @@ def check_training_run(run: TrainingRun) -> None:
             ("spec", "dataset", "credentialsSecret"),
             "credentials are for the download of dataset.uri; remove it or give dataset.uri",
         )
+    ts = s.evaluation.test_set
+    if ts is not None and (ts.path is None) == (ts.uri is None):
+        raise SpecProblem(
+            ("spec", "evaluation", "testSet", "path"),
+            "give exactly one of evaluation.testSet.path (with optional pvc) or evaluation.testSet.uri",
+        )
+    if ts is not None and ts.pvc is not None and ts.path is None:
+        raise SpecProblem(
+            ("spec", "evaluation", "testSet", "pvc"), "a pvc needs evaluation.testSet.path, the file on it"
+        )
     stage_set = s.deepspeed.stage != "auto"
     if s.strategy == "ddp":
         if stage_set:

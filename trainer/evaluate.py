@@ -33,7 +33,7 @@ from tac2sol.trainer.data import Row, write_json, write_jsonl
 from tac2sol.trainer.evalfile import EVAL_FILE, EVAL_KIND, EVAL_SCHEMA_VERSION, row_ids, row_metrics
 from tac2sol.trainer.facts import FACT_KINDS
 from tac2sol.trainer.slices import MIN_SLICE_ROWS, row_slices, size_bucket
-from tac2sol.trainer.testset import TestSet
+from tac2sol.trainer.testset import LoadedTestSet
 
 log = logging.getLogger(__name__)
 
@@ -493,7 +493,7 @@ def evaluate_run(
     cfg: Any,
     held_out: Sequence[Row],
     encoded: Any,
-    test_set: TestSet | None,
+    test_set: LoadedTestSet | None,
     say: Callable[[str], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Every evaluation ``cfg.evaluation`` asks for, under ``cfg.output_dir``: {directory name: summary}.

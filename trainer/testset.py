@@ -33,13 +33,13 @@ TEST_SET_TRUNCATION = "truncate_input"
 
 
 @dataclass(frozen=True)
-class TestSet:
+class LoadedTestSet:
     rows: list[Row]  # the rows to score: overlap with the training rows excluded
     encoded: Any  # the tokenized rows (``prompts_from_encoded`` reads the prompts from it)
     report: dict[str, Any]  # file, sha256, rows, taken, overlap, excludedRows, evaluatedRows
 
 
-def test_set_file(cfg: TrainConfig) -> Path | None:
+def locate_test_set(cfg: TrainConfig) -> Path | None:
     """The local test set file (for a uri, where the download lands); None without a test set."""
     e = cfg.evaluation
     if e.test_set is not None:
@@ -77,14 +77,14 @@ def overlap(test_rows: Sequence[Row], train_rows: Sequence[Row]) -> tuple[list[R
 
 def load_test_set(
     cfg: TrainConfig, tokenizer: Any, train_rows: Sequence[Row], say: Callable[[str], None] | None = None
-) -> TestSet | None:
+) -> LoadedTestSet | None:
     """Fetch (a uri), check and tokenize the test set, and leave out the rows that overlap training.
 
     One clear error when the file is missing or has no usable row; None without a test set.
     """
     from tac2sol.trainer.preflight import run_preflight
 
-    path = test_set_file(cfg)
+    path = locate_test_set(cfg)
     if path is None:
         return None
     uri = cfg.evaluation.test_set_uri
@@ -131,4 +131,4 @@ def load_test_set(
             f"training rows ({', '.join(f'{k} {n}' for k, n in found['byKey'].items())}) and are excluded; "
             f"{len(kept)} to score"
         )
-    return TestSet(kept, pf.encoded, report)
+    return LoadedTestSet(kept, pf.encoded, report)

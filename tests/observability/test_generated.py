@@ -44,7 +44,9 @@ def test_dashboard_conventions(spec: dashboards.DashboardSpec) -> None:
             expr = target["expr"]
             assert 'namespace=~"$namespace"' in expr, (panel["title"], expr)
             for window in re.findall(r"\[([^\]]+)\]", expr):
-                assert window == "$__rate_interval", (panel["title"], expr)
+                # $__range: an instant query for the latest value in the time range (finished runs too)
+                allowed = ("$__rate_interval", "$__range") if target.get("instant") else ("$__rate_interval",)
+                assert window in allowed, (panel["title"], expr)
             if spec.uid == "tac2sol-training-run":
                 assert 'run=~"$run"' in expr, (panel["title"], expr)
             assert re.search(r"tac2sol_[a-z_]+", expr), expr

@@ -138,6 +138,7 @@ _SECTION_FIELDS: dict[str, tuple[Any, str]] = {
     "evaluation.batch_size": (2, "evaluation.batch_size"),
     "evaluation.max_samples": (10, "evaluation.max_samples"),
     "evaluation.num_beams": (2, "evaluation.num_beams"),
+    "evaluation.base_model": (True, "evaluation.base_model"),
 }
 # Fields that reach the trainer another way, each tested elsewhere in this file or in test_render.py.
 _NOT_IN_TRAIN_YAML = {
@@ -147,6 +148,7 @@ _NOT_IN_TRAIN_YAML = {
     "training.epochs": "training.epochs (exclusive with maxSteps: test_qwen32b_maps_plan_and_spec)",
     "training.per_device_batch_size": "the plan's per_device_batch_size",
     "training.global_batch_size": "the plan's gradient_accumulation_steps",
+    "evaluation.test_set": "evaluation.test_set / test_set_uri (tests/operator/test_testset_spec.py)",
 }
 
 
