@@ -411,6 +411,8 @@ def _layouts(rr: ResolvedRun) -> list[Layout]:
         if s.strategy == "auto" and stage == 0:
             continue  # ZeRO-0 is DDP with more overhead: never chosen on its own
         opt = [False, True] if ds.offload_optimizer is None else [ds.offload_optimizer]
+        if stage == 0:  # ZeRO-0 has no optimizer state partition to offload
+            opt = [False]
         par = ([False, True] if ds.offload_params is None else [ds.offload_params]) if stage == 3 else [False]
         for p in par:
             for o in opt:
