@@ -14,7 +14,8 @@ TRAINER_LABELS = ("run", "rank", "device")
 
 TRAIN_STEPS = "tac2sol_train_steps_total"
 TRAIN_SAMPLES = "tac2sol_train_samples_total"
-TRAIN_TOKENS = "tac2sol_train_tokens_total"
+TRAIN_TOKENS = "tac2sol_train_tokens_total"  # real tokens: the rows' own, padding excluded
+TRAIN_PADDING_TOKENS = "tac2sol_train_padding_tokens_total"  # computed besides the real ones
 TRAIN_STEP_DURATION = "tac2sol_train_step_duration_seconds"
 TRAIN_TOKENS_PER_SECOND = "tac2sol_train_tokens_per_second"
 TRAIN_SAMPLES_PER_SECOND = "tac2sol_train_samples_per_second"

@@ -112,6 +112,12 @@ class TrainingSection(_Section):
     save_steps: hp.SaveSteps
     save_total_limit: hp.SaveTotalLimit
     dataloader_workers: int = Field(0, ge=0)
+    batching: Literal["auto", "grouped", "packed", "random"] = Field(
+        "auto",
+        description="How rows become micro-batches (tac2sol.trainer.batching): grouped by length, packed "
+        "without padding (needs a variable-length attention kernel, else grouped, and the run says so) or "
+        "random; auto: packed where the attention kernel allows it, else grouped (random at batch 1).",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,

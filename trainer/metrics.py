@@ -8,9 +8,12 @@ per rank, logged, for local experiments). Every trainer series carries ``run``, 
 Nothing in the hot path blocks on I/O or on the device:
 
 * the callback does float arithmetic and prometheus-client updates (a lock and an add each);
-* tokens and samples are counted from input shapes in a forward pre-hook (padding included:
-  what the device computes), so no ``.item()`` and no collective per micro-batch, unlike
-  transformers' ``include_num_input_tokens_seen``;
+* tokens are counted apart: the rows' own (real) tokens in ``tac2sol_train_tokens_total`` and
+  padding in ``tac2sol_train_padding_tokens_total``. tac2sol's trainer reports each micro-batch's
+  counts, made on the CPU by its collator (``count_batch``): no ``.item()`` and no collective per
+  micro-batch, unlike transformers' ``include_num_input_tokens_seen``. Under another Trainer a
+  forward pre-hook counts instead, from the input shape and the attention mask (a mask on a GPU
+  is then read once per micro-batch);
 * GPU memory (torch allocator counters, cudaMemGetInfo, NVML) is read in the scrape thread by a
   custom collector (``gpu_probe``); only the per-step peak is read (and reset) at step end, from the
   allocator's counters, which does not synchronise the device.
@@ -129,7 +132,12 @@ class TrainerMetrics:
         self.steps = counter(names.TRAIN_STEPS, "Optimizer steps done by this process.")
         self.samples = counter(names.TRAIN_SAMPLES, "Training samples (sequences) this rank processed.")
         self.tokens = counter(
-            names.TRAIN_TOKENS, "Training tokens this rank processed (input shape, padding included)."
+            names.TRAIN_TOKENS,
+            "Real training tokens this rank trained on (the rows' own tokens, padding excluded).",
+        )
+        self.padding_tokens = counter(
+            names.TRAIN_PADDING_TOKENS,
+            "Padding tokens this rank computed besides its real tokens (0 when rows are packed).",
         )
         self.step_duration = Histogram(
             names.TRAIN_STEP_DURATION,
@@ -139,7 +147,8 @@ class TrainerMetrics:
             registry=r,
         ).labels(*self.labels)
         self.tokens_per_second = gauge(
-            names.TRAIN_TOKENS_PER_SECOND, f"Tokens/s of this rank, smoothed over ~{SMOOTHING_SECONDS:.0f} s."
+            names.TRAIN_TOKENS_PER_SECOND,
+            f"Real tokens/s of this rank (padding excluded), smoothed over ~{SMOOTHING_SECONDS:.0f} s.",
         )
         self.samples_per_second = gauge(
             names.TRAIN_SAMPLES_PER_SECOND,
@@ -222,7 +231,9 @@ class MetricsCallbackBase:
         self.metrics = metrics
         self.gpu = gpu
         self._hook: Any = None
+        self.counted_by_trainer = False  # set by tac2sol's trainer, which calls count_batch
         self._pending_tokens = 0
+        self._pending_padding = 0
         self._pending_samples = 0
         self._step_began: float | None = None
         self._last_step_end = 0.0
@@ -232,7 +243,13 @@ class MetricsCallbackBase:
         self._tokens_per_second: float | None = None
         self._samples_per_second: float | None = None
 
-    # -- the forward pre-hook: shapes only, no device access ---------------------------------
+    def count_batch(self, rows: int, real_tokens: int, computed_tokens: int) -> None:
+        """One micro-batch: its rows, their own tokens and the tokens computed (padding included)."""
+        self._pending_samples += rows
+        self._pending_tokens += real_tokens
+        self._pending_padding += computed_tokens - real_tokens
+
+    # -- the forward pre-hook of other Trainers: input shape and attention mask ---------------
     def _count_inputs(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not module.training:
             return
@@ -240,15 +257,15 @@ class MetricsCallbackBase:
         if ids is None and args:
             ids = args[0]
         if ids is None:
-            embeds = kwargs.get("inputs_embeds")
-            if embeds is not None:
-                self._pending_samples += int(embeds.shape[0])
-                self._pending_tokens += int(embeds.shape[0]) * int(embeds.shape[1])
-            return
-        shape = getattr(ids, "shape", None)
-        if shape:
-            self._pending_samples += int(shape[0])
-            self._pending_tokens += int(ids.numel())
+            ids = kwargs.get("inputs_embeds")
+            if ids is None:
+                return
+            computed = int(ids.shape[0]) * int(ids.shape[1])
+        else:
+            computed = int(ids.numel())
+        mask = kwargs.get("attention_mask")
+        real = int(mask.sum()) if mask is not None and mask.dim() == 2 else computed
+        self.count_batch(int(ids.shape[0]), real, computed)
 
     # -- Trainer events -------------------------------------------------------------------
     def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **_: Any) -> None:
@@ -262,7 +279,7 @@ class MetricsCallbackBase:
         m.global_step.set(state.global_step)
         if state.max_steps > 0:
             m.progress.set(state.global_step / state.max_steps)
-        if model is not None:
+        if model is not None and not self.counted_by_trainer:
             self._hook = model.register_forward_pre_hook(self._count_inputs, with_kwargs=True)
             if self.gpu is not None:
                 self.gpu.parameters = count_parameters(model)
@@ -274,7 +291,8 @@ class MetricsCallbackBase:
         now = time.perf_counter()
         m = self.metrics
         tokens, samples = self._pending_tokens, self._pending_samples
-        self._pending_tokens = self._pending_samples = 0
+        m.padding_tokens.inc(self._pending_padding)
+        self._pending_tokens = self._pending_samples = self._pending_padding = 0
         m.steps.inc()
         m.tokens.inc(tokens)
         m.samples.inc(samples)

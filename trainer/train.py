@@ -31,7 +31,6 @@ from tac2sol.trainer.data import write_json, write_jsonl
 from tac2sol.trainer.distributed import DistEnv
 from tac2sol.trainer.metrics import linger, metrics_callback, metrics_port, record_eval
 from tac2sol.trainer.preemption import GracefulStop
-from tac2sol.trainer.prompt import IGNORE_INDEX
 from tac2sol.trainer.rank_report import rank_report_callback
 
 from tac2sol.errors import InvalidInput, Tac2solError
@@ -145,22 +144,47 @@ def nan_guard() -> Any:
 
 
 def counting_trainer_class() -> Any:
-    """``Trainer`` that also counts the samples and non-padding tokens it trains on.
+    """``Trainer`` that batches as the batching plan says and counts what it trains on.
 
-    Counted in ``training_step`` (not in the collator, which also serves evaluation and sees
-    one batch ahead): the token count stays a device tensor, so counting never syncs the device.
+    The counts come from the collator (``batching.COUNTS_KEY``, counted on the CPU): rows, their
+    own tokens and the tokens the device computes, padding included. They are popped before the
+    model sees the batch and handed to the metrics callbacks, so counting never syncs the device.
     """
+    from tac2sol.trainer.batching import COUNTS_KEY, LengthGroupedBatches, TokenTally
+    from tac2sol.trainer.metrics import MetricsCallbackBase
     from transformers import Trainer
 
     class CountingTrainer(Trainer):
-        tokens_trained: Any = 0
-        samples_trained: int = 0
+        def __init__(self, *args: Any, batching: Any = None, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.batching = batching
+            self.tally = TokenTally()
+            callbacks = self.callback_handler.callbacks
+            self._counters = [c for c in callbacks if isinstance(c, MetricsCallbackBase)]
+            for callback in self._counters:
+                callback.counted_by_trainer = True
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if self.batching is None or self.batching.mode != "grouped" or dataset is None:
+                return super()._get_train_sampler(train_dataset)
+            seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+            return LengthGroupedBatches(
+                [len(ids) for ids in dataset["input_ids"]],
+                self.args.per_device_train_batch_size,
+                self.args.world_size,
+                seed,
+            )
+
+        def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
+            inputs.pop(COUNTS_KEY, None)  # evaluation batches carry the counts too
+            return super()._prepare_inputs(inputs)
 
         def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
-            mask = inputs.get("attention_mask")
-            ids = inputs["input_ids"]
-            self.tokens_trained = self.tokens_trained + (mask.sum() if mask is not None else ids.numel())
-            self.samples_trained += int(ids.shape[0])
+            rows, real, computed = inputs.pop(COUNTS_KEY)
+            self.tally.add(real, computed, rows)
+            for callback in self._counters:
+                callback.count_batch(rows, real, computed)
             return super().training_step(model, inputs, num_items_in_batch)
 
     return CountingTrainer
@@ -203,6 +227,10 @@ def training_arguments(cfg: TrainConfig, env: DistEnv, has_eval: bool) -> Any:
     }
     kwargs.update(training_arguments_kwargs(cfg, env, cfg.output_dir))
     return TrainingArguments(**kwargs)
+
+
+def _percent(ratio: float | None) -> str:
+    return "not measured" if ratio is None else f"{100 * ratio:.1f} %"
 
 
 def _select(encoded: Any, lines: list[int]) -> Any:
@@ -263,7 +291,7 @@ class _Fitted:
     throughput: dict[str, Any]
     timings: dict[str, float]
     ds_config: str | None
-    test_set: Any = None  # testset.TestSet on rank 0 when evaluation.test_set is given
+    test_set: Any = None  # testset.LoadedTestSet on rank 0 when evaluation.test_set is given
 
 
 def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitted:
@@ -348,19 +376,22 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
         callbacks.append(report_cb)
     callbacks.append(stop.callback(env.world_size))  # after the manifest callback: sees sealed checkpoints
     callbacks.append(checkpoints.log_at_save_callback())  # last: after every callback that saves
-    from transformers import DataCollatorForSeq2Seq
+    from tac2sol.trainer.batching import make_collator, prepare_model, resolve_batching
 
-    collator = DataCollatorForSeq2Seq(
-        tokenizer, label_pad_token_id=IGNORE_INDEX, pad_to_multiple_of=8 if env.on_gpu else None
+    batching = resolve_batching(
+        cfg.training.batching, cfg.training.per_device_batch_size, model.config._attn_implementation
     )
+    echo(batching.describe())
+    prepare_model(batching, model)
     trainer = counting_trainer_class()(
         model=model,
         args=args,
         train_dataset=train_ds,
         eval_dataset=eval_ds,
-        data_collator=collator,
+        data_collator=make_collator(batching, tokenizer, pad_to_multiple_of=8 if env.on_gpu else None),
         processing_class=tokenizer,
         callbacks=callbacks,
+        batching=batching,
     )
     if env.is_main:
         _quarantine_newer(out, resume.step)
@@ -388,15 +419,23 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
     trainer.save_model(str(adapter_dir))
     if env.is_main:
         tokenizer.save_pretrained(adapter_dir)
-    train_tokens = int(trainer.tokens_trained)
+    tally = trainer.tally
     train_runtime = result.metrics.get("train_runtime")
     throughput = {
         "trainRuntimeSeconds": train_runtime,
-        "trainSamplesThisProcess": trainer.samples_trained,
-        "trainTokensThisProcess": train_tokens,
-        "tokensPerSecondThisProcess": round(train_tokens / train_runtime, 1) if train_runtime else None,
-        "tokensCountedAs": "non-padding tokens this rank trained on (since start or resume)",
+        "trainSamplesThisProcess": tally.samples,
+        "trainTokensThisProcess": tally.real,
+        "paddingTokensThisProcess": tally.padding,
+        "paddingRatio": tally.padding_ratio(),
+        "tokensPerSecondThisProcess": round(tally.real / train_runtime, 1) if train_runtime else None,
+        "tokensCountedAs": "real (non-padding) tokens this rank trained on, since start or resume; "
+        "paddingRatio: padding / all tokens computed",
+        "batching": batching.to_json(),
     }
+    echo(
+        f"throughput: {throughput['tokensPerSecondThisProcess']} real tokens/s on this rank, padding "
+        f"{_percent(tally.padding_ratio())} of the tokens computed ({batching.mode} batches)"
+    )
     return _Fitted(
         trainer=trainer,
         tokenizer=tokenizer,
