@@ -67,9 +67,13 @@ def score_code(
     row_f1: dict[str, list[float]] = {kind: [] for kind in factlib.FACT_KINDS}
     for i, s in enumerate(sig):
         pred, ref = parsed[f"p{i}"], parsed[f"r{i}"]
-        row: dict[str, Any] = {"signatureMatch": s, "syntaxValid": pred.valid}
+        # An empty prediction (or one without a function) parses inside the wrapper: not a valid function.
+        has_function = pred.valid and pred.function() is not None
+        row: dict[str, Any] = {"signatureMatch": s, "syntaxValid": has_function}
         if not pred.valid:
             row["syntaxError"] = pred.errors[0]
+        elif not has_function:
+            row["syntaxError"] = "no function, modifier or constructor in the prediction"
         row["facts"] = dict.fromkeys(factlib.FACT_KINDS)
         if ref.valid:
             pf = factlib.extract(pred.function() if pred.valid else None)

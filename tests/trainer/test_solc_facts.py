@@ -139,6 +139,14 @@ def test_scores_on_hand_written_pairs(solc: Solc) -> None:
     }
 
 
+def test_a_prediction_without_a_function_is_not_valid(solc: Solc) -> None:
+    """The contract wrapper parses an empty text or a bare declaration; neither is a function."""
+    reference = "function f() external {\n  x = 1;\n}"
+    scores = score_code(["", "   \n", "uint256 x;", reference], [reference] * 4, [{}] * 4, solc)
+    assert [r["syntaxValid"] for r in scores.rows] == [False, False, False, True]
+    assert scores.rows[0]["syntaxError"] == "no function, modifier or constructor in the prediction"
+
+
 def test_real_rows_parse_and_agree_with_themselves(solc: Solc, dataset_500: Path) -> None:
     rows = [json.loads(line) for line in dataset_500.read_text().splitlines()][:200]
     refs, meta = [r["output"] for r in rows], [r["metadata"] for r in rows]
