@@ -3,7 +3,12 @@
 # the cluster tour:
 #   etcd, kube-apiserver (TLS from a CA made here, RBAC + Node authorization, service-account
 #   tokens), kube-controller-manager, kube-scheduler, the Kubeflow CRDs (server-side apply),
-#   training-operator v1.9.0 out of cluster, and kwok running 2 fake nodes x 4 nvidia.com/gpu.
+#   training-operator v1.9.0 out of cluster, kwok running 2 fake nodes x 4 nvidia.com/gpu, and one
+#   real node (hack/node.sh: containerd, runc, the kubelet and CoreDNS in network, mount and pid
+#   namespaces of its own; tainted tac2sol.dev/real-node=true:NoSchedule, labelled
+#   tac2sol.dev/node=real, no GPU). The host's network namespace gets nothing: the node reaches
+#   the apiserver through a Unix socket (socat on both sides), the apiserver reaches the kubelet
+#   and the pods through its egress selector (an HTTP CONNECT proxy on a Unix socket).
 #
 #   bash hack/cluster.sh up       start it (idempotent); prints KUBECONFIG=<path>
 #   bash hack/cluster.sh down     stop every process and delete the cluster's data
@@ -20,6 +25,9 @@
 #   TAC2SOL_CLUSTER_TIMEOUT   seconds to wait for each component to be ready (60)
 #   TAC2SOL_CLUSTER_OWNER_PID when set, the cluster stops itself once that process is gone (the
 #                             test fixture passes pytest's pid, so a killed test run leaves nothing)
+#   TAC2SOL_REAL_NODE         0: no real node (kwok only)
+# `bash hack/cluster.sh node-exec CMD...` runs CMD in the real node's network namespace (to reach
+# pod addresses, CoreDNS on the node IP, ...).
 # The state dir also gets cluster.env (KUBECONFIG, server URL, ports) for other scripts to source.
 set -euo pipefail
 
@@ -32,13 +40,25 @@ PYTHON=${TAC2SOL_PYTHON:-$REPO/.venv/bin/python}
 TIMEOUT=${TAC2SOL_CLUSTER_TIMEOUT:-60}
 
 PKI=$STATE/pki
+# Built by hack/install-tools.sh from hack/node/pause.c; containerd's sandbox_image names it.
+PAUSE_TARBALL=$CACHE/images/pause.tar
+PAUSE_IMAGE=localhost/tac2sol/pause:1
 KUBECONFIG_PATH=$STATE/kubeconfig
 # training-operator v1.9.0 reads its webhook certificates from this fixed path (pkg/cert/cert.go).
 WEBHOOK_CERT_DIR=/tmp/k8s-webhook-server/serving-certs
 SERVICE_CIDR=10.96.0.0/16
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
+REAL_NODE=${TAC2SOL_REAL_NODE:-1}
+# The real node: its addresses exist only in its own network namespace (hack/node.sh).
+NODE_DIR=$STATE/node
+NODE_NAME=tac2sol-node
+POD_CIDR=10.244.0.0/16
+NODE_IP=10.244.0.1
+# Its cgroups (cgroupfs), under a root named after this state dir: two clusters never share one.
+CGROUP_ROOT=/tac2sol-$(echo -n "$STATE" | sha256sum | cut -c1-10)
 # Start order; `down` stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler training-operator kwok)
+[[ $REAL_NODE == 0 ]] || COMPONENTS+=(apiserver-socket node)
 
 say() { echo "cluster: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -60,18 +80,36 @@ need_binaries() {
     for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl training-operator kwok; do
         [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
     done
+    if [[ $REAL_NODE != 0 ]]; then
+        for name in kubelet coredns; do
+            [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
+        done
+        [[ -f $PAUSE_TARBALL ]] || die "no pause image at $PAUSE_TARBALL: run \`bash hack/install-tools.sh\`"
+        for name in containerd ctr runc socat unshare nsenter ip /usr/lib/cni/bridge; do
+            command -v "$name" >/dev/null || die "$name is missing: run \`bash hack/install-tools.sh\` (Debian: containerd runc containernetworking-plugins socat)"
+        done
+        [[ $(id -u) == 0 ]] || die "the real node needs root (namespaces, mounts, cgroups): run as root, or TAC2SOL_REAL_NODE=0 for kwok only"
+    fi
     [[ -f $CRDS/kubeflow.org_pytorchjobs.yaml ]] \
         || die "no Kubeflow CRDs in $CRDS: run \`bash hack/install-tools.sh\` (or set TAC2SOL_CRDS_DIR to the folder holding kubeflow.org_*.yaml)"
 }
 
 # --- processes ---------------------------------------------------------------------------------
 
+cmdline_of() {  # what the command line of a component contains
+    case $1 in
+    node) echo "$HACK/node.sh inside" ;;
+    apiserver-socket) echo "UNIX-LISTEN:$NODE_DIR/apiserver.sock" ;;
+    *) echo "$BIN/$1" ;;
+    esac
+}
+
 pid_of() {  # the pid of a running component, or nothing
     local file=$STATE/pids/$1.pid pid
     [[ -f $file ]] || return 0
     pid=$(<"$file")
     # The pid must still be that component (pids get reused after a reboot or a crash).
-    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$BIN/$1"; then
+    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$(cmdline_of "$1")"; then
         echo "$pid"
     fi
 }
@@ -150,12 +188,15 @@ make_pki() {
     openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/ca.key" 2>/dev/null
     openssl req -x509 -new -key "$PKI/ca.key" -subj "/CN=tac2sol-test-ca" -days 3650 -out "$PKI/ca.crt" 2>/dev/null
     issue apiserver kube-apiserver "" \
-        "IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+        "IP:127.0.0.1,IP:10.96.0.1,IP:$NODE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     issue admin tac2sol-admin system:masters
     issue kube-controller-manager system:kube-controller-manager
     issue kube-scheduler system:kube-scheduler
     issue training-operator tac2sol:training-operator
     issue kwok tac2sol:kwok
+    issue kubelet "system:node:$NODE_NAME" system:nodes
+    issue apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
+    issue coredns tac2sol:coredns
     # Service-account tokens: the apiserver signs with sa.key (ES256), everyone verifies with sa.pub.
     openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
     openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -225,6 +266,26 @@ start_etcd() {
 }
 
 start_apiserver() {
+    local node_args=()
+    if [[ $REAL_NODE != 0 ]]; then
+        # Connections to kubelets and pods (logs, exec, proxy) go into the node's namespace.
+        mkdir -p "$NODE_DIR"
+        cat >"$STATE/egress-selector.yaml" <<EOF
+apiVersion: apiserver.k8s.io/v1beta1
+kind: EgressSelectorConfiguration
+egressSelections:
+- name: cluster
+  connection:
+    proxyProtocol: HTTPConnect
+    transport:
+      uds:
+        udsName: $NODE_DIR/egress.sock
+EOF
+        node_args=(--egress-selector-config-file="$STATE/egress-selector.yaml"
+            --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
+            --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
+            --kubelet-preferred-address-types=InternalIP,Hostname)
+    fi
     start kube-apiserver --etcd-servers="http://127.0.0.1:$TAC2SOL_ETCD_PORT" \
         --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$TAC2SOL_APISERVER_PORT" \
         --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
@@ -233,7 +294,7 @@ start_apiserver() {
         --service-account-issuer="$SA_ISSUER" --api-audiences="$SA_ISSUER" \
         --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
         --service-cluster-ip-range="$SERVICE_CIDR" --endpoint-reconciler-type=none \
-        --allow-privileged=true --profiling=false
+        --allow-privileged=true --profiling=false "${node_args[@]}"
     wait_for "kube-apiserver /readyz" kube-apiserver kubectl get --raw /readyz
 }
 
@@ -294,6 +355,94 @@ start_kwok() {
     kubectl apply --server-side --field-manager=tac2sol-cluster -f "$HACK/kwok/nodes.yaml" >/dev/null
 }
 
+# --- the real node (hack/node.sh) ----------------------------------------------------------------
+
+cgroup_dirs() {  # the node's cgroup root in every hierarchy (v1 controllers, or the v2 tree)
+    local h
+    if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+        echo "/sys/fs/cgroup$CGROUP_ROOT"
+        return
+    fi
+    for h in /sys/fs/cgroup/*/; do
+        if [[ -f $h/cgroup.procs && ! -L ${h%/} ]]; then echo "${h%/}$CGROUP_ROOT"; fi
+    done
+}
+
+make_cgroups() {  # the kubelet wants its cgroupRoot to exist
+    local dir f
+    while read -r dir; do
+        mkdir -p "$dir"
+        for f in cpuset.cpus cpuset.mems; do  # a new v1 cpuset has none: copy its parent's
+            if [[ -f $dir/$f ]]; then cat "$(dirname "$dir")/$f" >"$dir/$f"; fi
+        done
+    done < <(cgroup_dirs)
+}
+
+remove_cgroups() {  # deepest first; a process that is still dying keeps its cgroup a moment
+    local dir i
+    for ((i = 0; i < 50; i++)); do
+        local left=0
+        while read -r dir; do
+            [[ -d $dir ]] || continue
+            find "$dir" -depth -type d -exec rmdir {} + 2>/dev/null || true
+            if [[ -d $dir ]]; then left=1; fi
+        done < <(cgroup_dirs)
+        ((left)) || return 0
+        sleep 0.2
+    done
+    say "cgroups under $CGROUP_ROOT are still busy: $(cgroup_dirs | tr '\n' ' ')"
+}
+
+start_node() {
+    mkdir -p "$NODE_DIR/logs"
+    cp "$PKI/ca.crt" "$NODE_DIR/ca.crt"
+    write_kubeconfig "$NODE_DIR/kubelet.kubeconfig" kubelet
+    write_kubeconfig "$NODE_DIR/coredns.kubeconfig" coredns
+    kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null <<EOF
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "tac2sol:coredns"}
+rules:
+- {apiGroups: [""], resources: [endpoints, services, pods, namespaces], verbs: [list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [list, watch]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "tac2sol:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "tac2sol:coredns"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "tac2sol:coredns"}]
+EOF
+    make_cgroups
+    # The host's end of the node's way to the apiserver: a Unix socket, no address.
+    setsid socat "UNIX-LISTEN:$NODE_DIR/apiserver.sock,fork,mode=600" "TCP:127.0.0.1:$TAC2SOL_APISERVER_PORT" \
+        >"$STATE/logs/apiserver-socket.log" 2>&1 </dev/null &
+    echo $! >"$STATE/pids/apiserver-socket.pid"
+    setsid unshare --net --mount --pid --fork --propagation private \
+        env NODE_DIR="$NODE_DIR" NODE_NAME="$NODE_NAME" NODE_IP="$NODE_IP" POD_CIDR="$POD_CIDR" \
+        CGROUP_ROOT="$CGROUP_ROOT" APISERVER_PORT="$TAC2SOL_APISERVER_PORT" CACHE="$CACHE" BIN="$BIN" \
+        PYTHON="$PYTHON" PAUSE_IMAGE="$PAUSE_IMAGE" PAUSE_TARBALL="$PAUSE_TARBALL" \
+        bash "$HACK/node.sh" inside >"$STATE/logs/node.log" 2>&1 </dev/null &
+    local unshare_pid=$! child="" i
+    for ((i = 0; i < 100; i++)); do  # the node's pid 1, as the host sees it
+        child=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null | awk '{print $1}')
+        [[ -n $child ]] && break
+        sleep 0.05
+    done
+    [[ -n $child ]] || { tail -n 25 "$STATE/logs/node.log" >&2; die "the node's namespaces did not start"; }
+    echo "$child" >"$STATE/pids/node.pid"
+}
+
+node_exec() {  # node_exec CMD...: run CMD in the node's network namespace
+    local pid
+    pid=$(pid_of node)
+    [[ -n $pid ]] || die "the real node is not running"
+    nsenter --target "$pid" --net -- "$@"
+}
+
+node_ready() {
+    [[ $(kubectl get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}') == True ]]
+}
+
 lease_held() { kubectl -n kube-system get lease "$1" -o jsonpath='{.spec.holderIdentity}' | grep -q .; }
 nodes_ready() {
     [[ $(kubectl get nodes -l type=kwok \
@@ -345,6 +494,14 @@ cmd_up() {
     wait_for "2 Ready kwok nodes" kwok nodes_ready
     wait_for "training-operator /readyz (webhook certs, controllers)" training-operator \
         curl -sf "http://127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT/readyz"
+    if [[ $REAL_NODE != 0 ]]; then
+        local t_node=$SECONDS
+        say "starting the real node $NODE_NAME (containerd, kubelet, CoreDNS; its own namespaces)"
+        start_node
+        wait_for "node $NODE_NAME Ready" node node_ready
+        wait_for "CoreDNS ready" node node_exec curl -sf http://127.0.0.1:8181/ready
+        say "node $NODE_NAME Ready in $((SECONDS - t_node)) s"
+    fi
     trap - EXIT
     write_env
     [[ -z ${TAC2SOL_CLUSTER_OWNER_PID:-} ]] || start_watchdog "$TAC2SOL_CLUSTER_OWNER_PID"
@@ -382,6 +539,9 @@ cmd_down() {
     # Clients first, all at once; etcd last, so that the apiserver can shut down cleanly.
     stop "${COMPONENTS[@]:1}"
     stop etcd
+    # The node's pid 1 is gone, so are its namespaces and what ran in them: its cgroups and files last.
+    remove_cgroups
+    rm -rf "$NODE_DIR"
     # Fresh data on the next `up`; logs stay for a look after a failure.
     rm -rf "$STATE/etcd" "$STATE/pids" "$STATE/cluster.env"
     [[ -n $quiet ]] || say "down ($STATE)"
@@ -408,5 +568,9 @@ case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
-*) die "usage: bash hack/cluster.sh up|down|status (see the header of hack/cluster.sh)" ;;
+node-exec)
+    shift
+    node_exec "$@"
+    ;;
+*) die "usage: bash hack/cluster.sh up|down|status|node-exec CMD... (see the header of hack/cluster.sh)" ;;
 esac

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs, once, the tools the test suite and the cluster tour use, and caches them by version:
 #   ~/.cache/tac2sol/bin/<name>-<version>   the binary      ~/.cache/tac2sol/bin/<name>   a symlink to it
-# - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl: built from k8s.io/kubernetes
-#   (version pinned in hack/k8s/go.mod), etcd: built from go.etcd.io/etcd/server/v3
-#   (hack/k8s/etcd/go.mod), kwok, training-operator and helm: `go install <module>@<version>`;
+# - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet: built from
+#   k8s.io/kubernetes (version pinned in hack/k8s/go.mod), etcd: built from go.etcd.io/etcd/server/v3
+#   (hack/k8s/etcd/go.mod), kwok, training-operator, helm and CoreDNS: `go install <module>@<version>`;
 # - Debian packages: prometheus and promtool, openssl and curl (used by hack/cluster.sh), mpirun
-#   (the MPI launcher test), buildah, podman, runc and mmdebstrap (the image test);
+#   (the MPI launcher test), buildah, podman, runc and mmdebstrap (the image test), containerd,
+#   the CNI plugins and socat (the real node, hack/node.sh);
+# - the real node's pause image: hack/node/pause.c built static, in a docker-archive tarball
+#   (~/.cache/tac2sol/images/pause.tar, keyed by the source and the compiler) that hack/node.sh
+#   imports into containerd;
 # - the Kubeflow CRDs (PyTorchJob, MPIJob) with their licence, copied from the Go module of the
 #   training-operator built here, so they match it: ~/.cache/tac2sol/crds/training-operator;
 # - checkov (the chart's policy test), from PyPI into a virtualenv of its own,
@@ -25,6 +29,7 @@ LOGS=$CACHE/logs
 KWOK_VERSION=v0.8.0
 TRAINING_OPERATOR_VERSION=v1.9.0
 HELM_VERSION=v3.22.0
+COREDNS_VERSION=v1.15.0
 CHECKOV_VERSION=3.3.30
 required_version() {  # required_version GO.MOD MODULE: the version GO.MOD requires of MODULE
     local v
@@ -34,11 +39,13 @@ required_version() {  # required_version GO.MOD MODULE: the version GO.MOD requi
 }
 K8S_VERSION=$(required_version "$HACK/k8s/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(required_version "$HACK/k8s/etcd/go.mod" go.etcd.io/etcd/server/v3)
-K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
 # apt package per command below, same order; mpirun: the 2-rank MPI launcher test; buildah to
-# mmdebstrap: the image test (tests/packaging/test_image.py).
-APT_PACKAGES=(prometheus openssl curl openmpi-bin buildah podman runc mmdebstrap)
-APT_COMMANDS=(promtool openssl curl mpirun buildah podman runc mmdebstrap)
+# mmdebstrap: the image test (tests/packaging/test_image.py); containerd to gcc: the real node.
+APT_PACKAGES=(prometheus openssl curl openmpi-bin buildah podman runc mmdebstrap containerd
+    containernetworking-plugins socat iproute2 util-linux gcc libc6-dev)
+APT_COMMANDS=(promtool openssl curl mpirun buildah podman runc mmdebstrap containerd
+    /usr/lib/cni/bridge socat ip nsenter gcc /usr/lib/x86_64-linux-gnu/libc.a)
 
 say() { echo "install-tools: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -125,7 +132,8 @@ go_install() {  # go_install NAME VERSION PACKAGE [LDFLAGS [KEY]]: `go install P
 install_apt() {
     local missing=() i
     for i in "${!APT_COMMANDS[@]}"; do
-        command -v "${APT_COMMANDS[$i]}" >/dev/null || missing+=("${APT_PACKAGES[$i]}")
+        # A command, or a file the package installs (an absolute path).
+        command -v "${APT_COMMANDS[$i]}" >/dev/null || [[ -e ${APT_COMMANDS[$i]} ]] || missing+=("${APT_PACKAGES[$i]}")
     done
     if ((${#missing[@]})); then
         local sudo=()
@@ -170,6 +178,32 @@ install_kubeflow_crds() {  # the CRDs of the training-operator built above, from
     ln -sfn "$dir" "$crds/training-operator"
 }
 
+build_pause_image() {  # hack/node/pause.c, static, as the only file of a docker-archive image
+    local src=$HACK/node/pause.c images=$CACHE/images key
+    key=$( (cat "$src"; gcc --version | head -n 1) | sha256sum | cut -c1-12)
+    if [[ ! -f $images/pause-$key.tar ]]; then
+        say "building the pause image ($key) from hack/node/pause.c"
+        local tmp
+        tmp=$(mktemp -d)
+        mkdir -p "$tmp/rootfs" "$images"
+        gcc -static -Os -s -o "$tmp/rootfs/pause" "$src"
+        # Reproducible: fixed owner, mode and time.
+        tar --create --file "$tmp/layer.tar" --directory "$tmp/rootfs" --owner=0 --group=0 --numeric-owner \
+            --mtime=@0 --mode=0755 pause
+        local diff_id
+        diff_id=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
+        printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+            "$diff_id" >"$tmp/config.json"
+        printf '[{"Config":"config.json","RepoTags":["localhost/tac2sol/pause:1"],"Layers":["layer.tar"]}]' \
+            >"$tmp/manifest.json"
+        tar --create --file "$images/pause-$key.tar.tmp" --directory "$tmp" --owner=0 --group=0 --mtime=@0 \
+            manifest.json config.json layer.tar
+        mv -f "$images/pause-$key.tar.tmp" "$images/pause-$key.tar"
+        rm -rf "$tmp"
+    fi
+    ln -sfn "pause-$key.tar" "$images/pause.tar"
+}
+
 install_checkov() {  # a virtualenv of its own; .installed marks a complete install
     local venv=$CACHE/checkov-$CHECKOV_VERSION
     [[ -f $venv/.installed ]] && return
@@ -197,5 +231,7 @@ go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=$HELM_KUBE_MAJOR \
      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_KUBE_MINOR" \
     "$HELM_VERSION-kube$HELM_KUBE_MAJOR.$HELM_KUBE_MINOR"
+go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns
 build_k8s
+build_pause_image
 install_checkov

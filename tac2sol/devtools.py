@@ -153,6 +153,33 @@ class DevCluster:
     def ca_cert(self) -> Path:
         return self.state_dir / "pki" / "ca.crt"
 
+    @property
+    def containerd_socket(self) -> Path:
+        """The real node's containerd (hack/node.sh): `ctr --address` it to import images."""
+        return self.state_dir / "node" / "containerd.sock"
+
+    def import_image(self, tarball: Path, timeout: float = 600) -> None:
+        """Import an image archive (docker-archive or OCI) into the real node's containerd, where
+        the kubelet finds it (`imagePullPolicy: Never`); nothing is ever pulled."""
+        cmd = ["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io"]
+        proc = subprocess.run(
+            [*cmd, "images", "import", str(tarball)], capture_output=True, text=True, timeout=timeout
+        )
+        if proc.returncode != 0:
+            raise DevToolsError(
+                f"importing {tarball} into the node's containerd failed: {proc.stderr[-2000:]}"
+            )
+
+    def node_exec(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """Run `cmd` in the real node's network namespace (pod and node addresses exist only there)."""
+        return subprocess.run(
+            ["bash", str(HACK / "cluster.sh"), "node-exec", *cmd],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            timeout=timeout,
+        )
+
 
 @contextmanager
 def start_cluster(

@@ -11,7 +11,10 @@
   each test a fresh namespace, deleted after it. kwok runs the pods on 2 fake nodes x 4
   `nvidia.com/gpu`; pod annotations steer them: `kwok.tac2sol.dev/outcome:
   fail|run-forever|config-error`, `kwok.tac2sol.dev/run-seconds: "N"`,
-  `kwok.tac2sol.dev/exit-code: "N"` (see hack/kwok/stages.yaml).
+  `kwok.tac2sol.dev/exit-code: "N"` (see hack/kwok/stages.yaml). Beside them runs one real node
+  (hack/node.sh: kubelet, containerd, CoreDNS), `tac2sol-node`, labelled `tac2sol.dev/node: real`
+  and tainted `tac2sol.dev/real-node=true:NoSchedule`: pods that tolerate the taint and select the
+  label run for real there, from images imported with `control_plane.dev.import_image()`.
 - Skips: a run fails when a test skipped for any reason but a GPU one (or the absent shared
   data), so that a green run never checked less than it claims. A skip that is allowed carries
   the `gpu` marker, names a GPU or CUDA in its reason, or starts with SHARED_DATA_REASON.
@@ -111,6 +114,7 @@ class ControlPlane:
     ca_cert: Path
     bin_dir: Path  # kubectl, helm, kwok, ... as hack/install-tools.sh installed them
     env: dict[str, str]  # os.environ + KUBECONFIG + PYTHONSAFEPATH=1, for subprocesses
+    dev: devtools.DevCluster  # the real node: import_image(), node_exec(), containerd_socket
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60
@@ -180,6 +184,7 @@ def control_plane(tool_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> I
                 ca_cert=cluster.ca_cert,
                 bin_dir=tool_bin,
                 env=cluster.env,
+                dev=cluster,
             )
     except devtools.DevToolsError as exc:
         pytest.fail(str(exc), pytrace=False)

@@ -76,7 +76,7 @@ def test_server_is_the_pinned_release_with_two_fake_gpu_nodes(control_plane: Any
     info = control_plane.kubectl("version", "-o", "json").stdout
     assert f'"gitVersion": "{_pinned_kubernetes_version()}"' in info
     assert control_plane.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
-    nodes = control_plane.get_json("nodes")["items"]
+    nodes = control_plane.get_json("nodes", "-l", "type=kwok")["items"]
     assert sorted(n["metadata"]["name"] for n in nodes) == ["gpu-node-0", "gpu-node-1"]
     for node in nodes:
         assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
