@@ -45,6 +45,12 @@ def plan(
     gpu_type: Annotated[str | None, typer.Option(help="Plan for this GPU type instead.")] = None,
     gpus_per_node: Annotated[int | None, typer.Option(help="Plan for this many GPUs per node.")] = None,
     nodes: Annotated[int | None, typer.Option(help="Plan for this many nodes.")] = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain", help="Also print every term of the estimate (formula, inputs, bytes) and its knobs."
+        ),
+    ] = False,
 ) -> None:
     """Estimate per-GPU memory and pick strategy, ZeRO stage, precision and accumulation (exit 1: no fit)."""
     from tac2sol.operator.planner import format_bytes, make_plan
@@ -61,7 +67,9 @@ def plan(
     if output == PlanFormat.json:
         typer.echo(json.dumps(result.model_dump(mode="json", by_alias=True), indent=2))
     else:
-        _print_plan(result, str(file))
+        _print_plan(result, str(file), explain)
+        if explain:
+            _print_explain(result)
     if not result.fits:
         ways = "; ".join(result.ways_out) or "none found"
         arithmetic = "".join(f"{r}. " for r in result.reasons if "weights alone" in r)
@@ -72,7 +80,7 @@ def plan(
         )
 
 
-def _print_plan(p: Any, source: str) -> None:
+def _print_plan(p: Any, source: str, explain: bool = False) -> None:
     from rich.table import Table
     from tac2sol.operator.planner import format_bytes, format_count
 
@@ -108,7 +116,8 @@ def _print_plan(p: Any, source: str) -> None:
     for name, value in p.breakdown.items():
         breakdown.add_row(name, f"{value / 1024**3:.2f}")
     breakdown.add_row("[bold]total[/]", f"[bold]{p.per_gpu_memory_bytes / 1024**3:.2f}[/]")
-    console.print(breakdown)
+    if not explain:  # --explain prints every term instead
+        console.print(breakdown)
     console.print("[bold]why[/]")
     for reason in p.reasons:
         console.print(f"  - {reason}")
@@ -116,6 +125,75 @@ def _print_plan(p: Any, source: str) -> None:
         console.print("[bold]ways out[/]")
         for way in p.ways_out:
             console.print(f"  - {way}")
+
+
+def _print_explain(p: Any) -> None:
+    """Every term by phase with its formula, inputs, bytes and the knobs that move it; then the fit rule."""
+    from rich.table import Table
+    from tac2sol.operator.planner import (
+        FIT_RULE,
+        KNOB_NOTES,
+        KNOBS,
+        PHASES,
+        TERM_KNOBS,
+        format_bytes,
+        format_count,
+    )
+
+    def number(v: float) -> str:
+        return format_count(v) if v >= 10_000 else f"{v:.4g}"
+
+    def gib(n: float) -> str:
+        return f"{n / 1024**3:.2f}"
+
+    by_phase = {ph: [t for t in p.terms if t.phase == ph] for ph in PHASES}
+    totals = {ph: sum(t.bytes for t in ts) for ph, ts in by_phase.items()}
+    peak_phase = "layer" if totals["layer"] >= totals["loss"] else "loss"
+    table = Table(
+        title=f"the estimate, term by term (attention kernel: {p.attention_kernel})", title_justify="left"
+    )
+    table.add_column("term", no_wrap=True)
+    table.add_column("formula")
+    table.add_column("inputs")
+    table.add_column("GiB", justify="right", no_wrap=True)
+    table.add_column("moved by")
+    for ph, terms in by_phase.items():
+        if not terms:
+            continue
+        at_peak = ph in ("persistent", "outside", peak_phase)
+        table.add_row(
+            f"[bold]{ph}[/]", f"[bold]{PHASES[ph]}{'' if at_peak else ' (not at the peak)'}[/]", "",
+            f"[bold]{gib(totals[ph])}[/]", "",
+        )  # fmt: skip
+        for t in terms:
+            knobs = TERM_KNOBS.get(t.name, ((), ""))[0]
+            table.add_row(
+                f"  {t.name}",
+                t.formula,
+                ", ".join(f"{k}={number(v)}" for k, v in t.inputs.items()),
+                gib(t.bytes),
+                "every knob" if knobs == KNOBS else ", ".join(knobs) or "-",
+                end_section=t is terms[-1],
+            )
+    console = _console()
+    console.print(table)
+    off = "loss" if peak_phase == "layer" else "layer"
+    console.print(
+        f"peak allocated = persistent {format_bytes(totals['persistent'])} + {peak_phase} "
+        f"{format_bytes(totals[peak_phase])} (larger than {off} {format_bytes(totals[off])}) "
+        f"= {format_bytes(p.peak_allocated_bytes)} (torch.cuda.max_memory_allocated)"
+    )
+    share = p.per_gpu_memory_bytes / p.gpu_memory_bytes
+    console.print(
+        f"estimate = peak + outside {format_bytes(totals['outside'])} = "
+        f"{format_bytes(p.per_gpu_memory_bytes)} = {share:.0%} of {format_bytes(p.gpu_memory_bytes)}: "
+        f"{FIT_RULE}"
+    )
+    console.print("[bold]knobs[/]: the terms each one moves (GiB), largest first")
+    largest_first = sorted((t for t in p.terms if t.name != "allocatorFragmentation"), key=lambda t: -t.bytes)
+    for knob in KNOBS:
+        moved = [f"{t.name} {t.bytes / 1024**3:.1f}" for t in largest_first if knob in TERM_KNOBS[t.name][0]]
+        console.print(f"  - {knob}: {', '.join(moved) or 'none of these terms'} ({KNOB_NOTES[knob]})")
 
 
 def _console() -> Any:

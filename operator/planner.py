@@ -59,7 +59,18 @@ from tac2sol.operator.validation import accumulation_steps
 
 from tac2sol.errors import InvalidInput
 
-__all__ = ["Plan", "estimate", "format_bytes", "format_count", "make_plan"]
+__all__ = [
+    "FIT_RULE",
+    "KNOBS",
+    "KNOB_NOTES",
+    "PHASES",
+    "TERM_KNOBS",
+    "Plan",
+    "estimate",
+    "format_bytes",
+    "format_count",
+    "make_plan",
+]
 
 GiB = 1024**3
 NF4_BYTES_PER_PARAM = (4 + 8 / 64 + 32 / (64 * 256)) / 8  # 0.516
@@ -306,7 +317,7 @@ def estimate(
         add(
             "attentionMathBackward",
             "2 x b x heads x s^2 x 4 (grad of probabilities and of scores, fp32)",
-            {"b": batch, "heads": facts.heads, "s": seq, "kernel": 0},
+            {"b": batch, "heads": facts.heads, "s": seq},
             2 * probs,
             "layer",
         )
@@ -581,22 +592,80 @@ def _plan(rr: ResolvedRun) -> Plan:
     )
 
 
-_KNOBS = {
-    "logits": "training.maxSeqLength or perDeviceBatchSize (a fused cross-entropy removes it)",
-    "layerRecomputed": "training.maxSeqLength or perDeviceBatchSize",
-    "attentionMathBackward": "training.maxSeqLength (s^2), or a GPU with flash attention (sm_80+)",
-    "activations": "training.gradientCheckpointing true",
-    "activationsCheckpointed": "training.maxSeqLength or perDeviceBatchSize",
-    "quantizedWeights": "quantization nf4, more GPUs with ZeRO-3, or a smaller model",
-    "embeddings": "ZeRO-3 over more GPUs, or a smaller model",
-    "loraWeightsGradsOptimizer": "lora.r, or DeepSpeed optimizer offload",
+# The knobs of a TrainingRun that move memory (spec.training.*, spec.lora.r, spec.quantization, ...).
+SEQ = "maxSeqLength"
+BATCH = "perDeviceBatchSize"
+CHECKPOINTING = "gradientCheckpointing"
+RANK = "lora.r"
+QUANTIZATION = "quantization"
+ZERO = "strategy/ZeRO"
+MORE_GPUS = "more GPUs"
+GPU_TYPE = "gpuType"
+KNOBS = (SEQ, BATCH, CHECKPOINTING, RANK, QUANTIZATION, ZERO, MORE_GPUS, GPU_TYPE)
+KNOB_NOTES = {
+    SEQ: "linear in s, attentionMathBackward in s^2",
+    BATCH: "linear; keep globalBatchSize through accumulation",
+    CHECKPOINTING: "on: keeps each layer's input and recomputes one layer at a time",
+    RANK: "linear in r and in the number of lora.targetModules",
+    QUANTIZATION: "nf4 weights 0.516 B/param, but fp32 embeddings and residual stream",
+    ZERO: "ZeRO-2 shards LoRA grads and optimizer state, ZeRO-3 the weights too",
+    MORE_GPUS: "shrink a term only when ZeRO shards it; under DDP every GPU holds everything",
+    GPU_TYPE: "sm_80+ runs flash attention (no s^2 term) and bf16",
+}
+FIT_RULE = (
+    f"a layout fits when the estimate is at most {HEADROOM:.0%} of device memory (room for spikes and "
+    f"the driver), tight above {TIGHT:.0%}"
+)
+
+# Which knob moves which term (tests/operator/test_planner.py turns each knob and checks), and how
+# to cut the term; allocatorFragmentation is a share of the peak: every knob moves it.
+TERM_KNOBS: dict[str, tuple[tuple[str, ...], str]] = {
+    "quantizedWeights": ((QUANTIZATION, ZERO, MORE_GPUS), "NF4, ZeRO-3 over more GPUs, or a smaller model"),
+    "embeddings": ((QUANTIZATION, ZERO, MORE_GPUS), "ZeRO-3 over more GPUs, or a smaller model"),
+    "zero3GatheredParams": ((QUANTIZATION, ZERO), "a smaller model"),
+    "loraWeightsGradsOptimizer": ((RANK, ZERO, MORE_GPUS), "lora.r, or ZeRO with optimizer offload"),
+    "ddpGradientBuckets": ((RANK, ZERO, MORE_GPUS), "lora.r"),
+    "zeroCommBuckets": ((RANK, ZERO), "lora.r"),
+    "activationsCheckpointed": (
+        (SEQ, BATCH, CHECKPOINTING, QUANTIZATION),
+        "maxSeqLength or perDeviceBatchSize",
+    ),
+    "layerRecomputed": (
+        (SEQ, BATCH, CHECKPOINTING, QUANTIZATION, GPU_TYPE),
+        "maxSeqLength or perDeviceBatchSize",
+    ),
+    "activations": (
+        (SEQ, BATCH, CHECKPOINTING, QUANTIZATION, GPU_TYPE),
+        "training.gradientCheckpointing true",
+    ),
+    "attentionMathBackward": (
+        (SEQ, BATCH, GPU_TYPE),
+        "maxSeqLength (s^2), or a GPU with flash attention (sm_80+)",
+    ),
+    "layerBackwardGrads": ((SEQ, BATCH, QUANTIZATION), "maxSeqLength or perDeviceBatchSize"),
+    "logits": ((SEQ, BATCH), "maxSeqLength or perDeviceBatchSize (a fused cross-entropy removes it)"),
+    "lmHeadAutocastCopy": ((QUANTIZATION,), "quantization none (16-bit lm_head, no copy)"),
+    "cudaContext": ((MORE_GPUS,), "nothing: fixed per process"),
+    "runtimeOverhead": ((), "nothing: fixed per process"),
+    "allocatorFragmentation": (KNOBS, "any term above"),
+}
+
+# What each phase of the estimate means; the peak holds "persistent" plus the larger of the other two.
+PHASES = {
+    "persistent": "held through the whole step",
+    "layer": "one layer's backward (with checkpointing: its recompute)",
+    "loss": "the loss and its backward",
+    "outside": "not in torch's allocated bytes",
 }
 
 
 def _largest(est: Estimate) -> str:
-    """The biggest term at the peak, and the knob that moves it."""
-    name, value = max(((k, v) for k, v in est.breakdown.items() if k in _KNOBS), key=lambda kv: kv[1])
-    return f"{name} {format_bytes(value)} ({_KNOBS[name]})"
+    """The biggest term at the peak that a knob can cut, and how."""
+    name, value = max(((k, v) for k, v in est.breakdown.items() if k in _CUTTABLE), key=lambda kv: kv[1])
+    return f"{name} {format_bytes(value)} ({TERM_KNOBS[name][1]})"
+
+
+_CUTTABLE = set(TERM_KNOBS) - {"allocatorFragmentation", "cudaContext", "runtimeOverhead"}
 
 
 def _precision_reason(gpu: GpuType, precision: str) -> str:

@@ -236,7 +236,7 @@ def test_plan_qwen32b_json(cli: Callable[..., Any]) -> None:
         assert key in plan
     assert plan["fits"] is True
     assert plan["precision"] == "fp16"
-    assert 25e9 <= plan["perGpuMemoryBytes"] <= 40e9
+    assert 40e9 <= plan["perGpuMemoryBytes"] <= 46e9  # tight on 48 GB: see test_planner's qwen32b anchor
     assert sum(plan["breakdown"].values()) == plan["perGpuMemoryBytes"]
     assert plan["gradientAccumulationSteps"] == 4
 
@@ -244,7 +244,7 @@ def test_plan_qwen32b_json(cli: Callable[..., Any]) -> None:
 def test_plan_table(cli: Callable[..., Any]) -> None:
     result = cli("plan", "runs/qwen32b.yaml")
     assert result.rc == 0
-    for text in ("fits", "fp16", "quantizedWeights", "logits", "gradient accumulation", "why"):
+    for text in ("fits", "fp16", "quantizedWeights", "activationsCheckpointed", "accumulation", "why"):
         assert text in result.stdout
 
 

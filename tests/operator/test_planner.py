@@ -342,3 +342,52 @@ def test_fused_cross_entropy_removes_the_logits() -> None:
     plain, fused = estimate(f, **kw), estimate(f, fused_cross_entropy=True, **kw)
     assert fused.breakdown.get("logits", 0) < plain.breakdown["logits"] / 20
     assert fused.peak_allocated < plain.peak_allocated
+
+
+def _terms(**changes: Any) -> dict[str, int]:
+    """Term bytes of Qwen2.5-Coder-7B QLoRA, DDP on 4 x RTX 8000, seq 4096, batch 1, r16, with changes."""
+    from tac2sol.operator.catalog import GPUS, MODELS, lora_trainable_params
+    from tac2sol.operator.planner import Layout, estimate
+
+    f = MODELS["qwen2.5-coder-7b"]
+    kw: dict[str, Any] = dict(layout=Layout("ddp"), gpu="rtx8000", world=4, gpus_per_node=4, batch=1,
+                              seq=4096, r=16, quantized=True, checkpointing=True)  # fmt: skip
+    kw.update(changes)
+    r, gpu = kw.pop("r"), GPUS[kw.pop("gpu")]
+    est = estimate(f, gpu=gpu, trainable=lora_trainable_params(f, f.default_lora_targets, r), **kw)
+    return {t.name: t.bytes for t in est.terms}
+
+
+def test_each_knob_moves_the_terms_the_explanation_names() -> None:
+    from tac2sol.operator import planner as p
+    from tac2sol.operator.planner import Layout
+
+    zero3 = {"layout": Layout("deepspeed", 3)}
+    turns: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+        (p.SEQ, {}, {"seq": 2048}),
+        (p.BATCH, {}, {"batch": 2}),
+        (p.SEQ, {"checkpointing": False}, {"checkpointing": False, "seq": 2048}),
+        (p.BATCH, {"checkpointing": False}, {"checkpointing": False, "batch": 2}),
+        (p.CHECKPOINTING, {}, {"checkpointing": False}),
+        (p.RANK, {}, {"r": 64}),
+        (p.RANK, {"layout": Layout("deepspeed", 2)}, {"layout": Layout("deepspeed", 2), "r": 64}),
+        (p.QUANTIZATION, {}, {"quantized": False}),
+        (p.QUANTIZATION, zero3, {**zero3, "quantized": False}),
+        (p.QUANTIZATION, {"checkpointing": False}, {"checkpointing": False, "quantized": False}),
+        (p.ZERO, {}, {"layout": Layout("deepspeed", 2)}),
+        (p.ZERO, {}, zero3),
+        (p.MORE_GPUS, zero3, {**zero3, "world": 8, "gpus_per_node": 8}),
+        (p.MORE_GPUS, {"world": 1, "gpus_per_node": 1, "layout": Layout("single")}, {}),
+        (p.GPU_TYPE, {}, {"gpu": "a100-80"}),
+        (p.GPU_TYPE, {"checkpointing": False}, {"checkpointing": False, "gpu": "a100-80"}),
+    ]
+    moved: dict[str, set[str]] = {}
+    for knob, before, after in turns:
+        a, b = _terms(**before), _terms(**after)
+        for name in a.keys() | b.keys():
+            if a.get(name) != b.get(name):  # changed, appeared or vanished
+                moved.setdefault(name, set()).add(knob)
+    assert moved.keys() <= p.TERM_KNOBS.keys()
+    for name, knobs in moved.items():
+        assert knobs == set(p.TERM_KNOBS[name][0]), name
+    assert moved.keys() == p.TERM_KNOBS.keys() - {"runtimeOverhead"}  # every GPU term was turned
