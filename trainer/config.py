@@ -118,6 +118,12 @@ class TrainingSection(_Section):
         "without padding (needs a variable-length attention kernel, else grouped, and the run says so) or "
         "random; auto: packed where the attention kernel allows it, else grouped (random at batch 1).",
     )
+    fused_cross_entropy: bool = Field(
+        False,
+        description="On a GPU, compute the loss with Liger's fused linear cross-entropy, which never "
+        "materialises the batch x seq x vocab logits (needs liger-kernel; tac2sol.trainer.fused_loss); on a "
+        "CPU it is absent and the run says so.",
+    )
     cpu_threads: int | None = Field(
         None,
         ge=1,

@@ -377,12 +377,19 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
     callbacks.append(stop.callback(env.world_size))  # after the manifest callback: sees sealed checkpoints
     callbacks.append(checkpoints.log_at_save_callback())  # last: after every callback that saves
     from tac2sol.trainer.batching import make_collator, prepare_model, resolve_batching
+    from tac2sol.trainer.fused_loss import resolve_fused_loss
 
     batching = resolve_batching(
         cfg.training.batching, cfg.training.per_device_batch_size, model.config._attn_implementation
     )
     echo(batching.describe())
     prepare_model(batching, model)
+    fused = resolve_fused_loss(
+        cfg.training.fused_cross_entropy, env.on_gpu, getattr(model.config, "model_type", None)
+    )
+    echo(fused.describe())
+    for key, value in fused.training_arguments().items():  # read by the Trainer when it is built
+        setattr(args, key, value)
     trainer = counting_trainer_class()(
         model=model,
         args=args,
@@ -431,6 +438,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
         "tokensCountedAs": "real (non-padding) tokens this rank trained on, since start or resume; "
         "paddingRatio: padding / all tokens computed",
         "batching": batching.to_json(),
+        "fusedCrossEntropy": fused.to_json(),
     }
     echo(
         f"throughput: {throughput['tokensPerSecondThisProcess']} real tokens/s on this rank, padding "

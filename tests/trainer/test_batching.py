@@ -383,3 +383,49 @@ def test_two_ddp_ranks_each_get_their_own_share_of_grouped_batches(tmp_path: Pat
         wait = _median_wait(lengths, order)
         assert wait <= (max(lengths) - min(lengths)) / 8, wait
     assert all(r["mode"] == "grouped" and r["counts_ok"] for r in ranks)
+
+
+# -- fused cross-entropy ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("requested", "on_gpu", "model_type", "enabled", "says"),
+    [
+        pytest.param(False, True, "qwen2", False, "false", id="off-by-default"),
+        pytest.param(True, False, "qwen2", False, "absent on a CPU", id="cpu-says-so"),
+        pytest.param(True, True, "qwen2", True, "qwen2", id="gpu-qwen2"),
+        pytest.param(True, True, "llama", True, "llama", id="gpu-llama"),
+    ],
+)
+def test_resolve_fused_loss(requested: bool, on_gpu: bool, model_type: str, enabled: bool, says: str) -> None:
+    from tac2sol.trainer.fused_loss import resolve_fused_loss
+
+    fused = resolve_fused_loss(requested, on_gpu, model_type)
+    assert fused.enabled is enabled and says in fused.reason
+    kwargs = fused.training_arguments()
+    assert bool(kwargs) is enabled
+    if enabled:  # the fused loss and nothing else
+        assert kwargs["use_liger_kernel"] is True
+        assert [k for k, on in kwargs["liger_kernel_config"].items() if on] == ["fused_linear_cross_entropy"]
+
+
+def test_fused_loss_refuses_an_architecture_liger_lacks() -> None:
+    from tac2sol.trainer.fused_loss import resolve_fused_loss
+
+    from tac2sol.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match=r"training\.fused_cross_entropy: .*starcoder2"):
+        resolve_fused_loss(True, True, "starcoder2")
+
+
+def test_a_cpu_run_says_the_fused_loss_is_absent(make_config: Any) -> None:
+    from tac2sol.trainer.train import train
+
+    said: list[str] = []
+    cfg = make_config(training={"max_steps": 2, "fused_cross_entropy": True, "save_steps": 2})
+    result = train(cfg, say=said.append)
+    assert any(line.startswith("fused cross-entropy: off (absent on a CPU") for line in said), said
+    assert any(line.startswith("batching: rows grouped by length") for line in said), said
+    run = json.loads(result.run_json.read_text())["results"]
+    assert run["fusedCrossEntropy"]["enabled"] is False
+    assert run["batching"]["mode"] == "grouped"
+    assert 0 < run["paddingRatio"] < 1 and run["paddingTokensThisProcess"] > 0
+    assert any(line.startswith("throughput: ") and "padding" in line for line in said), said
