@@ -5,7 +5,9 @@ double quant, LoRA r 8 on all linear layers, no gradient checkpointing), the sam
 examples, batch size, steps and seed. Each run is its own process; the two alternate (ours, bare,
 ours, bare, ...) so that drifting machine load hits both alike. Tokens/s = non-padding tokens of the
 training steps / the Trainer's ``train_runtime`` (imports, data preparation and model
-loading excluded for both). Printed: each run, the medians, and ours/bare (the goal: >= 0.95).
+loading excluded for both). Both batch at random (``training.batching: random``), so the ratio is
+the trainer's overhead alone; ``bench/batching_throughput.py`` measures what grouping gains.
+Printed: each run, the medians, and ours/bare (the goal: >= 0.95).
 
     .venv/bin/python bench/trainer_throughput.py [--steps 30] [--repeats 3]
 """
@@ -51,6 +53,7 @@ def _config(work: Path, model: Path, data: Path, steps: int, out: Path) -> Any:
             "gradient_checkpointing": False,
             "seed": 1,
             "cpu_threads": 1,
+            "batching": "random",  # batches as the bare side does: this compares overhead only
         },
         lora={"r": 8, "alpha": 16, "dropout": 0.05},
         evaluation={"enabled": False},
