@@ -33,6 +33,7 @@ TAG = "tac2sol"
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")
 RATE = "$__rate_interval"
 RUN_SEL = 'namespace=~"$namespace", run=~"$run"'
+_PADDING_RATE = f"sum by (run) (rate({n.TRAIN_PADDING_TOKENS}{{{RUN_SEL}}}[{RATE}]))"
 OP_SEL = 'namespace=~"$namespace"'
 
 
@@ -164,13 +165,28 @@ TRAINING_ROWS = (
         "Throughput",
         (
             PanelSpec(
-                "Tokens/s",
+                "Real tokens/s",
                 "timeseries",
                 (
                     _q(f"sum by (run) (rate({n.TRAIN_TOKENS}{{{RUN_SEL}}}[{RATE}]))", "{{run}} all ranks"),
                     _q(f"{n.TRAIN_TOKENS_PER_SECOND}{{{RUN_SEL}}}", "{{run}} rank {{rank}} (smoothed)"),
                 ),
                 unit="short",
+                description="The rows' own tokens trained on per second; padding is counted apart.",
+            ),
+            PanelSpec(
+                "Padding share of computed tokens",
+                "timeseries",
+                (
+                    _q(
+                        f"{_PADDING_RATE} / ({_PADDING_RATE} + sum by (run) "
+                        f"(rate({n.TRAIN_TOKENS}{{{RUN_SEL}}}[{RATE}])))",
+                        "{{run}}",
+                    ),
+                ),
+                unit="percentunit",
+                description="Padding / all tokens the devices computed (training.batching: grouped or packed "
+                "rows keep it low; random batches of rows of mixed length do not).",
             ),
             PanelSpec(
                 "Samples/s",

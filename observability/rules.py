@@ -119,11 +119,12 @@ def _training_alerts() -> tuple[Alert, ...]:
             f"and on ({RUN}) {running} == 1\nand on ({RUN}) {run_age} > 1800",
             for_="15m",
             severity="warning",
-            summary="Tokens/s of {{ $labels.run }} fell below half of the run's own average.",
-            description="In the last 10 minutes {{ $labels.namespace }}/{{ $labels.run }} processed tokens "
-            "at less than half its average rate since the trainer started.",
+            summary="Real tokens/s of {{ $labels.run }} fell below half of the run's own average.",
+            description="In the last 10 minutes {{ $labels.namespace }}/{{ $labels.run }} trained on real "
+            "tokens (padding excluded) at less than half its average rate since the trainer started.",
             runbook="Look for a throttled GPU (temperature, power panels), a slow data volume, a straggler "
-            "rank (step time per rank) or a noisy neighbour on the node.",
+            "rank (step time per rank), a rise in the padding share (training.batching) or a noisy "
+            "neighbour on the node.",
             signals=(rate_now, run_average, running, run_age),
         ),
     )
