@@ -56,6 +56,20 @@ _LabelMap = dict[str, Annotated[str, StringConstraints(max_length=63)]]
 _AnnotationMap = dict[str, Annotated[str, StringConstraints(max_length=65536)]]
 
 
+# A file on a claim (the dataset, the evaluation test set): the claim's name and the path on it.
+_Claim = Annotated[str | None, Field(None, min_length=1, max_length=253, pattern=DNS_LABEL)]
+_PathInClaim = Annotated[
+    str | None,
+    Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"\S",
+        description="File path inside the claim (or, without pvc, in the image / on this machine).",
+    ),
+]
+
+
 class ModelSpec(ApiModel):
     """Which base model to fine-tune."""
 
@@ -93,20 +107,8 @@ class DatasetSpec(ApiModel):
         ),
     )
 
-    pvc: str | None = Field(
-        None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS_LABEL,
-        description="PersistentVolumeClaim holding the file.",
-    )
-    path: str | None = Field(
-        None,
-        min_length=1,
-        max_length=1024,
-        pattern=r"\S",
-        description="File path inside the claim (or, without pvc, in the image / on this machine).",
-    )
+    pvc: _Claim = Field(description="PersistentVolumeClaim holding the file.")
+    path: _PathInClaim
     uri: hp.DataUri
     credentials_secret: str | None = Field(
         None,
@@ -298,20 +300,10 @@ class TestSetSpec(ApiModel):
         _cel("!has(self.pvc) || has(self.path)", "evaluation.testSet.pvc needs a path on that claim", ".pvc"),
     )
 
-    pvc: str | None = Field(
-        None,
-        min_length=1,
-        max_length=253,
-        pattern=DNS_LABEL,
-        description="PersistentVolumeClaim holding the file (read-only; the dataset claim is mounted once).",
+    pvc: _Claim = Field(
+        description="PersistentVolumeClaim holding the file (read-only; the dataset claim is mounted once)."
     )
-    path: str | None = Field(
-        None,
-        min_length=1,
-        max_length=1024,
-        pattern=r"\S",
-        description="File path inside the claim (or, without pvc, in the image / on this machine).",
-    )
+    path: _PathInClaim
     uri: hp.TestSetUri
 
 
