@@ -71,6 +71,8 @@ TRAIN_COMMAND = ["tac2sol", "train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
 TORCHRUN = ["torchrun", "--no-python"]
 # After the trainer's own stop time (stop_seconds), time for torchrun and the runtime to exit.
 STOP_MARGIN_SECONDS = 15
+# The trainer image's user (the Dockerfile's ARG UID); fsGroup makes the volumes writable to it.
+TRAINER_UID = 10001
 LAUNCHER_REQUESTS = {"cpu": "1", "memory": "1Gi"}
 RESTART_POLICY = "ExitCode"  # see render_pytorchjob
 
@@ -326,6 +328,23 @@ def _scheduling(rr: ResolvedRun, opts: RenderOptions) -> dict[str, Any]:
     return out
 
 
+def pod_security_context() -> dict[str, Any]:
+    """Pod Security Standards ``restricted``, pod level: non-root, RuntimeDefault seccomp, and the
+    image's user and group, with fsGroup so that the claims are writable to it."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": TRAINER_UID,
+        "runAsGroup": TRAINER_UID,
+        "fsGroup": TRAINER_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Pod Security Standards ``restricted``, container level: no privilege escalation, no capabilities."""
+    return {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
 def trainer_container(
     rr: ResolvedRun, plan: Plan, opts: RenderOptions, *, name: str, command: list[str]
 ) -> dict[str, Any]:
@@ -345,6 +364,7 @@ def trainer_container(
         "ports": trainer_metrics_ports(s.metrics_port, plan.gpus_per_node),
         "resources": resources,
         "volumeMounts": mounts,
+        "securityContext": container_security_context(),
     }
 
 
@@ -374,6 +394,7 @@ def pod_template(
         "spec": {
             "containers": containers,
             "volumes": volumes,
+            "securityContext": pod_security_context(),
             "terminationGracePeriodSeconds": stop + STOP_MARGIN_SECONDS,
             **_scheduling(rr, opts),
         },
@@ -483,6 +504,7 @@ def render_mpijob(
         "command": mpirun_command(plan),
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
         "resources": {"requests": dict(LAUNCHER_REQUESTS)},
+        "securityContext": container_security_context(),
     }
     name = run.metadata.name
     launcher_template = {
@@ -496,6 +518,7 @@ def render_mpijob(
         },
         "spec": {
             "containers": [launcher],
+            "securityContext": pod_security_context(),
             **(
                 {"priorityClassName": s.resources.priority_class_name}
                 if s.resources.priority_class_name

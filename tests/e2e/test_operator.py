@@ -750,8 +750,9 @@ def test_pods_the_scheduler_cannot_place_are_named_until_a_gpu_node_joins(
     st = wait_pods_ready(cp, ns, "big", "Unschedulable", wait, op, saying="nvidia.com/gpu")
     ready = cond(st, "PodsReady")
     assert ready["status"] == "False" and "Insufficient nvidia.com/gpu" in ready["message"], ready
+    # 0/3: the 2 kwok GPU nodes and the real node (tainted, and without GPUs).
     assert re.match(
-        r"1 of 3 pods cannot be scheduled; pod big-(master|worker)-\d: 0/2 nodes", ready["message"]
+        r"1 of 3 pods cannot be scheduled; pod big-(master|worker)-\d: 0/3 nodes", ready["message"]
     )
     assert st["message"] == ready["message"] and st["phase"] in ("Planning", "Running")
     wide = cp.kubectl("get", "tr", "-n", ns, "big", "-o", "wide").stdout

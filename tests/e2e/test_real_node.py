@@ -16,11 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tac2sol import devtools
 
 pytestmark = pytest.mark.k8s
 
+GOLDEN = Path(__file__).resolve().parents[1] / "operator" / "golden"
 NODE = "tac2sol-node"
 POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
 NODE_IP = "10.244.0.1"
@@ -229,3 +231,29 @@ def test_cluster_down_leaves_no_trace(control_plane: Any, tmp_path: Path, wait: 
     assert not (state / "node").exists()
     leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(state) in _cmdline(pid)]
     assert not leftovers, f"processes of the stopped cluster still run: {leftovers}"
+
+
+def _replica_templates(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    specs = job["spec"].get("pytorchReplicaSpecs") or job["spec"]["mpiReplicaSpecs"]
+    return {role: spec["template"] for role, spec in specs.items()}
+
+
+@pytest.mark.parametrize("golden", sorted(p.name for p in GOLDEN.glob("*.yaml")))
+def test_rendered_trainer_pods_pass_restricted_admission(
+    control_plane: Any, namespace: str, golden: str
+) -> None:
+    """Every pod the operator renders (PyTorchJob masters and workers, MPIJob launchers and
+    workers) is admitted where Pod Security `restricted` is enforced (a server-side dry run)."""
+    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    (job,) = [
+        o for o in yaml.safe_load_all((GOLDEN / golden).read_text()) if o["kind"] in ("PyTorchJob", "MPIJob")
+    ]
+    for role, template in _replica_templates(job).items():
+        pod = {"apiVersion": "v1", "kind": "Pod", **template}
+        pod["metadata"] = {**template["metadata"], "name": f"{role.lower()}-0"}
+        # Admission of a priority class is not Pod Security's: leave it out here.
+        pod["spec"] = {k: v for k, v in template["spec"].items() if k != "priorityClassName"}
+        proc = control_plane.kubectl(
+            "-n", namespace, "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
+        )
+        assert proc.returncode == 0, f"{golden} {role}: {proc.stderr}"
