@@ -33,8 +33,8 @@ from tac2sol.operator.names import JOB_NAME_LABEL, KUBEFLOW_API_VERSION, RUN_LAB
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.planner import format_bytes, make_plan
 from tac2sol.operator.progress import read_progress
-from tac2sol.operator.resolve import resolve
 from tac2sol.operator.render import RenderOptions, child_names, job_kind, render_children, spec_fingerprint
+from tac2sol.operator.resolve import resolve
 from tac2sol.operator.settings import OperatorSettings
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import parse_training_run
