@@ -1,6 +1,6 @@
 """Model and GPU catalogs: the facts the planner needs, checked against model cards and configs.
 
-The entries are data, in ``data/catalog.yaml`` beside this module (each model number from the
+The entries are data, in ``catalog.yaml`` beside this module (each model number from the
 model's ``config.json`` on the Hugging Face hub, ``source``, and its model card; the file says
 which numbers of the user's design doc were wrong). This module holds their types and arithmetic.
 
@@ -274,14 +274,14 @@ class GpuType(ApiModel):
 
 
 def _load() -> tuple[dict[str, ModelFacts], dict[str, GpuType]]:
-    """The catalog data (``data/catalog.yaml``), validated into the models above."""
+    """The catalog data (``catalog.yaml``), validated into the models above."""
     data = yaml.safe_load(resources.files("tac2sol.operator").joinpath(CATALOG_FILE).read_text())
     models = {key: ModelFacts.model_validate(facts) for key, facts in data["models"].items()}
     gpus = {key: GpuType.model_validate(gpu) for key, gpu in data["gpus"].items()}
     return models, gpus
 
 
-CATALOG_FILE = "data/catalog.yaml"
+CATALOG_FILE = "catalog.yaml"
 MODELS, GPUS = _load()
 
 
