@@ -129,6 +129,29 @@ class LengthGroupedBatches:
         return [i for batch in [batches[0], *shuffled, *tail] for i in batch]
 
 
+def expected_padding(
+    lengths: Sequence[int], batch_size: int, world_size: int, mode: Mode, seed: int
+) -> float | None:
+    """The padding share of one epoch in ``mode``, from the rows' token lengths (the sampler's own
+    order for grouped, a seeded random order for random, 0 for packed); None without rows."""
+    import torch
+
+    if not lengths:
+        return None
+    if mode == "packed":
+        return 0.0
+    if mode == "grouped":
+        order = LengthGroupedBatches(lengths, batch_size, world_size, seed).order(0)
+    else:
+        order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    real = computed = 0
+    for start in range(0, len(order), batch_size):
+        rows = [lengths[i] for i in order[start : start + batch_size]]
+        real += sum(rows)
+        computed += max(rows) * len(rows)
+    return round(1 - real / computed, 4)
+
+
 class CountingCollator:
     """Wraps a collator: adds ``COUNTS_KEY`` = (rows, their tokens, tokens the device computes)."""
 

@@ -376,13 +376,22 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
         callbacks.append(report_cb)
     callbacks.append(stop.callback(env.world_size))  # after the manifest callback: sees sealed checkpoints
     callbacks.append(checkpoints.log_at_save_callback())  # last: after every callback that saves
-    from tac2sol.trainer.batching import make_collator, prepare_model, resolve_batching
+    from tac2sol.trainer.batching import expected_padding, make_collator, prepare_model, resolve_batching
     from tac2sol.trainer.fused_loss import resolve_fused_loss
 
     batching = resolve_batching(
         cfg.training.batching, cfg.training.per_device_batch_size, model.config._attn_implementation
     )
-    echo(batching.describe())
+    lengths = [len(ids) for ids in train_ds["input_ids"]]
+    t = cfg.training
+    expected = {
+        mode: expected_padding(lengths, t.per_device_batch_size, env.world_size, mode, t.seed)
+        for mode in (batching.mode, "random")
+    }
+    echo(
+        f"{batching.describe()}; expected padding {_percent(expected[batching.mode])} of the tokens "
+        f"computed (random batches: {_percent(expected['random'])})"
+    )
     prepare_model(batching, model)
     fused = resolve_fused_loss(
         cfg.training.fused_cross_entropy, env.on_gpu, getattr(model.config, "model_type", None)
@@ -437,7 +446,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
         "tokensPerSecondThisProcess": round(tally.real / train_runtime, 1) if train_runtime else None,
         "tokensCountedAs": "real (non-padding) tokens this rank trained on, since start or resume; "
         "paddingRatio: padding / all tokens computed",
-        "batching": batching.to_json(),
+        "batching": {**batching.to_json(), "expectedPaddingRatio": expected},
         "fusedCrossEntropy": fused.to_json(),
     }
     echo(

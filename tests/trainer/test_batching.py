@@ -78,6 +78,21 @@ def test_grouping_on_the_real_lengths_keeps_every_row_once_and_cuts_padding() ->
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
 
 
+def test_expected_padding_from_lengths() -> None:
+    from tac2sol.trainer.batching import expected_padding
+
+    lengths = _shared_lengths()
+    grouped = expected_padding(lengths, 8, 1, "grouped", seed=7)
+    random = expected_padding(lengths, 8, 1, "random", seed=7)
+    assert grouped is not None and random is not None and grouped < 0.15 < 0.4 < random
+    assert grouped == round(
+        1 - _computed_share(lengths, LengthGroupedBatches(lengths, 8, 1, 7).order(0), 8), 4
+    )
+    assert expected_padding(lengths, 8, 1, "packed", seed=7) == 0.0
+    assert expected_padding([], 8, 1, "grouped", seed=7) is None
+    assert expected_padding([5, 5, 5, 5], 2, 1, "random", seed=0) == 0.0  # equal rows: nothing to pad
+
+
 def test_a_short_last_batch_stays_last() -> None:
     lengths = list(range(1, 24))  # 23 rows, global batch 6: three full batches then 5 rows
     order = LengthGroupedBatches(lengths, batch_size=3, world_size=2, seed=1).order(0)
@@ -423,7 +438,9 @@ def test_a_cpu_run_says_the_fused_loss_is_absent(make_config: Any) -> None:
     cfg = make_config(training={"max_steps": 2, "fused_cross_entropy": True, "save_steps": 2})
     result = train(cfg, say=said.append)
     assert any(line.startswith("fused cross-entropy: off (absent on a CPU") for line in said), said
-    assert any(line.startswith("batching: rows grouped by length") for line in said), said
+    assert any(
+        line.startswith("batching: rows grouped by length") and "expected padding" in line for line in said
+    )
     run = json.loads(result.run_json.read_text())["results"]
     assert run["fusedCrossEntropy"]["enabled"] is False
     assert run["batching"]["mode"] == "grouped"
