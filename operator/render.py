@@ -176,6 +176,8 @@ def train_config(rr: ResolvedRun, plan: Plan, opts: RenderOptions) -> TrainConfi
         overrides["distributed"] = {"deepspeed_config": f"{CONFIG_DIR}/{DS_CONFIG_FILENAME}"}
     # Prometheus scrapes the pod's address; a local run keeps the trainer's 127.0.0.1.
     overrides["metrics"]["host"] = "0.0.0.0"
+    # The pod's environment (a user's Secret fills it through envFrom) must not change the plan.
+    overrides["env_overrides"] = False
     return to_train_config(rr, plan, **overrides)
 
 

@@ -12,6 +12,8 @@ TrainingRun also has are declared with the shared types of :mod:`tac2sol.trainer
 from __future__ import annotations
 
 import contextvars
+import logging
+import os
 import posixpath
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from tac2sol.trainer import hparams as hp
+
+log = logging.getLogger(__name__)
 
 _S = TypeVar("_S", bound=BaseModel)
 Precision = Literal["fp16", "bf16", "fp32"]
@@ -238,6 +242,12 @@ class TrainConfig(BaseSettings):
     run_name: str = Field("tac2sol", description="Names the run in metrics and manifests.")
     output_dir: Path = Field(Path("out"), description="Checkpoints, adapter, reports.")
     resume: str = Field("auto", description="'auto', 'never', 'required', or a checkpoint path.")
+    env_overrides: bool = Field(
+        True,
+        description="TAC2SOL_* environment variables override the file (a local run). The operator's "
+        "rendered config says false: a pod's environment, which a user's Secret fills "
+        "(spec.dataset.credentialsSecret), never changes what was planned.",
+    )
     quantization: hp.Quantization
     model: ModelSection
     data: DataSection
@@ -264,14 +274,19 @@ class TrainConfig(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if (_FILE_VALUES.get() or {}).get("env_overrides") is False:
+            return (init_settings, _FileSource(settings_cls))
         return (init_settings, env_settings, _FileSource(settings_cls))
 
     @classmethod
     def from_file(cls, path: str | Path | None = None, **overrides: Any) -> TrainConfig:
-        """Load ``path`` (YAML or JSON), then environment, then ``overrides`` (CLI flags)."""
+        """Load ``path`` (YAML or JSON), then environment (unless the file sets ``env_overrides:
+        false``), then ``overrides`` (CLI flags)."""
         values: dict[str, Any] = {}
         if path is not None:
             values = load_config_file(path)
+            if values.get("env_overrides") is False:
+                _warn_ignored_environment()
         token = _FILE_VALUES.set(values)
         try:
             return cls(**overrides)
@@ -302,6 +317,20 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(f"{p}: expected a mapping of config sections at the top level")
     return data
+
+
+def _warn_ignored_environment() -> None:
+    prefix = "TAC2SOL_"
+    ignored = sorted(
+        k
+        for k in os.environ
+        if k.startswith(prefix) and k[len(prefix) :].lower().split("__")[0] in TrainConfig.model_fields
+    )
+    if ignored:
+        log.warning(
+            "ignoring %s: this config sets env_overrides false (the operator's plan is what runs)",
+            ", ".join(ignored),
+        )
 
 
 _FILE_VALUES: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
