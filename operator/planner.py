@@ -335,11 +335,14 @@ def estimate(
     # gradient of the logits are alive: 3 fp32 b x s x V tensors (12 B), more than the forward's
     # 16-bit logits + fp32 copy + log-probs (10 B).
     if fused_cross_entropy:
+        # Liger's fused linear cross-entropy (trainer/fused_loss.py): chunk logits of at most
+        # 2 x b x s x h elements, the hidden states' gradient and a b x s fp32 loss buffer, in the
+        # hidden states' dtype (fp32 under QLoRA's fp32 residual stream).
         add(
             "logits",
-            "fused linear cross-entropy: 2 x b x s x h x 4 (chunked, logits never whole)",
-            {"b": batch, "s": seq, "h": facts.hidden},
-            2 * tokens * facts.hidden * 4,
+            "fused linear CE (chunked, logits never whole): 3 x b x s x h x residual B + b x s x 4",
+            {"b": batch, "s": seq, "h": facts.hidden, "residualBytes": residual},
+            3 * tokens * facts.hidden * residual + tokens * 4,
             "loss",
         )
     else:
@@ -492,6 +495,7 @@ def _plan(rr: ResolvedRun) -> Plan:
             checkpointing=t.gradient_checkpointing,
             targets=targets,
             lora_dropout=s.lora.dropout > 0,
+            fused_cross_entropy=t.fused_cross_entropy and rr.on_gpu,  # absent on a CPU
         )
         fits = est.per_gpu <= usable and (gpu.is_cpu or est.host_per_node <= host_usable)
         candidates.append((layout, est, fits))

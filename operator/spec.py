@@ -157,6 +157,8 @@ class TrainingSpec(ApiModel):
         ),
     )
     gradient_checkpointing: hp.GradientCheckpointing
+    batching: hp.Batching
+    fused_cross_entropy: hp.FusedCrossEntropy
     seed: hp.Seed
     logging_steps: hp.LoggingSteps
     eval_steps: hp.EvalSteps

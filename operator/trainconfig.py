@@ -114,7 +114,7 @@ _SHARED_DATA = {
 }
 _SHARED_TRAINING = {
     "learning_rate", "warmup_ratio", "weight_decay", "max_grad_norm", "gradient_checkpointing", "seed",
-    "logging_steps", "eval_steps", "save_steps", "save_total_limit",
+    "logging_steps", "eval_steps", "save_steps", "save_total_limit", "batching", "fused_cross_entropy",
 }  # fmt: skip
 
 

@@ -116,18 +116,8 @@ class TrainingSection(_Section):
     save_steps: hp.SaveSteps
     save_total_limit: hp.SaveTotalLimit
     dataloader_workers: int = Field(0, ge=0)
-    batching: Literal["auto", "grouped", "packed", "random"] = Field(
-        "auto",
-        description="How rows become micro-batches (tac2sol.trainer.batching): grouped by length, packed "
-        "without padding (needs a variable-length attention kernel, else grouped, and the run says so) or "
-        "random; auto: packed where the attention kernel allows it, else grouped (random at batch 1).",
-    )
-    fused_cross_entropy: bool = Field(
-        False,
-        description="On a GPU, compute the loss with Liger's fused linear cross-entropy, which never "
-        "materialises the batch x seq x vocab logits (needs liger-kernel; tac2sol.trainer.fused_loss); on a "
-        "CPU it is absent and the run says so.",
-    )
+    batching: hp.Batching
+    fused_cross_entropy: hp.FusedCrossEntropy
     cpu_threads: int | None = Field(
         None,
         ge=1,

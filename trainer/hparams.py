@@ -109,6 +109,25 @@ EvalSteps = Annotated[
 SaveSteps = Annotated[int, Field(100, ge=1, le=1_000_000, description="Checkpoint every N steps.")]
 SaveTotalLimit = Annotated[int, Field(3, ge=1, le=100, description="Keep the last K checkpoints.")]
 
+Batching = Annotated[
+    Literal["auto", "grouped", "packed", "random"],
+    Field(
+        "auto",
+        description="How rows become micro-batches (tac2sol.trainer.batching): grouped by length, packed "
+        "without padding (needs a variable-length attention kernel, else grouped, and the run says so) or "
+        "random; auto: packed where the attention kernel allows it, else grouped (random at batch 1).",
+    ),
+]
+FusedCrossEntropy = Annotated[
+    bool,
+    Field(
+        False,
+        description="On a GPU, compute the loss with Liger's fused linear cross-entropy, which never "
+        "materialises the batch x seq x vocab logits (needs liger-kernel; tac2sol.trainer.fused_loss); on a "
+        "CPU it is absent and the run says so. The planner counts what it saves.",
+    ),
+]
+
 # --- LoRA ---------------------------------------------------------------------------------
 LoraRank = Annotated[int, Field(16, ge=1, le=1024, description="Rank.")]
 LoraAlpha = Annotated[int, Field(32, ge=1, le=4096, description="Scaling numerator (alpha / r).")]

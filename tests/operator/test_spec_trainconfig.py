@@ -124,6 +124,8 @@ _SECTION_FIELDS: dict[str, tuple[Any, str]] = {
     "training.max_grad_norm": (0.5, "training.max_grad_norm"),
     "training.max_seq_length": (1024, "data.max_seq_length"),
     "training.gradient_checkpointing": (False, "training.gradient_checkpointing"),
+    "training.batching": ("random", "training.batching"),
+    "training.fused_cross_entropy": (True, "training.fused_cross_entropy"),
     "training.seed": (5, "training.seed"),
     "training.logging_steps": (3, "training.logging_steps"),
     "training.eval_steps": (40, "training.eval_steps"),
