@@ -86,8 +86,6 @@ def run_bare(work: Path, a: argparse.Namespace, out: Path) -> dict[str, Any]:
     """What a user would write by hand with transformers + peft, on the same examples and split."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from tac2sol.trainer.preflight import run_preflight
-    from tac2sol.trainer.split import split_rows
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -97,6 +95,9 @@ def run_bare(work: Path, a: argparse.Namespace, out: Path) -> dict[str, Any]:
         TrainingArguments,
         set_seed,
     )
+
+    from tac2sol.trainer.preflight import run_preflight
+    from tac2sol.trainer.split import split_rows
 
     model = work / "tiny-model"
     tokenizer = AutoTokenizer.from_pretrained(model)

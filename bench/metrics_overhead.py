@@ -47,11 +47,12 @@ def main() -> None:
     a = parser.parse_args()
 
     import torch
-    from tac2sol.trainer import metrics
-    from tac2sol.trainer.config import TrainConfig
     from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
+
+    from tac2sol.trainer import metrics
+    from tac2sol.trainer.config import TrainConfig
 
     hf_logging.set_verbosity_error()
     torch.set_num_threads(1)

@@ -73,7 +73,6 @@ def run_bare(work: Path, model: Path, data: Path, steps: int, out: Path) -> dict
     """What a user would write by hand with transformers + peft, on the same examples."""
     import torch
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-    from tac2sol.trainer.preflight import run_preflight
     from transformers import (
         AutoModelForCausalLM,
         AutoTokenizer,
@@ -83,6 +82,8 @@ def run_bare(work: Path, model: Path, data: Path, steps: int, out: Path) -> dict
         TrainingArguments,
         set_seed,
     )
+
+    from tac2sol.trainer.preflight import run_preflight
 
     tokenizer = AutoTokenizer.from_pretrained(model)
     encoded = run_preflight(data, tokenizer=tokenizer, max_seq_length=SEQ, cache_dir=work / "cache").encoded

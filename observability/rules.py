@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from tac2sol.observability import names as n
 
 GENERATED_HEADER = (

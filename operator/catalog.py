@@ -21,6 +21,7 @@ from typing import Literal
 import yaml
 from pydantic import Field, model_validator
 from pydantic.alias_generators import to_camel
+
 from tac2sol.operator.apimodel import ApiModel
 
 Family = Literal["llama", "mistral", "qwen2", "starcoder2", "phi3", "deepseek_v2", "deepseek_v3"]

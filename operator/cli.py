@@ -82,6 +82,7 @@ def plan(
 
 def _print_plan(p: Any, source: str, explain: bool = False) -> None:
     from rich.table import Table
+
     from tac2sol.operator.planner import format_bytes, format_count
 
     console = _console()
@@ -130,6 +131,7 @@ def _print_plan(p: Any, source: str, explain: bool = False) -> None:
 def _print_explain(p: Any) -> None:
     """Every term by phase with its formula, inputs, bytes and the knobs that move it; then the fit rule."""
     from rich.table import Table
+
     from tac2sol.operator.planner import (
         FIT_RULE,
         KNOB_NOTES,

@@ -17,6 +17,7 @@ import copy
 from typing import Any
 
 import yaml
+
 from tac2sol.operator.names import API_GROUP, API_VERSION, KIND, PLURAL
 from tac2sol.operator.spec import MAX_NAME, TrainingRunSpec
 from tac2sol.operator.status import TrainingRunStatus

@@ -22,6 +22,7 @@ import threading
 from typing import Any
 
 import kopf
+
 from tac2sol.operator import lifecycle, metrics
 from tac2sol.operator.kube import Kube
 from tac2sol.operator.names import API_GROUP, API_VERSION, FIELD_MANAGER, MANAGED_BY, PLURAL, RUN_LABEL

@@ -24,6 +24,7 @@ from lightkube import ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.types import PatchType
+
 from tac2sol.operator.names import API_GROUP, API_VERSION, FIELD_MANAGER, KIND, PLURAL
 
 log = logging.getLogger(__name__)

@@ -41,9 +41,9 @@ from prometheus_client import (
 )
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.parser import text_string_to_metric_families
-from tac2sol.observability import names
 
 from tac2sol.errors import InvalidInput
+from tac2sol.observability import names
 
 log = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ importing the planner, which imports the spec.
 from __future__ import annotations
 
 from pydantic import Field
+
 from tac2sol.operator.apimodel import ApiModel
 from tac2sol.trainer.config import Precision, Strategy
 

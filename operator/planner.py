@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tac2sol.errors import InvalidInput
 from tac2sol.operator.catalog import (
     GPUS,
     MODELS,
@@ -56,8 +57,6 @@ from tac2sol.operator.plan import Candidate, Plan, PlanStrategy, PlanTerm
 from tac2sol.operator.resolve import ResolvedRun, resolve
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.validation import accumulation_steps
-
-from tac2sol.errors import InvalidInput
 
 __all__ = [
     "FIT_RULE",

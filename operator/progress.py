@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+
 from tac2sol.observability import names
 from tac2sol.operator.kube import Kube
 from tac2sol.operator.metrics import parse_trainer_progress

@@ -26,6 +26,8 @@ from typing import Any
 
 import kopf
 from lightkube import ApiError
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator import lifecycle, metrics, pods
 from tac2sol.operator.kube import Kube, TransientError, namespace_going_away, status_code
 from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTED, condition
@@ -39,8 +41,6 @@ from tac2sol.operator.settings import OperatorSettings
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import parse_training_run
 from tac2sol.operator.status import Phase
-
-from tac2sol.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 

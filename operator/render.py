@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
+
 from tac2sol.operator.metrics import trainer_metrics_ports, trainer_scrape_annotations
 from tac2sol.operator.names import (
     CONFIG_HASH_ANNOTATION,

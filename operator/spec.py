@@ -15,6 +15,7 @@ import re
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, field_validator
+
 from tac2sol.operator.apimodel import ApiModel
 from tac2sol.operator.catalog import GPUS, ModelFacts
 from tac2sol.operator.status import TrainingRunStatus

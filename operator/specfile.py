@@ -12,12 +12,12 @@ from typing import Any, get_args
 
 import yaml
 from pydantic import ValidationError
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator.apimodel import ApiModel
 from tac2sol.operator.names import GROUP_VERSION, KIND
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.validation import SpecProblem, check_training_run, format_path
-
-from tac2sol.errors import InvalidInput
 
 
 def load_training_run(path: str | Path) -> TrainingRun:

@@ -6,6 +6,7 @@ from enum import StrEnum
 from typing import Literal
 
 from pydantic import ConfigDict, Field
+
 from tac2sol.operator.apimodel import ApiModel
 from tac2sol.operator.plan import Plan
 

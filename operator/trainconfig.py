@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.resolve import ResolvedRun
 from tac2sol.operator.spec import TestSetSpec

@@ -7,11 +7,11 @@ the apiserver refuse the same runs; ``tests/operator/test_crd.py`` checks that b
 from __future__ import annotations
 
 from pydantic.alias_generators import to_camel
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator.catalog import GPUS, MODELS, find_model
 from tac2sol.operator.resolve import resolve_model
 from tac2sol.operator.spec import TrainingRun, TrainingRunSpec
-
-from tac2sol.errors import InvalidInput
 
 
 class SpecProblem(InvalidInput):

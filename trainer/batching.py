@@ -167,8 +167,9 @@ class CountingCollator:
 
 def make_collator(plan: BatchingPlan, tokenizer: Any, pad_to_multiple_of: int | None) -> CountingCollator:
     """The padding (grouped, random) or flattening (packed) collator, with token counting."""
-    from tac2sol.trainer.prompt import IGNORE_INDEX
     from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+
+    from tac2sol.trainer.prompt import IGNORE_INDEX
 
     if plan.mode == "packed":
         # Each row's first label becomes IGNORE_INDEX: no loss from one row's end to the next row.

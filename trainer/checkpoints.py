@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tac2sol.trainer.data import sha256_file
-
 from tac2sol.errors import InvalidInput
+from tac2sol.trainer.data import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -40,6 +40,7 @@ def _overrides(
 def load_config(config: Path, overrides: dict[str, Any]) -> Any:
     """File < TAC2SOL_* environment < flags, with one clear error naming the bad field."""
     from pydantic import ValidationError
+
     from tac2sol.trainer.config import TrainConfig
 
     try:

@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer.evalfile import METRIC_BY_NAME, METRICS, EvalRun, load_eval
 from tac2sol.trainer.stats import KEEP, LEVEL, RESAMPLES, paired
-
-from tac2sol.errors import InvalidInput
 
 COMPARE_SCHEMA_VERSION = 1
 

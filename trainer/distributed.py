@@ -30,11 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer.config import Precision, Strategy, TrainConfig
 from tac2sol.trainer.deepspeed_config import write_deepspeed_config
 from tac2sol.trainer.launch import LaunchInfo, detect_launch, export_launch_env, process_device
-
-from tac2sol.errors import InvalidInput
 
 if TYPE_CHECKING:
     import torch

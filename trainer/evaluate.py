@@ -585,13 +585,12 @@ def evaluate_adapter(
     """
     import json
 
+    from tac2sol.errors import InvalidInput
     from tac2sol.trainer.distributed import bnb_config_kwargs, model_load_kwargs
     from tac2sol.trainer.model import load_for_inference, load_tokenizer
     from tac2sol.trainer.preflight import preflight_data
     from tac2sol.trainer.split import split_rows
     from tac2sol.trainer.testset import load_test_set
-
-    from tac2sol.errors import InvalidInput
 
     out = Path(cfg.output_dir)
     adapter = Path(adapter) if adapter is not None else out / "adapter"

@@ -31,9 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tac2sol.trainer.data import sha256_file
-
 from tac2sol.errors import InvalidInput
+from tac2sol.trainer.data import sha256_file
 
 log = logging.getLogger(__name__)
 

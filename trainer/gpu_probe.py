@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
+
 from tac2sol.observability import names
 
 log = logging.getLogger(__name__)

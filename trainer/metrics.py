@@ -51,15 +51,16 @@ from prometheus_client import (
     ProcessCollector,
     start_http_server,
 )
+
+from tac2sol.errors import InvalidInput
 from tac2sol.observability import names
 from tac2sol.trainer.gpu_probe import GpuProbe, count_parameters, gpu_probe
 from tac2sol.trainer.launch import detect_launch, process_device
 
-from tac2sol.errors import InvalidInput
-
 if TYPE_CHECKING:
-    from tac2sol.trainer.config import TrainConfig
     from transformers import TrainerCallback
+
+    from tac2sol.trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tac2sol.trainer.config import TrainConfig
-
 from tac2sol.errors import InvalidInput
+from tac2sol.trainer.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tac2sol.trainer.data import ARTIFACT_MARKERS, OnBadLine, ReadResult, Reject, Row, read_rows
-
 from tac2sol.errors import InvalidInput
+from tac2sol.trainer.data import ARTIFACT_MARKERS, OnBadLine, ReadResult, Reject, Row, read_rows
 
 if TYPE_CHECKING:
     from tac2sol.trainer.config import DataSection

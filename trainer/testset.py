@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer.config import TrainConfig, uri_basename
 from tac2sol.trainer.data import Row
 from tac2sol.trainer.split import METADATA_KEYS, group_keys
-
-from tac2sol.errors import InvalidInput
 
 TEST_SET_SOURCE_DIR = Path("data") / "test-set"  # under output_dir: where test_set_uri lands
 OVERLAP_KEYS = (*METADATA_KEYS, "exactOutput", "exactInput")

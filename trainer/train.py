@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tac2sol.errors import InvalidInput, Tac2solError
 from tac2sol.trainer import checkpoints
 from tac2sol.trainer.config import TrainConfig
 from tac2sol.trainer.data import write_json, write_jsonl
@@ -32,8 +33,6 @@ from tac2sol.trainer.distributed import DistEnv
 from tac2sol.trainer.metrics import linger, metrics_callback, metrics_port, record_eval
 from tac2sol.trainer.preemption import GracefulStop
 from tac2sol.trainer.rank_report import rank_report_callback
-
-from tac2sol.errors import InvalidInput, Tac2solError
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +149,10 @@ def counting_trainer_class() -> Any:
     own tokens and the tokens the device computes, padding included. They are popped before the
     model sees the batch and handed to the metrics callbacks, so counting never syncs the device.
     """
+    from transformers import Trainer
+
     from tac2sol.trainer.batching import COUNTS_KEY, LengthGroupedBatches, TokenTally
     from tac2sol.trainer.metrics import MetricsCallbackBase
-    from transformers import Trainer
 
     class CountingTrainer(Trainer):
         def __init__(self, *args: Any, batching: Any = None, **kwargs: Any) -> None:
@@ -192,8 +192,9 @@ def counting_trainer_class() -> Any:
 
 def training_arguments(cfg: TrainConfig, env: DistEnv, has_eval: bool) -> Any:
     """``TrainingArguments`` from the config, merged with what the distributed layer decides."""
-    from tac2sol.trainer.distributed import training_arguments_kwargs
     from transformers import TrainingArguments
+
+    from tac2sol.trainer.distributed import training_arguments_kwargs
 
     t = cfg.training
     eval_strategy = "no"
@@ -296,6 +297,7 @@ class _Fitted:
 
 def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitted:
     import transformers
+
     from tac2sol.trainer.distributed import bnb_config_kwargs, check_plan, model_load_kwargs
     from tac2sol.trainer.model import count_parameters, load_model, load_tokenizer
     from tac2sol.trainer.preflight import preflight_data

@@ -65,6 +65,7 @@ def exported(probe: object) -> dict[str, float]:
 
 def check_allocations() -> bool:
     import torch
+
     from tac2sol.observability import names as n
     from tac2sol.trainer.gpu_probe import GpuProbe, cuda_uuid
 
@@ -112,6 +113,7 @@ def check_allocations() -> bool:
 def check_training(config: Path, port: int) -> bool:
     import yaml
     from prometheus_client.parser import text_string_to_metric_families
+
     from tac2sol.observability import names as n
 
     estimate = (yaml.safe_load(config.read_text()).get("distributed") or {}).get("per_gpu_memory_bytes")

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import start_http_server
-from tac2sol.operator import rbac
-from tac2sol.trainer.metrics import TrainerMetrics
 
 from tac2sol.devtools import free_port
+from tac2sol.operator import rbac
+from tac2sol.trainer.metrics import TrainerMetrics
 
 pytestmark = pytest.mark.k8s
 

@@ -12,6 +12,7 @@ import argparse
 import time
 
 import kopf
+
 from tac2sol.operator import metrics
 
 

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
+
 from tac2sol.observability import dashboards, generate, rules
 from tac2sol.observability import names as n
 

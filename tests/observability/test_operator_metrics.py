@@ -8,11 +8,11 @@ import socket
 import kopf
 import pytest
 from prometheus_client import generate_latest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.observability import names as n
 from tac2sol.operator import metrics as om
 from tac2sol.trainer.metrics import TrainerMetrics
-
-from tac2sol.errors import InvalidInput
 
 
 def _value(name: str, **labels: str) -> float:

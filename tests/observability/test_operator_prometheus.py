@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from tac2sol.observability import dashboards, rules
 from tac2sol.observability import names as n
 

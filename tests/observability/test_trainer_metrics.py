@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
+from tac2sol.errors import InvalidInput
 from tac2sol.observability import names as n
 from tac2sol.trainer import gpu_probe, metrics
 from tac2sol.trainer.config import TrainConfig
-
-from tac2sol.errors import InvalidInput
 
 
 def _config(tmp_path: Path, **metrics_section: object) -> TrainConfig:

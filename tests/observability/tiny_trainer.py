@@ -26,9 +26,10 @@ def main() -> None:
     a = parser.parse_args()
 
     import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
+
     from tac2sol.trainer.config import TrainConfig
     from tac2sol.trainer.metrics import linger, metrics_callback, record_eval
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
 
     cfg = TrainConfig(
         run_name=a.run_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from tac2sol.operator.catalog import (
     GPUS,
     MODELS,

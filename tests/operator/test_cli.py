@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tac2sol.operator.catalog import GPUS, MODELS
 
 # (id, changes to the base run or raw YAML text, field path the message names, a word of "what is allowed")

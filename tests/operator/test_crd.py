@@ -24,6 +24,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+
 from tac2sol.operator.crd import CRD_FILE, HEADER, render_crd, render_crd_yaml
 
 REPO = Path(__file__).resolve().parents[2]
@@ -296,9 +297,8 @@ def test_cel_rules_and_python_checks_agree(
     make_run: MakeRun, case: str, changes: dict[str, Any], message: str
 ) -> None:
     """Every object the CEL rules reject, the Python parser rejects too (one source of truth)."""
-    from tac2sol.operator.specfile import parse_training_run
-
     from tac2sol.errors import InvalidInput
+    from tac2sol.operator.specfile import parse_training_run
 
     with pytest.raises(InvalidInput):
         parse_training_run(make_run(**changes))

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.resolve import resolve
 from tac2sol.operator.specfile import parse_training_run

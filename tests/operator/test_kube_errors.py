@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from lightkube import ApiError
 from lightkube.models import meta_v1
+
 from tac2sol.operator.kube import namespace_going_away
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from prometheus_client import generate_latest
+
 from tac2sol.operator import lifecycle
 from tac2sol.operator.progress import evaluation_from_metrics, progress_from_metrics, tokens_per_second
 from tac2sol.trainer.metrics import TrainerMetrics

@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator import rbac
 from tac2sol.operator.kube import _RESOURCES
 from tac2sol.operator.settings import OperatorSettings, load_settings
-
-from tac2sol.errors import InvalidInput
 
 
 def test_settings_come_from_the_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch) -> None:

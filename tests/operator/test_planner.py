@@ -6,11 +6,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.resolve import resolve
 from tac2sol.operator.specfile import parse_training_run
-
-from tac2sol.errors import InvalidInput
 
 MakeRun = Callable[..., dict[str, Any]]
 

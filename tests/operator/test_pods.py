@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tac2sol.operator import lifecycle, pods
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.render import RenderOptions, render_children

@@ -21,6 +21,8 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator import render
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.render import RenderOptions, render_children, to_yaml
@@ -28,8 +30,6 @@ from tac2sol.operator.resolve import resolve
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import parse_training_run
 from tac2sol.operator.trainconfig import to_train_config
-
-from tac2sol.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tac2sol.operator.catalog import MODELS, find_model
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.resolve import resolve

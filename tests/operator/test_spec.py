@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator.resolve import resolve
 from tac2sol.operator.spec import TrainingRun, parse_quantity
 from tac2sol.operator.specfile import load_training_run, parse_training_run, parse_training_run_text
 from tac2sol.operator.status import Phase, TrainingRunStatus
-
-from tac2sol.errors import InvalidInput
 
 
 def test_defaults_and_camel_case(make_run: Callable[..., dict[str, Any]]) -> None:

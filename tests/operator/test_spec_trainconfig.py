@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.resolve import resolve
 from tac2sol.operator.specfile import load_training_run, parse_training_run

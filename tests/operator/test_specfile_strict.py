@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import load_training_run
 from tac2sol.operator.status import Phase
-
-from tac2sol.errors import InvalidInput
 
 GOOD = "apiVersion: tac2sol.dev/v1alpha1\nkind: TrainingRun\nmetadata:\n  name: x\nspec:\n"
 SPEC = "  model:\n    name: qwen2.5-coder-32b\n  dataset:\n    path: a.jsonl\n"

@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import generate_latest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.progress import evaluation_from_metrics
 from tac2sol.operator.render import RenderOptions, render_children
@@ -21,8 +23,6 @@ from tac2sol.operator.trainconfig import to_train_config
 from tac2sol.trainer.evaluate import export_summary
 from tac2sol.trainer.metrics import TrainerMetrics
 from tac2sol.trainer.testset import locate_test_set
-
-from tac2sol.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
 MakeRun = Callable[..., dict[str, Any]]

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tac2sol import __version__
 from tac2sol.operator import rbac
 from tac2sol.operator.crd import CRD_FILE
 from tac2sol.operator.settings import OperatorSettings
-
-from tac2sol import __version__
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "tac2sol"

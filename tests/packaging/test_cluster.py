@@ -29,11 +29,11 @@ from typing import Any
 
 import pytest
 import yaml
-from tac2sol.operator import rbac
-from tac2sol.operator.crd import CRD_FILE
 
 from tac2sol import __version__
 from tac2sol.devtools import free_port
+from tac2sol.operator import rbac
+from tac2sol.operator.crd import CRD_FILE
 
 pytestmark = pytest.mark.k8s
 

@@ -22,9 +22,10 @@ BATCH = 4  # per device; 2 ranks: 8 rows a step, 20 steps an epoch
 def main() -> None:
     import datasets
     import torch
+    from transformers import BatchEncoding, LlamaConfig, LlamaForCausalLM, TrainingArguments
+
     from tac2sol.trainer.batching import COUNTS_KEY, make_collator, resolve_batching
     from tac2sol.trainer.train import counting_trainer_class
-    from transformers import BatchEncoding, LlamaConfig, LlamaForCausalLM, TrainingArguments
 
     out = Path(sys.argv[1])
     rank = int(os.environ["RANK"])
@@ -67,7 +68,11 @@ def main() -> None:
     torch.manual_seed(0)
     model = LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=ROWS + 1, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+            vocab_size=ROWS + 1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
         )
     )
     plan = resolve_batching("auto", BATCH, model.config._attn_implementation)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from tac2sol.trainer.batching import (
     COUNTS_KEY,
     BatchingPlan,
@@ -156,8 +157,9 @@ def _rows(n: int, seed: int = 3) -> Any:
 
 
 def _trainer(out: Path, dataset: Any, plan: BatchingPlan, **args: Any) -> Any:
-    from tac2sol.trainer.train import counting_trainer_class
     from transformers import TrainingArguments
+
+    from tac2sol.trainer.train import counting_trainer_class
 
     base = {
         "output_dir": str(out),
@@ -423,9 +425,8 @@ def test_resolve_fused_loss(requested: bool, on_gpu: bool, model_type: str, enab
 
 
 def test_fused_loss_refuses_an_architecture_liger_lacks() -> None:
-    from tac2sol.trainer.fused_loss import resolve_fused_loss
-
     from tac2sol.errors import InvalidInput
+    from tac2sol.trainer.fused_loss import resolve_fused_loss
 
     with pytest.raises(InvalidInput, match=r"training\.fused_cross_entropy: .*starcoder2"):
         resolve_fused_loss(True, True, "starcoder2")

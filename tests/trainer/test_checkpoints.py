@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer.checkpoints import (
     MANIFEST,
     latest_valid,
@@ -14,8 +16,6 @@ from tac2sol.trainer.checkpoints import (
     run_mean_loss,
     write_manifest,
 )
-
-from tac2sol.errors import InvalidInput
 
 
 def _checkpoint(root: Path, step: int, sealed: bool = True) -> Path:

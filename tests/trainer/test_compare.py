@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from tac2sol.trainer.compare import compare_runs, load_runs
 from tac2sol.trainer.config import EvalSection
 from tac2sol.trainer.data import Row

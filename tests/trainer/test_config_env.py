@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from tac2sol.operator.planner import make_plan
 from tac2sol.operator.render import RenderOptions, config_data
 from tac2sol.operator.resolve import resolve

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tac2sol.trainer.config import TrainConfig
-from tac2sol.trainer.decompile import Function, read_functions
 
 from tac2sol.errors import InvalidInput
+from tac2sol.trainer.config import TrainConfig
+from tac2sol.trainer.decompile import Function, read_functions
 
 TAC2SOL = Path(sys.executable).parent / "tac2sol"
 SAMPLES = 6

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer.config import DistributedSection, TrainConfig
 from tac2sol.trainer.deepspeed_config import (
     FP16_LOSS_SCALING,
@@ -18,8 +20,6 @@ from tac2sol.trainer.deepspeed_config import (
     build_deepspeed_config,
     write_deepspeed_config,
 )
-
-from tac2sol.errors import InvalidInput
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG_RUNS = sorted(p for p in (REPO / "runs").glob("*.yaml") if p.name != "tiny-local.yaml")

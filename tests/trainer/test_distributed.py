@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer import distributed as dist
 from tac2sol.trainer import launch
 from tac2sol.trainer.config import TrainConfig
 from tac2sol.trainer.distributed import DistEnv
 from tac2sol.trainer.launch import LaunchInfo, detect_launch, export_launch_env
-
-from tac2sol.errors import InvalidInput
 
 LAUNCHERS = {
     "nothing": ({"HOME": "/root"}, LaunchInfo("none", 0, 0, 1, 1, 0)),

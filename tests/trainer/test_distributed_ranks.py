@@ -278,6 +278,7 @@ def check_training(reports: list[dict[str, Any]], steps: int = STEPS) -> None:
 def check_adapter_reload(cfg_path: Path, out: Path) -> None:
     """The saved adapter, loaded into a fresh base model here, gives the trained model's logits."""
     import torch
+
     from tac2sol.trainer.config import TrainConfig
     from tac2sol.trainer.distributed import DistEnv, bnb_config_kwargs
     from tac2sol.trainer.model import keep_4bit_layout_trainable, load_for_inference

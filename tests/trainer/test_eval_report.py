@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer.config import EvalSection
 from tac2sol.trainer.data import Row
 from tac2sol.trainer.evalfile import EVAL_KIND, EVAL_SCHEMA_VERSION, load_eval, row_ids
 from tac2sol.trainer.evaluate import write_report
 from tac2sol.trainer.facts import FACT_KINDS
 from tac2sol.trainer.solc import SOLC_DIR_ENV, find_solc, install_script
-
-from tac2sol.errors import InvalidInput
 
 SETTER = "function setFee(uint256 fee_) external onlyOwner {\n    require(fee_ < 100);\n    fee = fee_;\n}"
 LOOP = (

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from tac2sol.trainer.config import EvalSection
 from tac2sol.trainer.data import Row
 from tac2sol.trainer.evaluate import edit_distance, score, size_bucket, write_report

@@ -19,10 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
-from tac2sol.trainer.config import TrainConfig
-from tac2sol.trainer.fetch import fetch, read_sidecar, sidecar_path
 
 from tac2sol.errors import InvalidInput
+from tac2sol.trainer.config import TrainConfig
+from tac2sol.trainer.fetch import fetch, read_sidecar, sidecar_path
 
 
 @dataclass

@@ -9,10 +9,9 @@ import pytest
 torch = pytest.importorskip("torch")
 bnb = pytest.importorskip("bitsandbytes")
 
+from tac2sol.errors import InvalidInput  # noqa: E402
 from tac2sol.trainer.model import count_parameters, load_model, load_tokenizer  # noqa: E402
 from tac2sol.trainer.prompt import encode_batch  # noqa: E402
-
-from tac2sol.errors import InvalidInput  # noqa: E402
 
 CPU_LOAD = {"dtype": torch.float32, "device_map": {"": "cpu"}}
 CPU_BNB = {"bnb_4bit_compute_dtype": torch.float32}
@@ -107,8 +106,9 @@ def test_lora_gradients_through_4bit_match_the_dequantized_model(make_config: An
     import warnings
 
     from peft import get_peft_model
-    from tac2sol.trainer.model import lora_config
     from transformers import AutoModelForCausalLM
+
+    from tac2sol.trainer.model import lora_config
 
     cfg = make_config(training={"gradient_checkpointing": False}, lora={"dropout": 0.0})
     tokenizer = load_tokenizer(cfg.model.name_or_path)

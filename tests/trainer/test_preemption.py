@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+
 from tac2sol.trainer.preemption import GracefulStop, Terminated
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tac2sol.trainer.data import ARTIFACT_MARKERS, read_rows
-from tac2sol.trainer.preflight import length_stats, run_preflight
 
 from tac2sol.errors import InvalidInput
+from tac2sol.trainer.data import ARTIFACT_MARKERS, read_rows
+from tac2sol.trainer.preflight import length_stats, run_preflight
 
 
 @pytest.mark.parametrize(

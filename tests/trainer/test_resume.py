@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from tac2sol.trainer.checkpoints import MANIFEST, checkpoints, problem
 
 pytestmark = pytest.mark.slow

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from tac2sol.trainer.facts import FACT_KINDS, extract, f1
 from tac2sol.trainer.scoring import score_code
 from tac2sol.trainer.solc import (

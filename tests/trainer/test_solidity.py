@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+
 from tac2sol.trainer.slices import row_slices
 from tac2sol.trainer.solidity import (
     candidate_signatures,

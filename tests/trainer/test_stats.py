@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from tac2sol.trainer.stats import KEEP, NO_CHANGE, REJECT, TOO_FEW, bootstrap_ci, decide, paired
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer.compare import compare_runs, load_runs
 from tac2sol.trainer.config import TrainConfig
 from tac2sol.trainer.data import Row
 from tac2sol.trainer.testset import overlap
-
-from tac2sol.errors import InvalidInput
 
 TAC2SOL = Path(sys.executable).parent / "tac2sol"
 

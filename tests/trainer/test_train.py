@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tac2sol.errors import InvalidInput
 from tac2sol.trainer.checkpoints import checkpoints, problem
 from tac2sol.trainer.evaluate import evaluate_adapter
 from tac2sol.trainer.train import TrainingDiverged, nan_guard, train
-
-from tac2sol.errors import InvalidInput
 
 
 def test_qlora_training_run_end_to_end(make_config: Any) -> None:
