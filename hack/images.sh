@@ -2,6 +2,9 @@
 # Builds the images of the Dockerfile (`make images`):
 #   $REGISTRY/tac2sol-operator:$TAG   (--target operator)
 #   $REGISTRY/tac2sol-trainer:$TAG    (--target trainer; CUDA 12 + torch + DeepSpeed ops: ~20 min, ~10 GB)
+#   TRAINER_DEVICE=cpu: the trainer for CPU nodes instead: CUDA_DEVEL_BASE and CUDA_RUNTIME_BASE name a
+#   Debian/Ubuntu base with python3 and python3-venv, packages from requirements.lock (the tests
+#   build it on an mmdebstrap base: tests/e2e/test_tiny_cluster.py)
 # with the first of docker, podman, buildah found (IMAGE_BUILDER picks one). The base images come
 # from a registry (docker.io by default), so this needs one reachable, or local bases named in
 # PYTHON_BASE / CUDA_DEVEL_BASE / CUDA_RUNTIME_BASE.
@@ -9,7 +12,8 @@
 # Environment (all optional):
 #   REGISTRY (ghcr.io/tac2sol)  TAG (the package version)  TARGETS ("operator trainer")
 #   PUSH=1                push after building
-#   PYTHON_BASE, CUDA_DEVEL_BASE, CUDA_RUNTIME_BASE, TORCH_CUDA_ARCH_LIST, TORCH_INDEX_URL
+#   PYTHON_BASE, CUDA_DEVEL_BASE, CUDA_RUNTIME_BASE, TORCH_CUDA_ARCH_LIST, TORCH_INDEX_URL,
+#   TRAINER_DEVICE (cuda or cpu)
 #                         passed as build args when set
 #   PIP_CERT=<CA bundle>  behind a TLS-intercepting proxy: handed to pip as the `pip_cert` build secret
 #   BUILD_FLAGS           extra builder flags, e.g. "--isolation chroot" for buildah in a container
@@ -38,7 +42,7 @@ build=("$builder" build)
 [[ $builder == buildah ]] && build=(buildah bud)
 [[ $builder == docker ]] && export DOCKER_BUILDKIT=1  # RUN --mount=type=secret needs BuildKit
 args=()
-for arg in PYTHON_BASE CUDA_DEVEL_BASE CUDA_RUNTIME_BASE TORCH_CUDA_ARCH_LIST TORCH_INDEX_URL; do
+for arg in PYTHON_BASE CUDA_DEVEL_BASE CUDA_RUNTIME_BASE TORCH_CUDA_ARCH_LIST TORCH_INDEX_URL TRAINER_DEVICE; do
     [[ -n ${!arg:-} ]] && args+=(--build-arg "$arg=${!arg}")
 done
 if [[ -n ${PIP_CERT:-} ]]; then

@@ -8,7 +8,9 @@ port variables (defaults below, overridden by the environment) and the Kubeflow 
 
 from __future__ import annotations
 
+import fcntl
 import functools
+import hashlib
 import os
 import shlex
 import socket
@@ -118,6 +120,39 @@ def ensure_tools(*names: str) -> Path:
     if missing:
         raise DevToolsError(f"{', '.join(missing)} missing from {bin_dir()} after hack/install-tools.sh")
     return bin_dir()
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+DEBIAN_SUITE = "bookworm"
+DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
+
+
+def _check(cmd: list[str], timeout: float) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr)[-5000:]
+        raise DevToolsError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output}")
+    return proc.stdout
+
+
+def debian_base_tarball() -> Path:
+    """A Debian bookworm + python3 root filesystem made by mmdebstrap (the images' offline base),
+    built once per (suite, packages, mirror, mmdebstrap version) under the cache's images/."""
+    mirror = os.environ.get("TAC2SOL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    version = _check(["mmdebstrap", "--version"], 60).strip()
+    inputs = "\n".join([DEBIAN_SUITE, mirror, version, *DEBIAN_PACKAGES])
+    key = hashlib.sha256(inputs.encode()).hexdigest()[:12]
+    out = cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-python3-{key}.tar"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{out}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions must not write the same tarball
+        if not out.exists():
+            tmp = out.with_suffix(".tmp.tar")
+            _check(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
+                    DEBIAN_SUITE, str(tmp), mirror], 900)  # fmt: skip
+            tmp.rename(out)
+    return out
 
 
 # --- the dev control plane -----------------------------------------------------------------------

@@ -12,8 +12,6 @@ test fails, naming the missing ones, where they are not. Cold: ~4 min for the ba
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import resource
@@ -22,17 +20,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tac2sol.operator.crd import render_crd_yaml
 
-from tac2sol import __version__
+from tac2sol import __version__, devtools
+from tac2sol.operator.crd import render_crd_yaml
 
 pytestmark = [pytest.mark.image, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("TAC2SOL_CACHE", Path.home() / ".cache" / "tac2sol"))
-SUITE = "bookworm"
-MIRROR = os.environ.get("TAC2SOL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
-PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
 BASE_IMAGE = "localhost/tac2sol-test-base:bookworm"
 TOOLS = ("buildah", "podman", "runc", "mmdebstrap")
 
@@ -50,22 +44,6 @@ def _run(
             f"{' '.join(cmd)} exited {proc.returncode}:\n{(proc.stdout + proc.stderr)[-5000:]}"
         )
     return proc
-
-
-def _base_tarball() -> Path:
-    """The mmdebstrap root filesystem, built once per (suite, packages, mirror, mmdebstrap version)."""
-    version = _run("mmdebstrap", "--version").stdout.strip()
-    key = hashlib.sha256("\n".join([SUITE, MIRROR, version, *PACKAGES]).encode()).hexdigest()[:12]
-    out = CACHE / "images" / f"debian-{SUITE}-python3-{key}.tar"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{out}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions must not write the same tarball
-        if not out.exists():
-            tmp = out.with_suffix(".tmp.tar")
-            _run("mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(PACKAGES)}",
-                 SUITE, str(tmp), MIRROR, timeout=900)  # fmt: skip
-            tmp.rename(out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +64,7 @@ def storage(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def operator_image(storage: dict[str, str]) -> str:
-    _run("podman", "import", str(_base_tarball()), BASE_IMAGE, env=storage)
+    _run("podman", "import", str(devtools.debian_base_tarball()), BASE_IMAGE, env=storage)
     env = {
         **storage,
         "IMAGE_BUILDER": "buildah",
