@@ -6,7 +6,8 @@
 #   training-operator v1.9.0 out of cluster, kwok running 2 fake nodes x 4 nvidia.com/gpu, and one
 #   real node (hack/node.sh: containerd, runc, the kubelet and CoreDNS in network, mount and pid
 #   namespaces of its own; tainted tac2sol.dev/real-node=true:NoSchedule, labelled
-#   tac2sol.dev/node=real, no GPU). The host's network namespace gets nothing: the node reaches
+#   tac2sol.dev/node=real, no GPU; StorageClass tac2sol-local: 8 local PersistentVolumes on it).
+#   The host's network namespace gets nothing: the node reaches
 #   the apiserver through a Unix socket (socat on both sides), the apiserver reaches the kubelet
 #   and the pods through its egress selector (an HTTP CONNECT proxy on a Unix socket).
 #
@@ -43,6 +44,9 @@ PKI=$STATE/pki
 # Built by hack/install-tools.sh from hack/node/pause.c; containerd's sandbox_image names it.
 PAUSE_TARBALL=$CACHE/images/pause.tar
 PAUSE_IMAGE=localhost/tac2sol/pause:1
+# The CPU trainer image (Dockerfile, TRAINER_DEVICE=cpu) as the tests import it into the real node;
+# PyTorchJob workers' init container runs from it too (hack/training-operator/init-pytorch.yaml).
+TRAINER_CPU_IMAGE=localhost/tac2sol/trainer:cpu
 KUBECONFIG_PATH=$STATE/kubeconfig
 # training-operator v1.9.0 reads its webhook certificates from this fixed path (pkg/cert/cert.go).
 WEBHOOK_CERT_DIR=/tmp/k8s-webhook-server/serving-certs
@@ -54,6 +58,9 @@ NODE_DIR=$STATE/node
 NODE_NAME=tac2sol-node
 POD_CIDR=10.244.0.0/16
 NODE_IP=10.244.0.1
+# Claims of this StorageClass bind to local PersistentVolumes on the node (NODE_DIR/volumes/pv-N).
+STORAGE_CLASS=tac2sol-local
+LOCAL_VOLUMES=8
 # Its cgroups (cgroupfs), under a root named after this state dir: two clusters never share one.
 CGROUP_ROOT=/tac2sol-$(echo -n "$STATE" | sha256sum | cut -c1-10)
 # Start order; `down` stops them in reverse.
@@ -344,6 +351,8 @@ start_training_operator() {
     done
     KUBECONFIG=$STATE/training-operator.kubeconfig start training-operator \
         --enable-scheme=pytorchjob --enable-scheme=mpijob --leader-elect=false \
+        --pytorch-init-container-template-file="$HACK/training-operator/init-pytorch.yaml" \
+        --pytorch-init-container-image="$TRAINER_CPU_IMAGE" \
         --metrics-bind-address="127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_METRICS_PORT" \
         --health-probe-bind-address="127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT" \
         --webhook-server-port="$TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT"
@@ -432,6 +441,36 @@ EOF
     echo "$child" >"$STATE/pids/node.pid"
 }
 
+make_local_volumes() {  # a StorageClass and a pool of local PersistentVolumes on the node's disk
+    local i docs=""
+    for ((i = 0; i < LOCAL_VOLUMES; i++)); do
+        mkdir -p "$NODE_DIR/volumes/pv-$i"
+        docs+="---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: $NODE_NAME-pv-$i, labels: {tac2sol.dev/node: real}}
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: $STORAGE_CLASS
+  local: {path: $NODE_DIR/volumes/pv-$i}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions: [{key: kubernetes.io/hostname, operator: In, values: [$NODE_NAME]}]
+"
+    done
+    kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata: {name: $STORAGE_CLASS}
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+$docs
+EOF
+}
+
 node_exec() {  # node_exec CMD...: run CMD in the node's network namespace
     local pid
     pid=$(pid_of node)
@@ -500,6 +539,7 @@ cmd_up() {
         start_node
         wait_for "node $NODE_NAME Ready" node node_ready
         wait_for "CoreDNS ready" node node_exec curl -sf http://127.0.0.1:8181/ready
+        make_local_volumes
         say "node $NODE_NAME Ready in $((SECONDS - t_node)) s"
     fi
     trap - EXIT

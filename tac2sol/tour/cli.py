@@ -1,4 +1,4 @@
-"""Tour commands: ``run`` (plan a TrainingRun and train it here) and ``data sample``."""
+"""Tour commands: ``run`` (plan a TrainingRun and train it here), ``data sample`` and ``data tiny-model``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,19 @@ def sample_command(
     typer.echo(f"{path}: {rows} synthetic TAC -> Solidity rows (metadata.synthetic = true)")
 
 
+def tiny_model_command(
+    output: Annotated[Path, typer.Option("--output", "-o", help="The model's directory.")] = Path(
+        ".cache/tiny-model"
+    ),
+) -> None:
+    """Build the tour's tiny model here: a tokenizer and a small Llama, randomly initialised and briefly
+    pretrained on CPU, no download (what runs/tiny-*.yaml train)."""
+    from tac2sol.tour.tiny import ensure_tiny_model
+
+    path = ensure_tiny_model(output, use_cache=False)
+    typer.echo(f"{path}: the tiny model (synthetic, for trying the system out)")
+
+
 def run_command(
     run_yaml: Annotated[Path, typer.Argument(help="A TrainingRun, e.g. runs/tiny-local.yaml.")],
     dataset: DatasetOpt = None,
@@ -49,3 +62,4 @@ def _group(app: typer.Typer, name: str) -> typer.Typer:
 def register(app: typer.Typer) -> None:
     app.command("run")(run_command)
     _group(app, "data").command("sample")(sample_command)
+    _group(app, "data").command("tiny-model")(tiny_model_command)
