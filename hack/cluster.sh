@@ -258,6 +258,7 @@ export TAC2SOL_APISERVER_URL=$SERVER
 EOF
     local var
     for var in "${PORT_VARS[@]}"; do echo "export $var=${!var}" >>"$STATE/cluster.env"; done
+    if [[ $REAL_NODE != 0 ]]; then echo "export TAC2SOL_NODE_CGROUP_ROOT=$CGROUP_ROOT" >>"$STATE/cluster.env"; fi
 }
 
 # --- components ----------------------------------------------------------------------------------

@@ -176,10 +176,9 @@ def _host_state(state_dirs: tuple[Path, ...]) -> dict[str, Any]:
         for line in Path("/proc/self/mounts").read_text().splitlines()
         if " nsfs " in line or any(p in line for p in (*map(str, state_dirs), *FIXED_PATHS))
     ]
+    # A node's cgroups belong under its own root (another cluster's node may come and go meanwhile).
     cgroups = sorted(
-        str(p)
-        for p in Path("/sys/fs/cgroup").glob("*/*")
-        if p.name.startswith(("tac2sol-", "kubepods", "k8s.io"))
+        str(p) for p in Path("/sys/fs/cgroup").glob("*/*") if p.name.startswith(("kubepods", "k8s.io"))
     )
     return {
         "bridges": out("ip", "-o", "link", "show", "type", "bridge"),
@@ -224,10 +223,14 @@ def test_cluster_down_leaves_no_trace(control_plane: Any, tmp_path: Path, wait: 
         # The node lives in namespaces of its own: nothing of it shows in the host's.
         for key in ("bridges", "veths", "routes", "iptables", "sysctls", "paths", "mounts"):
             assert during[key] == before[key], key
-        node_cgroups = set(during["cgroups"]) - set(before["cgroups"])
-        assert node_cgroups and all("/tac2sol-" in c for c in node_cgroups), node_cgroups
+        assert during["cgroups"] == before["cgroups"]
+        env = (state / "cluster.env").read_text()
+        root = next(line.split("=", 1)[1] for line in env.splitlines() if "TAC2SOL_NODE_CGROUP_ROOT=" in line)
+        node_cgroups = list(Path("/sys/fs/cgroup").glob(f"*/{root.strip('/')}"))
+        assert node_cgroups and any((c / "kubepods").is_dir() for c in node_cgroups), node_cgroups
         assert (state / "node" / "containerd.sock").exists()
     assert _host_state((state,)) == before
+    assert not [c for c in node_cgroups if c.exists()]
     assert not (state / "node").exists()
     leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit() and str(state) in _cmdline(pid)]
     assert not leftovers, f"processes of the stopped cluster still run: {leftovers}"
