@@ -149,7 +149,7 @@ def keep_4bit_layout_trainable(model: Any) -> int:
     through it with a torch warning ("may lead to silently incorrect behavior") and drops the
     gradient through the frozen base weights, so LoRA gradients come out wrong (measured: up to
     75 % relative error on the tiny model; exact again with this off, see tests/trainer/test_model.py).
-    The generic dequantize + matmul path is used instead, for training and evaluation alike.
+    The generic dequantize + matmul path is used instead, for training and inference alike.
     """
     changed = 0
     for module in model.modules():
@@ -169,10 +169,16 @@ def load_model(cfg: TrainConfig, load_kwargs: dict[str, Any], bnb_kwargs: dict[s
 def load_for_inference(
     cfg: TrainConfig, adapter: Path, load_kwargs: dict[str, Any], bnb_kwargs: dict[str, Any]
 ) -> Any:
-    """Base model (quantized as in training) with a trained adapter, in eval mode."""
+    """Base model (quantized as in training) with a trained adapter, in eval mode.
+
+    The 4-bit layers run the same kernel as in training (:func:`keep_4bit_layout_trainable`), so
+    ``tac2sol evaluate`` and ``decompile`` generate what the run's own evaluation generated: the
+    fused CPU kernel computes in bf16 and moves logits by up to 3e-3, enough to change tokens.
+    """
     from peft import PeftModel
 
     base = load_base_model(cfg, load_kwargs, bnb_kwargs)
+    keep_4bit_layout_trainable(base)
     try:
         model = PeftModel.from_pretrained(base, str(adapter), is_trainable=False)
     except (OSError, ValueError) as exc:

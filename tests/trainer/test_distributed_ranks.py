@@ -281,7 +281,7 @@ def check_adapter_reload(cfg_path: Path, out: Path) -> None:
 
     from tac2sol.trainer.config import TrainConfig
     from tac2sol.trainer.distributed import DistEnv, bnb_config_kwargs
-    from tac2sol.trainer.model import keep_4bit_layout_trainable, load_for_inference
+    from tac2sol.trainer.model import load_for_inference
 
     cfg = TrainConfig.from_file(cfg_path)
     here = DistEnv(
@@ -300,9 +300,6 @@ def check_adapter_reload(cfg_path: Path, out: Path) -> None:
         {"dtype": torch.float32, "device_map": {"": "cpu"}},
         bnb_config_kwargs(cfg, here),
     )
-    # Training ran bitsandbytes' plain 4-bit path (load_model turns off the CPU repack for the fused
-    # gemv_4bit kernel, which has no gradient); compare logits from the same kernel, not the fused one.
-    keep_4bit_layout_trainable(model)
     probe = torch.load(out / "rank-report" / "probe-logits.pt")
     with torch.no_grad():
         logits = model(input_ids=probe["input_ids"]).logits.float()
