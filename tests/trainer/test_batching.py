@@ -25,8 +25,6 @@ from tac2sol.trainer.batching import (
     resolve_batching,
 )
 
-SHARED_ROWS = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "tac2sol-500.jsonl"
-
 
 @pytest.mark.parametrize(
     ("requested", "batch", "attention", "mode", "says"),
@@ -57,15 +55,15 @@ def _computed_share(lengths: list[int], order: list[int], batch: int) -> float:
     return real / computed
 
 
-def _shared_lengths() -> list[int]:
-    rows = [json.loads(line) for line in SHARED_ROWS.read_text().splitlines() if line.strip()]
+def _shared_lengths(dataset: Path) -> list[int]:
+    rows = [json.loads(line) for line in dataset.read_text().splitlines() if line.strip()]
     return [(len(r["input"]) + len(r["output"])) // 3 for r in rows]  # about 3 characters a token
 
 
-def test_grouping_on_the_real_lengths_keeps_every_row_once_and_cuts_padding() -> None:
+def test_grouping_on_the_real_lengths_keeps_every_row_once_and_cuts_padding(dataset_500: Path) -> None:
     import torch
 
-    lengths = _shared_lengths()
+    lengths = _shared_lengths(dataset_500)
     sampler = LengthGroupedBatches(lengths, batch_size=8, world_size=1, seed=7)
     first, again, second = sampler.order(0), sampler.order(0), sampler.order(1)
     assert sorted(first) == list(range(len(lengths))) and sorted(second) == sorted(first)
@@ -79,10 +77,10 @@ def test_grouping_on_the_real_lengths_keeps_every_row_once_and_cuts_padding() ->
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
 
 
-def test_expected_padding_from_lengths() -> None:
+def test_expected_padding_from_lengths(dataset_500: Path) -> None:
     from tac2sol.trainer.batching import expected_padding
 
-    lengths = _shared_lengths()
+    lengths = _shared_lengths(dataset_500)
     grouped = expected_padding(lengths, 8, 1, "grouped", seed=7)
     random = expected_padding(lengths, 8, 1, "random", seed=7)
     assert grouped is not None and random is not None and grouped < 0.15 < 0.4 < random
