@@ -30,6 +30,7 @@ from tac2sol import devtools
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "manifests" / "prometheus" / "tac2sol.rules.yaml"
 # What Grafana would put for $__rate_interval at a 1 s scrape interval, with margin.
+RANGE = "1h"
 RATE_INTERVAL = "10s"
 
 
@@ -163,8 +164,14 @@ def promtool(
 
 
 def substitute(expr: str, run: str = ".*") -> str:
-    """A dashboard query as Grafana would send it with "All" namespaces and the given run."""
-    return expr.replace("$__rate_interval", RATE_INTERVAL).replace("$namespace", ".*").replace("$run", run)
+    """A dashboard query as Grafana would send it with "All" namespaces and the given run
+    (``$__range``: the dashboard's time range, here longer than any test's run)."""
+    return (
+        expr.replace("$__rate_interval", RATE_INTERVAL)
+        .replace("$__range", RANGE)
+        .replace("$namespace", ".*")
+        .replace("$run", run)
+    )
 
 
 @pytest.fixture(scope="session")
