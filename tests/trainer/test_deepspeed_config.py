@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tac2sol.errors import InvalidInput
 from tac2sol.trainer.config import DistributedSection, TrainConfig
@@ -22,7 +23,12 @@ from tac2sol.trainer.deepspeed_config import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-CATALOG_RUNS = sorted(p for p in (REPO / "runs").glob("*.yaml") if p.name != "tiny-local.yaml")
+# The GPU runs of runs/ (the tiny CPU runs, tiny-local and tiny-cluster, plan no GPU).
+CATALOG_RUNS = sorted(
+    p
+    for p in (REPO / "runs").glob("*.yaml")
+    if yaml.safe_load(p.read_text())["spec"].get("resources", {}).get("gpuType", "rtx8000") != "cpu"
+)
 
 
 def _plan_config(run_yaml: Path, **spec_changes: Any) -> tuple[Any, TrainConfig | None]:
