@@ -8,24 +8,29 @@ Formula (bytes per device; ``b`` per-device batch, ``s`` sequence length, ``h`` 
   4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax blocks
   = 4.127 bits = 0.516 B/param (Dettmers et al. 2023, "QLoRA", section 2; bitsandbytes
   ``Linear4bit``). ``quantization: none``: 2 B/param (4 on CPU, fp32).
-* embeddings and lm_head stay 16-bit (``V x h`` each, once when tied): QLoRA does not quantize them.
+* embeddings and lm_head stay 16-bit (``V x h`` each, once when tied): QLoRA does not quantize them;
+  under QLoRA on a GPU ``prepare_model_for_kbit_training`` casts them (and the norms) to fp32,
+  so the residual stream is fp32 too.
 * LoRA state: A and B add ``r x (in + out)`` per adapted matrix (Hu et al. 2021). With torch AMP
   (single/DDP) the adapter is fp32: 4 (weight) + 4 (grad) + 8 (Adam m, v) = 16 B/param; DDP adds
   a 4 B/param gradient bucket. DeepSpeed fp16/bf16 keeps 2 B weights + 2 B grads plus 16 B of fp32
   master, fp32 grad and Adam state; ZeRO-2 shards the grads and the 16 B over N, ZeRO-3 shards the
   weights too (Rajbhandari et al. 2020, "ZeRO", figure 1).
-* activations with gradient checkpointing: each layer's input is kept, ``b s h L x 2 B`` (the
-  HF checkpointing boundary), plus one layer's working set while it is recomputed. Without
-  checkpointing every layer keeps its working set. Working set per token ~ (13 h + 5 I) elements:
-  attention inputs/outputs, q/k/v, the gated MLP's gate/up/act/product, the LoRA dropout copies of
-  each adapted input; attention scores are not stored (SDPA memory-efficient kernel, which also
-  runs on Turing) (after Korthikanti et al. 2022, "Reducing activation recomputation", table 2).
-* logits: ``b s V x 4 B x 2`` (the fp32 upcast for the loss and its gradient).
+* activations: what one decoder layer saves for backward, per token (``layer_saved_bytes_per_token``:
+  LoRA inputs, norms, MLP, q/k/v) plus, for SDPA's math kernel (sm_7x with grouped-query
+  attention), the ``b x heads x s^2`` fp32 probabilities; its backward holds two more of those.
+  With checkpointing each layer keeps only its input and one layer is recomputed at a time.
+* logits: at the loss's backward three fp32 ``b x s x V`` tensors are alive (12 B per logit), plus
+  autocast's fp16 copy of an fp32 lm_head.
 * ZeRO-3 gathers parameters module by module: two layers' quantized weights (for MoE only the
-  experts one token uses) and the 16-bit lm_head are resident at once
-  (``stage3_prefetch_bucket_size``, ``stage3_max_live_parameters``).
-* overhead: CUDA context, cuBLAS workspaces and the caching allocator's reserve, 1 GiB, plus
-  0.25 GiB NCCL buffers when N > 1, plus 5% fragmentation of everything above.
+  experts one token uses) and the lm_head are resident at once (``stage3_prefetch_bucket_size``,
+  ``stage3_max_live_parameters``).
+* the peak is the persistent terms plus the larger of the "layer" and "loss" phases; outside
+  torch's allocated bytes: the CUDA context, NCCL buffers and the allocator's reserve.
+
+``tests/operator/test_planner_measured.py`` checks these terms against the real code path on CPU
+(autograd's saved tensors of a real Qwen2 layer under peft; the attention's and the loss's
+backward peaks tensor by tensor). ``tac2sol plan --explain`` prints every term with its inputs.
 
 A layout fits when its estimate is at most 90% of device memory (10% headroom for spikes and the
 driver), and offloaded state fits 90% of ``resources.hostMemory``. Anchors it is checked against
@@ -79,7 +84,6 @@ CUDA_CONTEXT = 1.0 * GiB
 NCCL_BUFFERS = 0.25 * GiB
 CPU_RUNTIME = 0.5 * GiB
 FRAGMENTATION = 0.05
-LOGITS_FACTOR = 2.0
 ZERO_BUCKET_ELEMENTS = 500_000_000  # DeepSpeed's default reduce/allgather bucket size
 
 

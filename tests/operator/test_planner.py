@@ -278,7 +278,9 @@ def test_a15_sweep_on_4_rtx8000(
         assert not plan.fits and any(r.startswith("largest term to cut") for r in plan.reasons)
     else:
         assert plan.fits
-        # Under by 7-18%: A1.5's stack holds more of the loss path than the installed transformers.
+        # Under by 7-18%. Each term matches this stack's code path (test_planner_measured.py); what
+        # A1.5's 8192-token row holds beyond them is not in the trainer's code path as run on CPU
+        # (the planner issue's note); bench/gpu/planner_sweep.py measures it on any lent GPU.
         assert plan.peak_allocated_bytes == pytest.approx(measured_mib * MiB, rel=0.20)
 
 
