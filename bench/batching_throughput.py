@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))  # children run with -P (PYTHONSAFEPATH)
+from bare_qlora import bare_qlora_model
+
 REPO = Path(__file__).resolve().parents[1]
 ROWS = REPO.parent / "shared" / "datasets" / "tac2sol-500.jsonl"
 LR = 1e-3
@@ -84,12 +87,8 @@ def run_ours(work: Path, a: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def run_bare(work: Path, a: argparse.Namespace, out: Path) -> dict[str, Any]:
     """What a user would write by hand with transformers + peft, on the same examples and split."""
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
-        AutoModelForCausalLM,
         AutoTokenizer,
-        BitsAndBytesConfig,
         DataCollatorForSeq2Seq,
         Trainer,
         TrainingArguments,
@@ -109,23 +108,7 @@ def run_bare(work: Path, a: argparse.Namespace, out: Path) -> dict[str, Any]:
         return pf.encoded.select([index[r.line] for r in part]).select_columns(["input_ids", "labels"])
 
     set_seed(SEED)
-    base = AutoModelForCausalLM.from_pretrained(
-        model,
-        quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        ),
-        dtype=torch.float32,
-        device_map={"": "cpu"},
-        attn_implementation="sdpa",
-    )
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    peft_model = get_peft_model(
-        base,
-        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
+    peft_model = bare_qlora_model(model)
 
     class Measured(Trainer):
         """Counts real and computed tokens (harness measurement only, no feature)."""

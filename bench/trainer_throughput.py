@@ -25,6 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).parent))  # children run with -P (PYTHONSAFEPATH)
+from bare_qlora import bare_qlora_model
+
 BATCH = 4
 SEQ = 512
 LR = 1e-3
@@ -71,12 +74,8 @@ def run_ours(work: Path, model: Path, data: Path, steps: int, out: Path) -> dict
 
 def run_bare(work: Path, model: Path, data: Path, steps: int, out: Path) -> dict[str, Any]:
     """What a user would write by hand with transformers + peft, on the same examples."""
-    import torch
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers import (
-        AutoModelForCausalLM,
         AutoTokenizer,
-        BitsAndBytesConfig,
         DataCollatorForSeq2Seq,
         Trainer,
         TrainingArguments,
@@ -89,23 +88,7 @@ def run_bare(work: Path, model: Path, data: Path, steps: int, out: Path) -> dict
     encoded = run_preflight(data, tokenizer=tokenizer, max_seq_length=SEQ, cache_dir=work / "cache").encoded
     dataset = encoded.select_columns(["input_ids", "labels"])
     set_seed(1)
-    base = AutoModelForCausalLM.from_pretrained(
-        model,
-        quantization_config=BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32,
-        ),
-        dtype=torch.float32,
-        device_map={"": "cpu"},
-        attn_implementation="sdpa",
-    )
-    base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=False)
-    peft_model = get_peft_model(
-        base,
-        LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05, target_modules="all-linear", task_type="CAUSAL_LM"),
-    )
+    peft_model = bare_qlora_model(model)
     collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
 
     class Measured(Trainer):
