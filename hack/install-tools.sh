@@ -3,7 +3,9 @@
 #   ~/.cache/tac2sol/bin/<name>-<version>   the binary      ~/.cache/tac2sol/bin/<name>   a symlink to it
 # - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet: built from
 #   k8s.io/kubernetes (version pinned in hack/k8s/go.mod), etcd: built from go.etcd.io/etcd/server/v3
-#   (hack/k8s/etcd/go.mod), kwok, training-operator, helm and CoreDNS: `go install <module>@<version>`;
+#   (hack/k8s/etcd/go.mod), kwok, training-operator, helm, CoreDNS and Kubeflow Trainer v2's
+#   trainer-controller-manager: `go install <module>@<version>`; the JobSet controller (the version
+#   trainer's go.mod requires): `go build` in its module's folder (see go_build_module);
 # - Debian packages: prometheus and promtool, openssl and curl (used by hack/cluster.sh), mpirun
 #   (the MPI launcher test), buildah, podman, runc and mmdebstrap (the image test), containerd,
 #   the CNI plugins and socat (the real node, hack/node.sh);
@@ -11,12 +13,16 @@
 #   (~/.cache/tac2sol/images/pause.tar, keyed by the source and the compiler) that hack/node.sh
 #   imports into containerd;
 # - the Kubeflow CRDs (PyTorchJob, MPIJob) with their licence, copied from the Go module of the
-#   training-operator built here, so they match it: ~/.cache/tac2sol/crds/training-operator;
+#   training-operator built here, so they match it: ~/.cache/tac2sol/crds/training-operator; and
+#   likewise Trainer v2's (TrainJob, TrainingRuntime, ClusterTrainingRuntime) and JobSet's, from
+#   their modules: ~/.cache/tac2sol/crds/trainer;
 # - checkov (the chart's policy test), from PyPI into a virtualenv of its own,
 #   ~/.cache/tac2sol/checkov-<version>: it pins dozens of packages the project does not use.
 # Prints one line per item it builds or installs and nothing when everything is cached.
 # Cold, on 2 cores shared with other builds (load 8-13), it took 71 min: Kubernetes 31, training-
-# operator 14, kwok 12, helm 11, etcd 3; cached, it is silent and takes 0.2 s. Build logs go to
+# operator 14, kwok 12, helm 11, etcd 3; cached, it is silent and takes 0.2 s. Trainer v2 and JobSet,
+# each with an empty Go build cache at load 8-14, took 8.6 and 10.7 min (4.2 and 5.2 min of CPU, so
+# roughly 2.5 and 3 min on 2 idle cores). Build logs go to
 # ~/.cache/tac2sol/logs/.
 # Environment: TAC2SOL_CACHE (default ~/.cache/tac2sol).
 set -euo pipefail
@@ -28,6 +34,9 @@ LOGS=$CACHE/logs
 
 KWOK_VERSION=v0.8.0
 TRAINING_OPERATOR_VERSION=v1.9.0
+# Kubeflow Trainer v2 and the JobSet controller it drives (the version trainer's go.mod requires).
+TRAINER_VERSION=v2.3.0
+JOBSET_VERSION=v0.12.0  # checked against trainer's go.mod when its CRDs are copied
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.15.0
 CHECKOV_VERSION=3.3.30
@@ -129,6 +138,21 @@ go_install() {  # go_install NAME VERSION PACKAGE [LDFLAGS [KEY]]: `go install P
     cached "$name" "$key"
 }
 
+go_build_module() {  # go_build_module NAME VERSION MODULE [LDFLAGS]: build MODULE's root package
+    # In the module's own folder, with its own go.mod and go.sum, as `go install MODULE@VERSION`
+    # would, minus its deprecation look-up: that reads the module's version list, which the
+    # proxy refuses for some modules (sigs.k8s.io/jobset: 403) while it serves the version itself.
+    local name=$1 version=$2 module=$3 ldflags="-s -w ${4:-}" dir
+    cached "$name" "$version" && return
+    go_env
+    say "building $name $version ($module)"
+    dir=$(module_dir "$module@$version")
+    (cd "$dir" && run_logged "$LOGS/$name-$version.log" env GOFLAGS="-mod=readonly -buildvcs=false" \
+        go build -trimpath -ldflags="$ldflags" -o "$BIN/$name-$version.tmp" .)
+    mv -f "$BIN/$name-$version.tmp" "$BIN/$name-$version"
+    cached "$name" "$version"
+}
+
 install_apt() {
     local missing=() i
     for i in "${!APT_COMMANDS[@]}"; do
@@ -162,13 +186,19 @@ install_apt() {
     done
 }
 
+module_dir() {  # module_dir MODULE@VERSION: the module's (read-only) folder in the Go module cache
+    local dir
+    dir=$(GOFLAGS= go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+    [[ -d $dir ]] || die "go mod download $1 gave no module folder"
+    echo "$dir"
+}
+
 install_kubeflow_crds() {  # the CRDs of the training-operator built above, from its Go module
     local crds=$CACHE/crds dir="training-operator-$TRAINING_OPERATOR_VERSION" module
     if [[ ! -f $crds/$dir/kubeflow.org_mpijobs.yaml ]]; then
         go_env
         say "copying the Kubeflow CRDs of training-operator $TRAINING_OPERATOR_VERSION from its Go module"
-        module=$(GOFLAGS= go mod download -json "github.com/kubeflow/training-operator@$TRAINING_OPERATOR_VERSION" \
-            | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')
+        module=$(module_dir "github.com/kubeflow/training-operator@$TRAINING_OPERATOR_VERSION")
         [[ -d $module/manifests/base/crds ]] || die "no manifests/base/crds in the training-operator module ($module)"
         rm -rf "$crds/$dir.tmp" && mkdir -p "$crds/$dir.tmp"
         cp "$module"/manifests/base/crds/kubeflow.org_{pytorchjobs,mpijobs}.yaml "$module/LICENSE" "$crds/$dir.tmp/"
@@ -176,6 +206,27 @@ install_kubeflow_crds() {  # the CRDs of the training-operator built above, from
         rm -rf "${crds:?}/$dir" && mv -T "$crds/$dir.tmp" "$crds/$dir"
     fi
     ln -sfn "$dir" "$crds/training-operator"
+}
+
+install_trainer_crds() {  # Trainer v2's CRDs and JobSet's, from the Go modules of the controllers built above
+    local crds=$CACHE/crds dir="trainer-$TRAINER_VERSION-jobset-$JOBSET_VERSION" trainer jobset required
+    if [[ ! -f $crds/$dir/jobset.x-k8s.io_jobsets.yaml ]]; then
+        go_env
+        say "copying the CRDs of Kubeflow Trainer $TRAINER_VERSION and JobSet $JOBSET_VERSION from their Go modules"
+        trainer=$(module_dir "github.com/kubeflow/trainer/v2@$TRAINER_VERSION")
+        required=$(required_version "$trainer/go.mod" sigs.k8s.io/jobset)
+        [[ $required == "$JOBSET_VERSION" ]] \
+            || die "trainer $TRAINER_VERSION requires sigs.k8s.io/jobset $required: set JOBSET_VERSION=$required in hack/install-tools.sh"
+        jobset=$(module_dir "sigs.k8s.io/jobset@$JOBSET_VERSION")
+        rm -rf "$crds/$dir.tmp" && mkdir -p "$crds/$dir.tmp"
+        cp "$trainer"/manifests/base/crds/trainer.kubeflow.org_*.yaml "$jobset"/config/components/crd/bases/jobset.x-k8s.io_jobsets.yaml \
+            "$crds/$dir.tmp/"
+        cp "$trainer/LICENSE" "$crds/$dir.tmp/LICENSE.trainer"
+        cp "$jobset/LICENSE" "$crds/$dir.tmp/LICENSE.jobset"
+        chmod -R u+w "$crds/$dir.tmp"
+        rm -rf "${crds:?}/$dir" && mv -T "$crds/$dir.tmp" "$crds/$dir"
+    fi
+    ln -sfn "$dir" "$crds/trainer"
 }
 
 build_pause_image() {  # hack/node/pause.c, static, as the only file of a docker-archive image
@@ -221,6 +272,10 @@ go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
 go_install training-operator "$TRAINING_OPERATOR_VERSION" \
     github.com/kubeflow/training-operator/cmd/training-operator.v1
 install_kubeflow_crds
+go_install trainer-controller-manager "$TRAINER_VERSION" \
+    github.com/kubeflow/trainer/v2/cmd/trainer-controller-manager
+go_build_module jobset "$JOBSET_VERSION" sigs.k8s.io/jobset "-X sigs.k8s.io/jobset/pkg/version.GitVersion=$JOBSET_VERSION"
+install_trainer_crds
 # As helm's own Makefile does: the default Kubernetes version for `helm template`/`lint` comes
 # from its client-go (v0.37 -> 1.37); without it `helm template` assumes v1.20 and refuses the chart.
 HELM_KUBE_MAJOR=1 HELM_KUBE_MINOR=37
