@@ -14,6 +14,19 @@
 #   bash hack/cluster.sh up       start it (idempotent); prints KUBECONFIG=<path>
 #   bash hack/cluster.sh down     stop every process and delete the cluster's data
 #   bash hack/cluster.sh status   which processes run; exit 1 unless all of them do
+#   bash hack/cluster.sh trainer-up   add Kubeflow Trainer v2 to the running cluster (idempotent)
+#
+# Kubeflow Trainer v2 (trainer-controller-manager v2.3.0) and the JobSet controller it drives
+# (v0.12.0) run only when asked: `trainer-up`, or TAC2SOL_TRAINER_V2=1 at `up`. Both run out of
+# cluster like the training-operator, as users of their own bound to cluster-admin, with their CRDs
+# (TrainJob, TrainingRuntime, ClusterTrainingRuntime, JobSet) from their Go modules. Their own
+# certificate management is off (it wants a Secret, a Service and in-cluster DNS): their webhooks
+# serve on 127.0.0.1 with a certificate from the cluster CA, and Mutating/ValidatingWebhook-
+# Configurations (tac2sol-trainer, tac2sol-jobset) point the apiserver at them by URL. JobSet's Jobs
+# are run by kube-controller-manager, their pods by kwok like any other (the same annotations steer
+# them). TrainJobStatus (trainer status pushed by pods) stays off: its server binds all interfaces.
+# Started on a running cluster they take 27 s (load 9-14 on 2 cores) and ~90 MiB of memory (JobSet
+# 48, trainer 40 MiB resident), which the tests and the tour that do not use them never pay.
 #
 # Environment (all optional):
 #   TAC2SOL_CLUSTER_DIR       state: certs, kubeconfigs, etcd data, pids, logs (~/.cache/tac2sol/cluster)
@@ -27,6 +40,8 @@
 #   TAC2SOL_CLUSTER_OWNER_PID when set, the cluster stops itself once that process is gone (the
 #                             test fixture passes pytest's pid, so a killed test run leaves nothing)
 #   TAC2SOL_REAL_NODE         0: no real node (kwok only)
+#   TAC2SOL_TRAINER_V2        1: `up` also starts Kubeflow Trainer v2 and JobSet (as `trainer-up`)
+#   TAC2SOL_TRAINER_CRDS_DIR  Trainer v2's and JobSet's CRDs (~/.cache/tac2sol/crds/trainer)
 # `bash hack/cluster.sh node-exec CMD...` runs CMD in the real node's network namespace (to reach
 # pod addresses, CoreDNS on the node IP, ...).
 # The state dir also gets cluster.env (KUBECONFIG, server URL, ports) for other scripts to source.
@@ -53,6 +68,7 @@ WEBHOOK_CERT_DIR=/tmp/k8s-webhook-server/serving-certs
 SERVICE_CIDR=10.96.0.0/16
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 REAL_NODE=${TAC2SOL_REAL_NODE:-1}
+TRAINER_V2=${TAC2SOL_TRAINER_V2:-0}
 # The real node: its addresses exist only in its own network namespace (hack/node.sh).
 NODE_DIR=$STATE/node
 NODE_NAME=tac2sol-node
@@ -66,6 +82,8 @@ CGROUP_ROOT=/tac2sol-$(echo -n "$STATE" | sha256sum | cut -c1-10)
 # Start order; `down` stops them in reverse.
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler training-operator kwok)
 [[ $REAL_NODE == 0 ]] || COMPONENTS+=(apiserver-socket node)
+# Started by `trainer-up` only; `down` stops them first. JobSet first: Trainer creates JobSets.
+TRAINER_COMPONENTS=(jobset trainer-controller-manager)
 
 say() { echo "cluster: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -79,6 +97,7 @@ load_settings() {  # the ports and TAC2SOL_CRDS_DIR, from their one owner, tac2s
     eval "$settings"
     mapfile -t PORT_VARS < <(sed -n 's/^\(TAC2SOL_[A-Z_]*_PORT\)=.*/\1/p' <<<"$settings")
     CRDS=$TAC2SOL_CRDS_DIR
+    TRAINER_CRDS=$TAC2SOL_TRAINER_CRDS_DIR
     SERVER=https://127.0.0.1:$TAC2SOL_APISERVER_PORT
 }
 
@@ -204,6 +223,11 @@ make_pki() {
     issue kubelet "system:node:$NODE_NAME" system:nodes
     issue apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
     issue coredns tac2sol:coredns
+    issue trainer-controller-manager tac2sol:trainer-controller-manager
+    issue jobset tac2sol:jobset
+    # The serving certificate of Trainer v2's and JobSet's webhooks on 127.0.0.1 (trainer-up);
+    # their webhook configurations trust the cluster CA.
+    issue webhook-serving tac2sol-webhooks "" "IP:127.0.0.1"
     # Service-account tokens: the apiserver signs with sa.key (ES256), everyone verifies with sa.pub.
     openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
     openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -365,6 +389,144 @@ start_kwok() {
     kubectl apply --server-side --field-manager=tac2sol-cluster -f "$HACK/kwok/nodes.yaml" >/dev/null
 }
 
+# --- Kubeflow Trainer v2 and JobSet (trainer-up) ------------------------------------------------
+
+need_trainer() {
+    local name
+    for name in "${TRAINER_COMPONENTS[@]}"; do
+        [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
+    done
+    [[ -f $TRAINER_CRDS/jobset.x-k8s.io_jobsets.yaml && -f $TRAINER_CRDS/trainer.kubeflow.org_trainjobs.yaml ]] \
+        || die "no Trainer v2 / JobSet CRDs in $TRAINER_CRDS: run \`bash hack/install-tools.sh\` (or set TAC2SOL_TRAINER_CRDS_DIR)"
+    [[ -f $PKI/webhook-serving.crt ]] \
+        || die "$STATE was started by an older hack/cluster.sh (no webhook-serving certificate): \`down\`, then \`up\` again"
+}
+
+serving_certs() {  # serving_certs DIR: the webhook certificate where controller-runtime reads it
+    mkdir -p "$1"
+    cp "$PKI/webhook-serving.crt" "$1/tls.crt"
+    cp "$PKI/webhook-serving.key" "$1/tls.key"
+}
+
+webhook() {  # webhook NAME PORT PATH RULE [OBJECT_SELECTOR]: one webhook entry, called by URL
+    cat <<EOF
+- name: $1
+  admissionReviewVersions: [v1]
+  sideEffects: None
+  failurePolicy: Fail
+  timeoutSeconds: 10
+  clientConfig:
+    url: https://127.0.0.1:$2$3
+    caBundle: $(base64 -w0 "$PKI/ca.crt")
+  rules: [$4]
+EOF
+    [[ -z ${5:-} ]] || echo "  objectSelector: $5"
+}
+
+start_jobset() {
+    local dir=$STATE/jobset port=$TAC2SOL_JOBSET_WEBHOOK_PORT
+    serving_certs "$dir/serving-certs"
+    cat >"$dir/config.yaml" <<EOF
+apiVersion: config.jobset.x-k8s.io/v1alpha1
+kind: Configuration
+webhook: {host: 127.0.0.1, port: $port, certDir: $dir/serving-certs}
+health: {healthProbeBindAddress: "127.0.0.1:$TAC2SOL_JOBSET_HEALTH_PORT"}
+metrics: {bindAddress: "0"}
+leaderElection: {leaderElect: false}
+internalCertManagement: {enable: false}
+EOF
+    KUBECONFIG=$STATE/jobset.kubeconfig start jobset --config="$dir/config.yaml" \
+        --metrics-bind-address=0 --leader-elect=false --zap-devel=false
+    wait_for "jobset /readyz (webhook server)" jobset curl -sf "http://127.0.0.1:$TAC2SOL_JOBSET_HEALTH_PORT/readyz"
+    # As JobSet's own manifests (config/components/webhook): pods only when a JobSet made them.
+    local jobsets='{apiGroups: [jobset.x-k8s.io], apiVersions: [v1alpha2], resources: [jobsets]'
+    local pods='{apiGroups: [""], apiVersions: [v1], resources: [pods], operations: [CREATE]}'
+    local jobset_pods='{matchExpressions: [{key: jobset.sigs.k8s.io/jobset-name, operator: Exists}]}'
+    kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: tac2sol-jobset}
+webhooks:
+$(webhook mjobset.kb.io "$port" /mutate-jobset-x-k8s-io-v1alpha2-jobset "$jobsets, operations: [CREATE]}")
+$(webhook mpod.kb.io "$port" /mutate--v1-pod "$pods" "$jobset_pods")
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: tac2sol-jobset}
+webhooks:
+$(webhook vjobset.kb.io "$port" /validate-jobset-x-k8s-io-v1alpha2-jobset "$jobsets, operations: [CREATE, UPDATE]}")
+$(webhook vpod.kb.io "$port" /validate--v1-pod "$pods" "$jobset_pods")
+EOF
+}
+
+start_trainer() {
+    local dir=$STATE/trainer port=$TAC2SOL_TRAINER_WEBHOOK_PORT
+    # Its webhook server reads $TMPDIR/k8s-webhook-server/serving-certs (controller-runtime's
+    # default; its Configuration has no certDir): a TMPDIR of its own keeps it off the
+    # training-operator's fixed /tmp path and off other clusters'.
+    serving_certs "$dir/tmp/k8s-webhook-server/serving-certs"
+    cat >"$dir/config.yaml" <<EOF
+apiVersion: config.trainer.kubeflow.org/v1alpha1
+kind: Configuration
+webhook: {host: 127.0.0.1, port: $port}
+health: {healthProbeBindAddress: "127.0.0.1:$TAC2SOL_TRAINER_HEALTH_PORT"}
+metrics: {bindAddress: "0", secureServing: false}
+leaderElection: {leaderElect: false}
+certManagement: {enable: false}
+EOF
+    TMPDIR=$dir/tmp KUBECONFIG=$STATE/trainer-controller-manager.kubeconfig \
+        start trainer-controller-manager --config="$dir/config.yaml"
+    wait_for "trainer-controller-manager /readyz (webhook server)" trainer-controller-manager \
+        curl -sf "http://127.0.0.1:$TAC2SOL_TRAINER_HEALTH_PORT/readyz"
+    # As Trainer's own manifests (manifests/base/webhook); the label lets a runtime opt out.
+    local group='apiGroups: [trainer.kubeflow.org], apiVersions: [v1alpha1], operations: [CREATE, UPDATE]'
+    local opt_out='{matchExpressions: [{key: trainer.kubeflow.org/webhook-validation, operator: NotIn, values: [disabled]}]}'
+    kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingWebhookConfiguration
+metadata: {name: tac2sol-trainer}
+webhooks:
+$(webhook defaulter.trainjob.trainer.kubeflow.org "$port" /mutate-trainer-kubeflow-org-v1alpha1-trainjob "{$group, resources: [trainjobs]}")
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata: {name: tac2sol-trainer}
+webhooks:
+$(webhook validator.clustertrainingruntime.trainer.kubeflow.org "$port" \
+    /validate-trainer-kubeflow-org-v1alpha1-clustertrainingruntime "{$group, resources: [clustertrainingruntimes]}" "$opt_out")
+$(webhook validator.trainingruntime.trainer.kubeflow.org "$port" \
+    /validate-trainer-kubeflow-org-v1alpha1-trainingruntime "{$group, resources: [trainingruntimes]}" "$opt_out")
+$(webhook validator.trainjob.trainer.kubeflow.org "$port" \
+    /validate-trainer-kubeflow-org-v1alpha1-trainjob "{$group, resources: [trainjobs]}")
+EOF
+}
+
+trainer_up() {  # JobSet, then Trainer v2, with their CRDs and webhooks; nothing when both run
+    local running=0 c
+    for c in "${TRAINER_COMPONENTS[@]}"; do [[ -n $(pid_of "$c") ]] && running=$((running + 1)); done
+    ((running < ${#TRAINER_COMPONENTS[@]})) || return 0
+    need_trainer
+    local t0=$SECONDS
+    stop "${TRAINER_COMPONENTS[@]}"  # a half-started pair: start over
+    say "installing the Trainer v2 and JobSet CRDs; starting JobSet and trainer-controller-manager"
+    kubectl apply --server-side --field-manager=tac2sol-cluster -f "$TRAINER_CRDS/jobset.x-k8s.io_jobsets.yaml" \
+        -f "$TRAINER_CRDS/trainer.kubeflow.org_trainjobs.yaml" \
+        -f "$TRAINER_CRDS/trainer.kubeflow.org_trainingruntimes.yaml" \
+        -f "$TRAINER_CRDS/trainer.kubeflow.org_clustertrainingruntimes.yaml" >/dev/null
+    for c in "${TRAINER_COMPONENTS[@]}"; do
+        kubectl create clusterrolebinding "tac2sol:$c" --clusterrole=cluster-admin \
+            --user="tac2sol:$c" --dry-run=client -o yaml | kubectl apply --server-side \
+            --field-manager=tac2sol-cluster -f - >/dev/null
+    done
+    kubectl wait --for=condition=Established --timeout="${TIMEOUT}s" crd/jobsets.jobset.x-k8s.io \
+        crd/trainjobs.trainer.kubeflow.org crd/trainingruntimes.trainer.kubeflow.org \
+        crd/clustertrainingruntimes.trainer.kubeflow.org >/dev/null
+    mkdir -p "$STATE/jobset" "$STATE/trainer"
+    start_jobset
+    start_trainer
+    say "Trainer v2 and JobSet ready in $((SECONDS - t0)) s"
+}
+
 # --- the real node (hack/node.sh) ----------------------------------------------------------------
 
 cgroup_dirs() {  # the node's cgroup root in every hierarchy (v1 controllers, or the v2 tree)
@@ -501,9 +663,11 @@ running_count() {
 cmd_up() {
     load_settings
     need_binaries
+    [[ $TRAINER_V2 == 0 ]] || need_trainer
     mkdir -p "$STATE"
     if [[ $(running_count) == "${#COMPONENTS[@]}" ]]; then
         say "already up ($STATE)"
+        [[ $TRAINER_V2 == 0 ]] || trainer_up
         echo "KUBECONFIG=$KUBECONFIG_PATH"
         return
     fi
@@ -513,7 +677,7 @@ cmd_up() {
     mkdir -p "$STATE/pids" "$STATE/logs"
     make_pki
     local user
-    for user in admin kube-controller-manager kube-scheduler training-operator kwok; do
+    for user in admin kube-controller-manager kube-scheduler training-operator kwok trainer-controller-manager jobset; do
         write_kubeconfig "$STATE/$user.kubeconfig" "$user"
     done
     cp "$STATE/admin.kubeconfig" "$KUBECONFIG_PATH"
@@ -543,6 +707,7 @@ cmd_up() {
         make_local_volumes
         say "node $NODE_NAME Ready in $((SECONDS - t_node)) s"
     fi
+    [[ $TRAINER_V2 == 0 ]] || trainer_up
     trap - EXIT
     write_env
     [[ -z ${TAC2SOL_CLUSTER_OWNER_PID:-} ]] || start_watchdog "$TAC2SOL_CLUSTER_OWNER_PID"
@@ -578,13 +743,13 @@ cmd_down() {
     local quiet=${1:-}
     stop_watchdog
     # Clients first, all at once; etcd last, so that the apiserver can shut down cleanly.
-    stop "${COMPONENTS[@]:1}"
+    stop "${TRAINER_COMPONENTS[@]}" "${COMPONENTS[@]:1}"
     stop etcd
     # The node's pid 1 is gone, so are its namespaces and what ran in them: its cgroups and files last.
     remove_cgroups
     rm -rf "$NODE_DIR"
     # Fresh data on the next `up`; logs stay for a look after a failure.
-    rm -rf "$STATE/etcd" "$STATE/pids" "$STATE/cluster.env"
+    rm -rf "$STATE/etcd" "$STATE/pids" "$STATE/cluster.env" "$STATE/jobset" "$STATE/trainer"
     [[ -n $quiet ]] || say "down ($STATE)"
 }
 
@@ -593,10 +758,19 @@ cmd_status() {
     for c in "${COMPONENTS[@]}"; do
         pid=$(pid_of "$c")
         if [[ -n $pid ]]; then
-            printf '%-24s running (pid %s)\n' "$c" "$pid"
+            printf '%-26s running (pid %s)\n' "$c" "$pid"
         else
-            printf '%-24s stopped\n' "$c"
+            printf '%-26s stopped\n' "$c"
             missing=1
+        fi
+    done
+    for c in "${TRAINER_COMPONENTS[@]}"; do  # optional: counted only with TAC2SOL_TRAINER_V2=1
+        pid=$(pid_of "$c")
+        if [[ -n $pid ]]; then
+            printf '%-26s running (pid %s)\n' "$c" "$pid"
+        else
+            printf '%-26s not started (bash hack/cluster.sh trainer-up)\n' "$c"
+            [[ $TRAINER_V2 == 0 ]] || missing=1
         fi
     done
     if [[ $missing == 0 ]]; then
@@ -605,13 +779,24 @@ cmd_status() {
     return "$missing"
 }
 
+cmd_trainer_up() {
+    load_settings
+    [[ $(running_count) == "${#COMPONENTS[@]}" ]] \
+        || die "the cluster in $STATE is not (fully) up: \`bash hack/cluster.sh up\` first (or TAC2SOL_TRAINER_V2=1 at up)"
+    # A failed start leaves neither running (the cluster itself stays up).
+    trap 'if [[ $? != 0 ]]; then say "trainer-up failed (logs in $STATE/logs)"; stop "${TRAINER_COMPONENTS[@]}"; fi' EXIT
+    trainer_up
+    trap - EXIT
+}
+
 case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
+trainer-up) cmd_trainer_up ;;
 node-exec)
     shift
     node_exec "$@"
     ;;
-*) die "usage: bash hack/cluster.sh up|down|status|node-exec CMD... (see the header of hack/cluster.sh)" ;;
+*) die "usage: bash hack/cluster.sh up|down|status|trainer-up|node-exec CMD... (see the header of hack/cluster.sh)" ;;
 esac

@@ -3,7 +3,7 @@
 
 They run scripts under hack/, so they work from a checkout (an editable install) only.
 `python -m tac2sol.devtools cluster-env` prints what hack/cluster.sh reads: the control plane's
-port variables (defaults below, overridden by the environment) and the Kubeflow CRDs folder.
+port variables (defaults below, overridden by the environment) and the Kubeflow CRDs folders.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ CLUSTER_PORTS = {
     "TAC2SOL_TRAINING_OPERATOR_METRICS_PORT": 28080,
     "TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT": 28081,
     "TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT": 29443,
+    # Kubeflow Trainer v2 and JobSet (`hack/cluster.sh trainer-up`): health probes and webhooks.
+    "TAC2SOL_TRAINER_HEALTH_PORT": 28091,
+    "TAC2SOL_TRAINER_WEBHOOK_PORT": 29453,
+    "TAC2SOL_JOBSET_HEALTH_PORT": 28101,
+    "TAC2SOL_JOBSET_WEBHOOK_PORT": 29463,
 }
 
 
@@ -54,6 +59,13 @@ def crds_dir() -> Path:
     """The Kubeflow training-operator CRDs, copied by hack/install-tools.sh from the Go module of
     the training-operator it builds (so they match the controller's version)."""
     return cache_dir() / "crds" / "training-operator"
+
+
+def trainer_crds_dir() -> Path:
+    """The CRDs of Kubeflow Trainer v2 (trainer.kubeflow.org_*.yaml) and of JobSet
+    (jobset.x-k8s.io_jobsets.yaml), copied by hack/install-tools.sh from the Go modules of the
+    controllers it builds."""
+    return cache_dir() / "crds" / "trainer"
 
 
 # --- free ports ----------------------------------------------------------------------------------
@@ -160,7 +172,10 @@ def debian_base_tarball() -> Path:
 
 def cluster_env(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
     """hack/cluster.sh's settings: each port from the environment or its default, and the CRDs."""
-    env = {"TAC2SOL_CRDS_DIR": environ.get("TAC2SOL_CRDS_DIR") or str(crds_dir())}
+    env = {
+        "TAC2SOL_CRDS_DIR": environ.get("TAC2SOL_CRDS_DIR") or str(crds_dir()),
+        "TAC2SOL_TRAINER_CRDS_DIR": environ.get("TAC2SOL_TRAINER_CRDS_DIR") or str(trainer_crds_dir()),
+    }
     for name, default in CLUSTER_PORTS.items():
         value = environ.get(name) or str(default)
         if not value.isdigit() or not 0 < int(value) < 65536:
@@ -214,6 +229,20 @@ class DevCluster:
             env=self.env,
             timeout=timeout,
         )
+
+
+def start_trainer_v2(cluster: DevCluster, timeout: float = 180) -> None:
+    """`hack/cluster.sh trainer-up`: add Kubeflow Trainer v2 and JobSet (CRDs, controllers and
+    webhooks) to a running cluster; returns at once when they already run."""
+    proc = subprocess.run(
+        ["bash", str(HACK / "cluster.sh"), "trainer-up"],
+        capture_output=True,
+        text=True,
+        env=cluster.env,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise DevToolsError(f"`hack/cluster.sh trainer-up` failed:\n{proc.stderr[-6000:]}")
 
 
 @contextmanager

@@ -15,6 +15,8 @@
   (hack/node.sh: kubelet, containerd, CoreDNS), `tac2sol-node`, labelled `tac2sol.dev/node: real`
   and tainted `tac2sol.dev/real-node=true:NoSchedule`: pods that tolerate the taint and select the
   label run for real there, from images imported with `control_plane.dev.import_image()`.
+  `trainer_v2` (session) is the same control plane with Kubeflow Trainer v2 and JobSet added
+  (TrainJob -> JobSet -> Jobs -> pods on kwok's nodes), started the first time a test asks.
 - Skips: a run fails when a test skipped for any reason but a GPU one (or the absent shared
   data), so that a green run never checked less than it claims. A skip that is allowed carries
   the `gpu` marker, names a GPU or CUDA in its reason, or starts with SHARED_DATA_REASON.
@@ -53,6 +55,8 @@ CLUSTER_TOOLS = (
     "training-operator",
     "kwok",
 )
+# What `trainer_v2` adds: Kubeflow Trainer v2's controller and the JobSet controller.
+TRAINER_V2_TOOLS = ("trainer-controller-manager", "jobset")
 TOOL_MARKERS = ("k8s", "prom", "image")
 
 
@@ -188,6 +192,20 @@ def control_plane(tool_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> I
             )
     except devtools.DevToolsError as exc:
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def trainer_v2(control_plane: ControlPlane) -> ControlPlane:
+    """The shared control plane with Kubeflow Trainer v2 (v2.3.0) and JobSet (v0.12.0) running:
+    their CRDs, controllers and admission webhooks (`hack/cluster.sh trainer-up`, once per session;
+    tests that do not ask for it never start them). No ClusterTrainingRuntime is installed: each
+    test (or the chart) applies its own. JobSet pods run on kwok's GPU nodes like any other pod."""
+    try:
+        devtools.ensure_tools(*TRAINER_V2_TOOLS)
+        devtools.start_trainer_v2(control_plane.dev)
+    except devtools.DevToolsError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    return control_plane
 
 
 @pytest.fixture

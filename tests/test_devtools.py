@@ -49,6 +49,7 @@ def test_cluster_env_defaults_overrides_and_bad_values(tmp_path: Path) -> None:
     assert env["TAC2SOL_ETCD_PORT"] == str(devtools.CLUSTER_PORTS["TAC2SOL_ETCD_PORT"])
     assert set(devtools.CLUSTER_PORTS) < set(env)
     assert env["TAC2SOL_CRDS_DIR"] == str(devtools.crds_dir())
+    assert env["TAC2SOL_TRAINER_CRDS_DIR"] == str(devtools.trainer_crds_dir())
     for bad in ("abc", "0", "70000", "-1"):
         with pytest.raises(devtools.DevToolsError, match=f"TAC2SOL_ETCD_PORT='{bad}' is not a port"):
             devtools.cluster_env({"TAC2SOL_ETCD_PORT": bad})
