@@ -50,6 +50,13 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "priority": 1,
     },
     {
+        "name": "Backend",
+        "type": "string",
+        "jsonPath": ".status.backend",
+        "description": "pytorchjob (training-operator v1) or trainjob (Trainer v2).",
+        "priority": 1,
+    },
+    {
         "name": "Progress",
         "type": "integer",
         "jsonPath": ".status.progress.percent",

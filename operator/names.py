@@ -27,6 +27,15 @@ PYTORCHJOB = "PyTorchJob"
 MPIJOB = "MPIJob"
 JOB_NAME_LABEL = "training.kubeflow.org/job-name"
 
+# Kubeflow Trainer v2: a TrainJob runs as a JobSet of the same name (sigs.k8s.io/jobset).
+TRAINER_API_VERSION = "trainer.kubeflow.org/v1alpha1"
+TRAINJOB = "TrainJob"
+TRAINJOB_PLURAL = "trainjobs"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"  # on every pod of the JobSet
+RUNTIME_PATCH_MANAGER = "tac2sol.dev/operator"  # the TrainJob's runtimePatches entry the operator owns
+DEFAULT_TRAINJOB_RUNTIME = "tac2sol-torch"  # the chart's ClusterTrainingRuntime
+TRAINER_CONTAINER = "node"  # the container Trainer's torch plugin fills (image, command, env, resources)
+
 # Other projects' labels and resources.
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 GPU_RESOURCE = "nvidia.com/gpu"

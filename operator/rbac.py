@@ -7,14 +7,19 @@ manifest test compares its ClusterRole with :func:`cluster_role`.
 Namespaced mode (``tac2sol operator --namespace NS``): bind the ClusterRole with a RoleBinding in
 NS. The cluster-scoped rule (CRD discovery) is then not granted, so the operator turns kopf's CRD
 scanning off in that mode and reads the API's resources once at start.
+
+Backends (``TAC2SOL_BACKENDS``, chart value ``backends``): the job kinds' rules are granted only for
+the backends the operator may use, so a trainjob-only install has no rule on ``kubeflow.org``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from tac2sol.operator.names import API_GROUP, PLURAL
+from tac2sol.operator.backend import BACKENDS, PYTORCHJOB_BACKEND, TRAINJOB_BACKEND
+from tac2sol.operator.names import API_GROUP, PLURAL, TRAINER_API_VERSION, TRAINJOB_PLURAL
 
 CLUSTER_ROLE_NAME = "tac2sol-operator"
 
@@ -26,6 +31,7 @@ class Rule:
     verbs: tuple[str, ...]
     why: str
     cluster_scoped: bool = False
+    backend: str | None = None  # granted only when the operator may use this backend (TAC2SOL_BACKENDS)
 
     def to_api(self) -> dict[str, Any]:
         return {
@@ -58,7 +64,17 @@ RULES: tuple[Rule, ...] = (
         ("kubeflow.org",),
         ("pytorchjobs", "mpijobs"),
         ("get", "list", "watch", "create", "patch"),
-        "server-side apply of the job (create when new, patch after); watch its conditions",
+        "server-side apply of the job (create when new, patch after); watch its conditions; "
+        "list: whether the cluster serves the kind (backend auto)",
+        backend=PYTORCHJOB_BACKEND,
+    ),
+    Rule(
+        (TRAINER_API_VERSION.split("/")[0],),
+        (TRAINJOB_PLURAL,),
+        ("get", "list", "watch", "create", "patch"),
+        "server-side apply of the TrainJob (create when new, patch after); watch its conditions; "
+        "list: whether the cluster serves the kind (backend auto)",
+        backend=TRAINJOB_BACKEND,
     ),
     Rule(("",), ("configmaps",), ("get", "create", "patch"), "server-side apply of the trainer config"),
     Rule(
@@ -75,9 +91,17 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def rules(*, namespaced: bool = False) -> list[dict[str, Any]]:
-    """PolicyRules; ``namespaced`` leaves out the cluster-scoped ones."""
-    return [r.to_api() for r in RULES if not (namespaced and r.cluster_scoped)]
+def rules(*, namespaced: bool = False, backends: Iterable[str] = BACKENDS) -> list[dict[str, Any]]:
+    """PolicyRules: every backend-independent rule, then each of ``backends``' rules (the chart
+    concatenates them in this order); ``namespaced`` leaves out the cluster-scoped ones."""
+    common = [r.to_api() for r in RULES if r.backend is None and not (namespaced and r.cluster_scoped)]
+    wanted = set(backends)
+    return common + [rule for b in BACKENDS if b in wanted for rule in backend_rules(b)]
+
+
+def backend_rules(backend: str) -> list[dict[str, Any]]:
+    """The (namespaced) rules only a backend needs: its job kinds."""
+    return [r.to_api() for r in RULES if r.backend == backend]
 
 
 def cluster_role(name: str = CLUSTER_ROLE_NAME, labels: dict[str, str] | None = None) -> dict[str, Any]:

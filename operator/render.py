@@ -37,6 +37,7 @@ import yaml
 from tac2sol.operator.metrics import trainer_metrics_ports, trainer_scrape_annotations
 from tac2sol.operator.names import (
     CONFIG_HASH_ANNOTATION,
+    DEFAULT_TRAINJOB_RUNTIME,
     GPU_PRODUCT_LABEL,
     GPU_RESOURCE,
     GROUP_VERSION,
@@ -49,6 +50,7 @@ from tac2sol.operator.names import (
     PYTORCHJOB,
     RUN_LABEL,
     SPEC_ANNOTATION,
+    TRAINJOB,
 )
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.resolve import ResolvedRun
@@ -91,6 +93,8 @@ class RenderOptions:
     # The trainer keeps serving /metrics this long after it ends, so a last progress read sees
     # the final step and the evaluation summary.
     metrics_linger_seconds: float = 60.0
+    # The ClusterTrainingRuntime a TrainJob refers to (backend trainjob).
+    trainjob_runtime: str = DEFAULT_TRAINJOB_RUNTIME
 
 
 @dataclass(frozen=True)
@@ -419,12 +423,21 @@ def run_policy(run: TrainingRun) -> dict[str, Any]:
         policy["ttlSecondsAfterFinished"] = p.ttl_seconds_after_finished
     if p.active_deadline_seconds is not None:
         policy["activeDeadlineSeconds"] = p.active_deadline_seconds
-    if run.spec.suspend or not run.spec.resources.kueue_queue:
-        policy["suspend"] = run.spec.suspend
+    suspend = job_suspend(run)
+    if suspend is not None:
+        policy["suspend"] = suspend
     return policy
 
 
-def _job_metadata(run: TrainingRun) -> dict[str, Any]:
+def job_suspend(run: TrainingRun) -> bool | None:
+    """The job's ``suspend``: ``spec.suspend``, except that under Kueue (``resources.kueueQueue``) the
+    operator only ever sets ``true`` (None: leave the field to Kueue's admission)."""
+    if run.spec.suspend or not run.spec.resources.kueue_queue:
+        return run.spec.suspend
+    return None
+
+
+def job_metadata(run: TrainingRun) -> dict[str, Any]:
     name = run.metadata.name
     labels = {**common_labels(name), "app.kubernetes.io/component": "trainer"}
     if run.spec.resources.kueue_queue:
@@ -463,7 +476,7 @@ def render_pytorchjob(
     return {
         "apiVersion": KUBEFLOW_API_VERSION,
         "kind": PYTORCHJOB,
-        "metadata": _job_metadata(run),
+        "metadata": job_metadata(run),
         "spec": {
             "nprocPerNode": str(plan.gpus_per_node),
             "runPolicy": run_policy(run),
@@ -532,7 +545,7 @@ def render_mpijob(
     return {
         "apiVersion": KUBEFLOW_API_VERSION,
         "kind": MPIJOB,
-        "metadata": _job_metadata(run),
+        "metadata": job_metadata(run),
         "spec": {
             "slotsPerWorker": plan.gpus_per_node,
             "mainContainer": MPI_CONTAINER,
@@ -553,12 +566,22 @@ def render_job(rr: ResolvedRun, plan: Plan, opts: RenderOptions, config: str | N
     return render_pytorchjob(rr, plan, opts, config)
 
 
-def render_children(rr: ResolvedRun, plan: Plan, opts: RenderOptions) -> list[dict[str, Any]]:
-    """Everything the run owns, in apply order: the ConfigMap first (the pods mount it), then the job."""
+def render_children(
+    rr: ResolvedRun, plan: Plan, opts: RenderOptions, kind: str | None = None
+) -> list[dict[str, Any]]:
+    """Everything the run owns, in apply order: the ConfigMap first (the pods mount it), then the job:
+    a ``kind`` TrainJob (``tac2sol.operator.trainjob``), else the run's v1 kind (:func:`job_kind`)."""
     if not plan.fits:
         raise ValueError(f"the plan for {rr.name} does not fit; nothing to render")
     data = config_data(rr, plan, opts)
-    return [render_config_map(rr, plan, opts, data), render_job(rr, plan, opts, config_hash(data))]
+    config = config_hash(data)
+    if kind == TRAINJOB:
+        from tac2sol.operator.trainjob import render_trainjob  # it builds on this module
+
+        job = render_trainjob(rr, plan, opts, config)
+    else:
+        job = render_job(rr, plan, opts, config)
+    return [render_config_map(rr, plan, opts, data), job]
 
 
 class _BlockDumper(yaml.SafeDumper):

@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tac2sol import __version__
 from tac2sol.errors import InvalidInput
+from tac2sol.operator.names import DEFAULT_TRAINJOB_RUNTIME
 
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/tac2sol/tac2sol-trainer:{__version__}"
 # `tac2sol operator` flags whose name is not the field's (errors name what the user typed).
@@ -72,6 +73,26 @@ class OperatorSettings(BaseSettings):
         4, ge=1, le=256, description="CPU request per training process when spec.resources.cpu is unset."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Operator log level.")
+    backends: str = Field(
+        "pytorchjob,trainjob",
+        pattern=r"^(pytorchjob|trainjob)(,(pytorchjob|trainjob))?$",
+        description=(
+            "Kubeflow APIs the operator may use, comma-separated: pytorchjob (training-operator v1: "
+            "PyTorchJob, MPIJob), trainjob (Trainer v2). It watches and is granted only these; a run "
+            "asking for another fails."
+        ),
+    )
+    trainjob_runtime: str = Field(
+        DEFAULT_TRAINJOB_RUNTIME,
+        min_length=1,
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        description="The ClusterTrainingRuntime a TrainJob refers to (the chart ships it).",
+    )
+
+    @property
+    def enabled_backends(self) -> frozenset[str]:
+        return frozenset(self.backends.split(","))
 
     @field_validator("namespace", mode="before")
     @classmethod

@@ -352,6 +352,25 @@ class RunPolicy(ApiModel):
 
 _STAGE_SET = "has(self.deepspeed) && string(self.deepspeed.stage) != 'auto'"
 
+# What a TrainJob cannot carry per run (Trainer v2.3's TrainJob and runtimePatches have no field for
+# it); one text for the CEL rule and the Python check (validation.trainjob_problems).
+TRAINJOB_MPIJOB = (
+    "launcher mpijob is a Kubeflow v1 MPIJob: use backend pytorchjob (or auto), or launcher pytorchjob"
+)
+TRAINJOB_PRIORITY_CLASS = (
+    "resources.priorityClassName cannot be set on a TrainJob (Trainer v2.3 runtimePatches do not carry "
+    "it): use backend pytorchjob, or Kueue priorities (a WorkloadPriorityClass)"
+)
+TRAINJOB_PULL_POLICY = (
+    "imagePullPolicy of a TrainJob is its ClusterTrainingRuntime's (chart value trainer.image.pullPolicy): "
+    "remove it or use backend pytorchjob"
+)
+TRAINJOB_RUN_POLICY = (
+    "runPolicy.backoffLimit, cleanPodPolicy and ttlSecondsAfterFinished are training-operator v1 settings; "
+    "a TrainJob restarts as its ClusterTrainingRuntime says (chart value trainJob.runtime.maxRestarts): "
+    "remove them or use backend pytorchjob (runPolicy.activeDeadlineSeconds applies to both)"
+)
+
 
 class TrainingRunSpec(ApiModel):
     """The desired fine-tuning run."""
@@ -391,6 +410,27 @@ class TrainingRunSpec(ApiModel):
             "strategy deepspeed needs GPUs; with gpuType cpu use auto or ddp",
             ".strategy",
         ),
+        _cel(
+            "self.backend != 'trainjob' || self.launcher != 'mpijob'",
+            TRAINJOB_MPIJOB,
+            ".launcher",
+        ),
+        _cel(
+            "self.backend != 'trainjob' || !has(self.resources.priorityClassName)",
+            TRAINJOB_PRIORITY_CLASS,
+            ".resources.priorityClassName",
+        ),
+        _cel(
+            "self.backend != 'trainjob' || !has(self.imagePullPolicy)",
+            TRAINJOB_PULL_POLICY,
+            ".imagePullPolicy",
+        ),
+        _cel(
+            "self.backend != 'trainjob' || (self.runPolicy.backoffLimit == 3 && "
+            "self.runPolicy.cleanPodPolicy == 'None' && !has(self.runPolicy.ttlSecondsAfterFinished))",
+            TRAINJOB_RUN_POLICY,
+            ".runPolicy",
+        ),
     )
 
     model: ModelSpec = Field(description="Base model.")
@@ -405,7 +445,20 @@ class TrainingRunSpec(ApiModel):
     )
     deepspeed: DeepSpeedSpec = Field(default_factory=DeepSpeedSpec, description="DeepSpeed ZeRO settings.")
     launcher: Literal["pytorchjob", "mpijob"] = Field(
-        "pytorchjob", description="Kubeflow job kind: PyTorchJob (torchrun) or MPIJob (DeepSpeed launcher)."
+        "pytorchjob",
+        description=(
+            "Kubeflow v1 job kind: PyTorchJob (torchrun) or MPIJob (DeepSpeed launcher). A TrainJob "
+            "always runs torchrun."
+        ),
+    )
+    backend: Literal["auto", "pytorchjob", "trainjob"] = Field(
+        "auto",
+        description=(
+            "Which Kubeflow API trains the run: pytorchjob (training-operator v1: PyTorchJob, or MPIJob "
+            "with launcher mpijob), trainjob (Kubeflow Trainer v2: a TrainJob on the chart's "
+            "ClusterTrainingRuntime), or auto: the v1 kind when the cluster serves it, else TrainJob "
+            "(status.backend says which and why)."
+        ),
     )
     image: str | None = Field(
         None, max_length=512, description="Trainer image; default from the operator's settings."

@@ -39,17 +39,25 @@ class Condition(ApiModel):
 
 
 class JobRef(ApiModel):
-    """The Kubeflow job (PyTorchJob or MPIJob) that trains this run."""
+    """The Kubeflow job (PyTorchJob, MPIJob or TrainJob) that trains this run."""
 
-    api_version: str = Field(description="e.g. kubeflow.org/v1")
-    kind: str = Field(description="PyTorchJob or MPIJob.")
+    api_version: str = Field(description="kubeflow.org/v1 or trainer.kubeflow.org/v1alpha1")
+    kind: str = Field(description="PyTorchJob, MPIJob or TrainJob.")
     name: str = Field(description="Job name (derived from the run's name).")
     namespace: str | None = Field(None, description="Job namespace (the run's).")
     uid: str | None = Field(None, description="Job uid.")
 
 
 class Progress(ApiModel):
-    """Training progress read from the master pod's /metrics."""
+    """Training progress: the rank-0 trainer's /metrics, or a TrainJob's status.trainerStatus."""
+
+    source: Literal["metrics", "trainerStatus"] | None = Field(
+        None,
+        description=(
+            "Where these figures come from: metrics (the trainer pods' /metrics, read by the operator) "
+            "or trainerStatus (the TrainJob's status.trainerStatus, Trainer v2's TrainJobStatus gate)."
+        ),
+    )
 
     step: int | None = Field(None, ge=0, description="Optimizer steps done.")
     total_steps: int | None = Field(None, ge=0, description="Optimizer steps planned.")
@@ -122,6 +130,13 @@ class TrainingRunStatus(ApiModel):
     observed_generation: int | None = Field(None, ge=0, description="metadata.generation last acted on.")
     plan: Plan | None = Field(None, description="The memory plan the job was made from.")
     job_ref: JobRef | None = Field(None, description="The training job.")
+    backend: Literal["pytorchjob", "trainjob"] | None = Field(
+        None,
+        description=(
+            "The Kubeflow API that trains the run: pytorchjob (training-operator v1) or trainjob "
+            "(Trainer v2); the BackendSelected condition says why."
+        ),
+    )
     progress: Progress | None = Field(None, description="Training progress.")
     evaluation: EvaluationSummary | None = Field(None, description="Evaluation summary once finished.")
     message: str | None = Field(None, description="Why the run is in its phase (one sentence).")

@@ -11,7 +11,15 @@ from pydantic.alias_generators import to_camel
 from tac2sol.errors import InvalidInput
 from tac2sol.operator.catalog import GPUS, MODELS, find_model
 from tac2sol.operator.resolve import resolve_model
-from tac2sol.operator.spec import TrainingRun, TrainingRunSpec
+from tac2sol.operator.spec import (
+    TRAINJOB_MPIJOB,
+    TRAINJOB_PRIORITY_CLASS,
+    TRAINJOB_PULL_POLICY,
+    TRAINJOB_RUN_POLICY,
+    RunPolicy,
+    TrainingRun,
+    TrainingRunSpec,
+)
 
 
 class SpecProblem(InvalidInput):
@@ -112,8 +120,37 @@ def check_training_run(run: TrainingRun) -> None:
         )
     if gpu.is_cpu and s.strategy == "deepspeed":
         raise SpecProblem(("spec", "strategy"), "deepspeed needs GPUs; with gpuType cpu use auto or ddp")
+    if s.backend == "trainjob":
+        problems = trainjob_problems(s)
+        if problems:
+            raise problems[0]
     accumulation_steps(s)
     _check_model(s)
+
+
+def trainjob_problems(s: TrainingRunSpec) -> list[SpecProblem]:
+    """What a run asks that a TrainJob cannot carry (the CEL rules for ``backend: trainjob``; the
+    renderer checks the same when ``backend: auto`` chose TrainJob)."""
+    out = []
+    if s.launcher == "mpijob":
+        out.append(
+            SpecProblem(
+                ("spec", "launcher"),
+                TRAINJOB_MPIJOB,
+            )
+        )
+    if s.resources.priority_class_name is not None:
+        out.append(SpecProblem(("spec", "resources", "priorityClassName"), TRAINJOB_PRIORITY_CLASS))
+    if s.image_pull_policy is not None:
+        out.append(SpecProblem(("spec", "imagePullPolicy"), TRAINJOB_PULL_POLICY))
+    p, default = s.run_policy, RunPolicy()
+    if (p.backoff_limit, p.clean_pod_policy, p.ttl_seconds_after_finished) != (
+        default.backoff_limit,
+        default.clean_pod_policy,
+        default.ttl_seconds_after_finished,
+    ):
+        out.append(SpecProblem(("spec", "runPolicy"), TRAINJOB_RUN_POLICY))
+    return out
 
 
 def _check_model(s: TrainingRunSpec) -> None:

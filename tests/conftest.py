@@ -97,6 +97,16 @@ def kubeflow_crds(tool_bin: Path) -> Path:
     return crds
 
 
+@pytest.fixture(scope="session")
+def trainer_crds(tool_bin: Path) -> Path:
+    """Kubeflow Trainer v2's CRDs (trainer.kubeflow.org_trainjobs.yaml, _clustertrainingruntimes.yaml),
+    copied by hack/install-tools.sh from the trainer's Go module."""
+    crds = devtools.cache_dir() / "crds" / "trainer"
+    if not (crds / "trainer.kubeflow.org_trainjobs.yaml").is_file():
+        pytest.fail(f"no Kubeflow Trainer CRDs in {crds} after hack/install-tools.sh", pytrace=False)
+    return crds
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:

@@ -272,6 +272,27 @@ CEL_REJECTS = [
         "credentialsSecret needs dataset.uri",
     ),
     ("long-name", {"metadata.name": "a" * 51}, "at most 50 characters"),
+    # What a TrainJob cannot carry per run (Trainer v2.3).
+    (
+        "trainjob-mpijob",
+        {"spec.backend": "trainjob", "spec.launcher": "mpijob", "spec.strategy": "deepspeed"},
+        "launcher mpijob is a Kubeflow v1 MPIJob",
+    ),
+    (
+        "trainjob-priority-class",
+        {"spec.backend": "trainjob", "spec.resources.priorityClassName": "high"},
+        "priorityClassName cannot be set on a TrainJob",
+    ),
+    (
+        "trainjob-pull-policy",
+        {"spec.backend": "trainjob", "spec.imagePullPolicy": "Always"},
+        "imagePullPolicy of a TrainJob",
+    ),
+    (
+        "trainjob-backoff-limit",
+        {"spec.backend": "trainjob", "spec.runPolicy": {"backoffLimit": 5}},
+        "training-operator v1 settings",
+    ),
 ]
 
 

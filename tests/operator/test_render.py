@@ -93,14 +93,46 @@ CASES = {
 }
 
 
+# The same runs as Kubeflow Trainer v2 TrainJobs (backend trainjob), minus what a TrainJob cannot
+# carry (priorityClassName, imagePullPolicy, v1 runPolicy settings, launcher mpijob).
+TRAINJOB_EVERYTHING = {
+    k: v
+    for k, v in EVERYTHING.items()
+    if k not in ("resources__priorityClassName", "imagePullPolicy", "runPolicy")
+}
+TRAINJOB_CASES = {
+    # DDP on one node x 4 GPUs.
+    "trainjob-qwen32b": _load("qwen32b", backend="trainjob"),
+    # ZeRO-3 over 2 nodes with every scheduling option a TrainJob carries, and a deadline.
+    "trainjob-llama70b-2nodes-everything": _load(
+        "llama-3.1-70b",
+        backend="trainjob",
+        runPolicy={"activeDeadlineSeconds": 172800},
+        **TRAINJOB_EVERYTHING,
+    ),
+    # DeepSpeed on 2 nodes (the v1 case above runs it as an MPIJob).
+    "trainjob-qwen72b-2nodes": _load("qwen2.5-72b", backend="trainjob", resources__nodes=2),
+    # CPU: no GPUs, emptyDirs.
+    "trainjob-tiny-cpu": _load("tiny-local", backend="trainjob"),
+    # An S3 URI: the credentials Secret's known keys as optional secretKeyRef variables.
+    "trainjob-qwen32b-s3-uri": _load(
+        "qwen32b",
+        backend="trainjob",
+        dataset={"uri": "s3://tac2sol-data/sets/tac2sol-500.jsonl", "credentialsSecret": "s3-creds"},
+    ),
+}
+ALL_CASES = {**CASES, **TRAINJOB_CASES}
+
+
 def _render(data: dict[str, Any]) -> list[dict[str, Any]]:
     run = _run(data)
-    return render_children(resolve(run), make_plan(resolve(run)), OPTIONS)
+    kind = "TrainJob" if run.spec.backend == "trainjob" else None
+    return render_children(resolve(run), make_plan(resolve(run)), OPTIONS, kind)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", sorted(ALL_CASES))
 def test_golden(case: str) -> None:
-    text = to_yaml(_render(CASES[case]))
+    text = to_yaml(_render(ALL_CASES[case]))
     path = GOLDEN / f"{case}.yaml"
     header = f"# Golden output of tests/operator/test_render.py case {case!r}; review diffs like code.\n"
     if os.environ.get("TAC2SOL_UPDATE_GOLDEN") == "1":
@@ -146,22 +178,37 @@ def test_jobs_match_the_kubeflow_crd_schema(case: str, kubeflow_crds: Path) -> N
     jsonschema.validate({**job, "metadata": {}}, schema)
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@functools.cache
+def _trainer_crd_schema(crds: Path, plural: str) -> dict[str, Any]:
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    doc = yaml.load((crds / f"trainer.kubeflow.org_{plural}.yaml").read_text(), Loader=loader)
+    version = next(v for v in doc["spec"]["versions"] if v["name"] == "v1alpha1")
+    return _openapi_to_jsonschema(version["schema"]["openAPIV3Schema"])
+
+
+@pytest.mark.parametrize("case", sorted(TRAINJOB_CASES))
+def test_trainjobs_match_the_trainer_crd_schema(case: str, trainer_crds: Path) -> None:
+    job = _render(TRAINJOB_CASES[case])[1]
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    jsonschema.validate({**job, "metadata": {}}, _trainer_crd_schema(trainer_crds, "trainjobs"))
+
+
+@pytest.mark.parametrize("case", sorted(ALL_CASES))
 def test_every_child_is_owned_and_labelled(case: str) -> None:
-    for obj in _render(CASES[case]):
+    for obj in _render(ALL_CASES[case]):
         meta = obj["metadata"]
         assert meta["ownerReferences"] == [
             {
                 "apiVersion": "tac2sol.dev/v1alpha1",
                 "kind": "TrainingRun",
-                "name": CASES[case]["metadata"]["name"],
+                "name": ALL_CASES[case]["metadata"]["name"],
                 "uid": UID,
                 "controller": True,
                 "blockOwnerDeletion": True,
             }
         ]
         assert meta["namespace"] == "ml"
-        assert meta["labels"]["tac2sol.dev/run"] == CASES[case]["metadata"]["name"]
+        assert meta["labels"]["tac2sol.dev/run"] == ALL_CASES[case]["metadata"]["name"]
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "tac2sol-operator"
         assert {"app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/part-of"} <= set(
             meta["labels"]
@@ -380,3 +427,81 @@ def test_children_need_the_runs_uid() -> None:
     run = parse_training_run(data)
     with pytest.raises(ValueError, match=r"no metadata\.uid"):
         render_children(resolve(run), make_plan(resolve(run)), OPTIONS)
+
+
+# --- TrainJob (Kubeflow Trainer v2) --------------------------------------------------------------
+
+
+def _trainjob_pod(job: dict[str, Any]) -> dict[str, Any]:
+    (patch,) = job["spec"]["runtimePatches"]
+    (rjob,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    return rjob["template"]["spec"]["template"]
+
+
+def test_a_trainjob_carries_the_pytorchjob_pod() -> None:
+    """Same command, env, resources, volumes, mounts, security and scheduling as the v1 Master pod."""
+    data = _load("llama-3.1-70b", **TRAINJOB_EVERYTHING)
+    _, v1 = _render(data)
+    config_map, job = _render({**data, "spec": {**data["spec"], "backend": "trainjob"}})
+    master = _pod(v1)
+    (container,) = master["spec"]["containers"]
+    trainer = job["spec"]["trainer"]
+    assert trainer["command"] == container["command"] and trainer["image"] == container["image"]
+    assert trainer["env"] == container["env"]
+    assert trainer["resourcesPerNode"] == container["resources"]
+    assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 4)
+    pod = _trainjob_pod(job)
+    assert pod["metadata"] == master["metadata"]
+    (patched,) = pod["spec"]["containers"]
+    assert patched["name"] == "node" and patched["securityContext"] == container["securityContext"]
+    # Mount paths as in the v1 pod; a runtime patch keys mounts by name, so the output claim's second
+    # mount (HF_HOME) goes through a second volume of the same claim.
+    assert [m["mountPath"] for m in patched["volumeMounts"]] == [
+        m["mountPath"] for m in container["volumeMounts"]
+    ]
+    assert len({m["name"] for m in patched["volumeMounts"]}) == len(patched["volumeMounts"])
+    claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in pod["spec"]["volumes"]}
+    assert claims["output"] == claims["output-1"] == "tac2sol-output"
+    for key in ("securityContext", "terminationGracePeriodSeconds", "nodeSelector", "tolerations"):
+        assert pod["spec"][key] == master["spec"][key], key
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
+    assert "suspend" not in job["spec"]  # Kueue admits it
+    assert config_map["data"] == _render(data)[0]["data"]
+
+
+@pytest.mark.parametrize(
+    ("suspend", "kueue", "expected"),
+    [(False, None, False), (True, None, True), (True, "q", True), (False, "q", None)],
+)
+def test_trainjob_suspend_follows_the_run_and_kueue(
+    suspend: bool, kueue: str | None, expected: bool | None
+) -> None:
+    _, job = _render(_load("qwen32b", backend="trainjob", suspend=suspend, resources__kueueQueue=kueue))
+    assert job["spec"].get("suspend") == expected
+
+
+def test_trainjob_dataset_credentials_are_optional_secret_keys() -> None:
+    _, job = _render(TRAINJOB_CASES["trainjob-qwen32b-s3-uri"])
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"] for e in job["spec"]["trainer"]["env"] if "valueFrom" in e
+    }
+    assert refs["AWS_ACCESS_KEY_ID"] == {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID", "optional": True}
+    assert refs["FSSPEC_GS"]["optional"] is True
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"resources__priorityClassName": "high"}, "spec.resources.priorityClassName"),
+        ({"imagePullPolicy": "Always"}, "spec.imagePullPolicy"),
+        ({"runPolicy": {"backoffLimit": 7}}, "spec.runPolicy"),
+    ],
+)
+def test_auto_choosing_trainjob_refuses_what_a_trainjob_cannot_carry(
+    changes: dict[str, Any], field: str
+) -> None:
+    """backend auto may pick TrainJob on a Trainer-only cluster: the run fails with the field, never
+    silently without it (backend trainjob is refused earlier, by the CRD's CEL rules)."""
+    run = _run(_load("qwen32b", **changes))
+    with pytest.raises(InvalidInput, match=field.replace(".", r"\.")):
+        render_children(resolve(run), make_plan(resolve(run)), OPTIONS, "TrainJob")

@@ -228,9 +228,89 @@ def test_no_rule_grants_secrets_exec_or_wildcards(render: Render) -> None:
 
 def test_generated_rbac_file_matches_operator_rbac() -> None:
     data = yaml.safe_load((CHART / "files" / "rbac" / "operator-rules.yaml").read_text())
-    assert data == {"clusterwide": rbac.rules(), "namespaced": rbac.rules(namespaced=True)}, (
-        "files/rbac/operator-rules.yaml drifted from operator/rbac.py: run `make generate`"
+    assert data == {
+        "clusterwide": rbac.rules(backends=()),
+        "namespaced": rbac.rules(namespaced=True, backends=()),
+        "backends": {b: rbac.backend_rules(b) for b in rbac.BACKENDS},
+    }, "files/rbac/operator-rules.yaml drifted from operator/rbac.py: run `make generate`"
+
+
+@pytest.mark.parametrize("backends", [["trainjob"], ["pytorchjob"]])
+def test_rbac_grants_only_the_enabled_backends_kinds(render: Render, backends: list[str]) -> None:
+    objects = render({"backends": backends})
+    rules = _one(objects, "ClusterRole")["rules"]
+    assert rules == rbac.rules(backends=backends)
+    groups = {g for r in rules for g in r["apiGroups"]}
+    assert ("kubeflow.org" in groups) == ("pytorchjob" in backends)
+    assert ("trainer.kubeflow.org" in groups) == ("trainjob" in backends)
+    role = _one(render({**NAMESPACED, "backends": backends}), "Role")
+    assert role["rules"] == rbac.rules(namespaced=True, backends=backends)
+    assert _settings(objects)["TAC2SOL_BACKENDS"] == ",".join(backends)
+
+
+RUNTIME_API = "trainer.kubeflow.org/v1alpha1/ClusterTrainingRuntime"
+
+
+def test_the_trainjob_runtime_ships_when_the_cluster_serves_it(render: Render) -> None:
+    """create auto: rendered when the cluster serves Trainer v2 (helm's capabilities), else not."""
+    assert not [o for o in render() if o["kind"] == "ClusterTrainingRuntime"]
+    assert _one(render(None, "--api-versions", RUNTIME_API), "ClusterTrainingRuntime")
+    assert _one(render({"trainJob": {"runtime": {"create": True}}}), "ClusterTrainingRuntime")
+    off = render({"trainJob": {"runtime": {"create": False}}}, "--api-versions", RUNTIME_API)
+    assert not [o for o in off if o["kind"] == "ClusterTrainingRuntime"]
+    pytorch_only = render({"backends": ["pytorchjob"]}, "--api-versions", RUNTIME_API)
+    assert not [o for o in pytorch_only if o["kind"] == "ClusterTrainingRuntime"]
+
+
+@pytest.mark.parametrize(
+    "values", [{}, {"trainJob": {"runtime": {"name": "ours", "maxRestarts": 0, "metricsPorts": 2}}}]
+)
+def test_the_trainjob_runtime_matches_the_trainer_crd_and_the_operator(
+    render: Render, trainer_crds: Path, values: dict[str, Any]
+) -> None:
+    """Valid against Trainer v2.3's ClusterTrainingRuntime schema, and what operator/trainjob.py
+    patches exists in it: the replicated job, the container, the metrics ports."""
+    import jsonschema
+
+    from tac2sol.operator.names import DEFAULT_TRAINJOB_RUNTIME, TRAINER_CONTAINER
+    from tac2sol.operator.spec import TrainingRunSpec
+    from tac2sol.operator.trainjob import TRAINER_REPLICATED_JOB
+
+    objects = render(values, "--api-versions", RUNTIME_API)
+    runtime = _one(objects, "ClusterTrainingRuntime")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    crd = yaml.load(
+        (trainer_crds / "trainer.kubeflow.org_clustertrainingruntimes.yaml").read_text(), Loader=loader
     )
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    jsonschema.validate({**runtime, "metadata": {}}, _structural(version["schema"]["openAPIV3Schema"]))
+    name = values.get("trainJob", {}).get("runtime", {}).get("name", DEFAULT_TRAINJOB_RUNTIME)
+    assert runtime["metadata"]["name"] == _settings(objects)["TAC2SOL_TRAINJOB_RUNTIME"] == name
+    (rjob,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert rjob["name"] == TRAINER_REPLICATED_JOB
+    assert rjob["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    (container,) = rjob["template"]["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == TRAINER_CONTAINER
+    base = TrainingRunSpec.model_fields["metrics_port"].default
+    assert [p["containerPort"] for p in container["ports"]][:1] == [base]
+    # The trainer's own verdict (exit 1-127) fails at once; 128+ (killed) restarts the JobSet.
+    (rule,) = rjob["template"]["spec"]["podFailurePolicy"]["rules"]
+    assert rule["onExitCodes"]["values"] == list(range(128, 256))
+
+
+def _structural(node: Any) -> Any:
+    """A CRD's OpenAPI schema as JSON Schema: int-or-string accepts both; unknown fields rejected."""
+    if isinstance(node, list):
+        return [_structural(n) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _structural(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+    if node.get("x-kubernetes-int-or-string"):
+        out.pop("type", None)
+        out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+    if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+        out["additionalProperties"] = False
+    return out
 
 
 def test_monitoring_is_off_by_default_and_labelled_when_on(render: Render, kinds: Kinds) -> None:
