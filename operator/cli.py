@@ -327,7 +327,7 @@ def operator(
         ),
     ] = None,
 ) -> None:
-    """Run the operator: TrainingRuns -> PyTorchJobs/MPIJobs, against the current kubeconfig
+    """Run the operator: TrainingRuns -> PyTorchJobs/MPIJobs or TrainJobs, against the current kubeconfig
     (outside a cluster) or the pod's service account (the image's default command)."""
     import logging
 

@@ -10,7 +10,8 @@
   runs' trainer /metrics -> ``status.progress``; runs with an unfinished, unsuspended job: its
   pods -> the ``PodsReady`` condition (why they do not run). kopf timers would put a finalizer on
   every such run, and a run could then not be deleted while the operator is down or uninstalled;
-* PyTorchJob / MPIJob events (jobs this operator made): the job's conditions -> the run's phase.
+* PyTorchJob / MPIJob / TrainJob events (jobs this operator made, of the enabled backends): the
+  job's conditions -> the run's phase.
 """
 
 from __future__ import annotations
@@ -43,7 +44,11 @@ log = logging.getLogger(__name__)
 
 RUNS = (API_GROUP, API_VERSION, PLURAL)
 OURS = {"app.kubernetes.io/managed-by": MANAGED_BY}
-JOB_RESOURCES = ("pytorchjobs", "mpijobs")
+# The job kinds of each backend, as (group, version, plural); only enabled backends are watched.
+JOB_RESOURCES = {
+    "pytorchjob": (("kubeflow.org", "v1", "pytorchjobs"), ("kubeflow.org", "v1", "mpijobs")),
+    "trainjob": (("trainer.kubeflow.org", "v1alpha1", "trainjobs"),),
+}
 
 
 # Runs looked at concurrently by one pass of the poll loop (API calls and /metrics reads).
@@ -182,9 +187,9 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
     def deleted(body: kopf.Body, **_: Any) -> None:
         forget(_plain(body))
 
-    for plural in JOB_RESOURCES:
+    for group, version, plural in (r for b in sorted(settings.enabled_backends) for r in JOB_RESOURCES[b]):
 
-        @kopf.on.event("kubeflow.org", "v1", plural, registry=registry, labels=OURS, id=f"follow-{plural}")
+        @kopf.on.event(group, version, plural, registry=registry, labels=OURS, id=f"follow-{plural}")
         async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
             job = _plain(body)
             key = (job["metadata"]["namespace"], (job["metadata"].get("labels") or {}).get(RUN_LABEL, ""))

@@ -32,11 +32,13 @@ log = logging.getLogger(__name__)
 TrainingRunResource = create_namespaced_resource(API_GROUP, API_VERSION, KIND, PLURAL)
 PyTorchJobResource = create_namespaced_resource("kubeflow.org", "v1", "PyTorchJob", "pytorchjobs")
 MPIJobResource = create_namespaced_resource("kubeflow.org", "v1", "MPIJob", "mpijobs")
+TrainJobResource = create_namespaced_resource("trainer.kubeflow.org", "v1alpha1", "TrainJob", "trainjobs")
 
 _RESOURCES: dict[tuple[str, str], Any] = {
     ("v1", "ConfigMap"): ConfigMap,
     ("kubeflow.org/v1", "PyTorchJob"): PyTorchJobResource,
     ("kubeflow.org/v1", "MPIJob"): MPIJobResource,
+    ("trainer.kubeflow.org/v1alpha1", "TrainJob"): TrainJobResource,
     (f"{API_GROUP}/{API_VERSION}", KIND): TrainingRunResource,
 }
 STATUS_RETRIES = 8
@@ -116,6 +118,19 @@ class Kube:
             if is_not_found(exc):
                 return None
             raise
+
+    async def serves(self, api_version: str, kind: str, namespace: str) -> bool:
+        """Whether the cluster serves ``kind`` (a one-item list in ``namespace``: 404 means not)."""
+        try:
+            async for _ in self._client.list(
+                resource_for(api_version, kind), namespace=namespace, chunk_size=1
+            ):
+                break
+        except ApiError as exc:
+            if is_not_found(exc):
+                return False
+            raise
+        return True
 
     async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         selector: dict[str, Any] = dict(labels)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tac2sol.operator.names import TRAINJOB
 from tac2sol.operator.status import Phase
 
 TERMINAL = frozenset({Phase.SUCCEEDED.value, Phase.FAILED.value})
@@ -35,7 +36,8 @@ SPEC_CHANGE_REJECTED = "SpecChangeRejected"
 # Reasons of failures the operator decides itself (no job involved).
 INVALID_SPEC = "InvalidSpec"
 PLAN_DOES_NOT_FIT = "PlanDoesNotFit"
-OPERATOR_FAILURES = frozenset({INVALID_SPEC, PLAN_DOES_NOT_FIT})
+BACKEND_UNAVAILABLE = "BackendUnavailable"
+OPERATOR_FAILURES = frozenset({INVALID_SPEC, PLAN_DOES_NOT_FIT, BACKEND_UNAVAILABLE})
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,12 @@ _JOB_CONDITIONS: tuple[tuple[str, str, str], ...] = (
 
 
 def job_state(job: dict[str, Any]) -> JobState | None:
-    """The run phase a job's conditions mean; None while the job has no conditions yet."""
+    """The run phase a job's conditions mean; None while the job has no conditions yet.
+    A TrainJob's are read by ``tac2sol.operator.trainjob_status``."""
+    if job.get("kind") == TRAINJOB:
+        from tac2sol.operator.trainjob_status import trainjob_state  # it builds on JobState
+
+        return trainjob_state(job)
     status = job.get("status") or {}
     true = {c.get("type"): c for c in status.get("conditions") or [] if c.get("status") == "True"}
     kind = job.get("kind", "job")

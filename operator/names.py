@@ -34,6 +34,7 @@ TRAINJOB_PLURAL = "trainjobs"
 JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"  # on every pod of the JobSet
 RUNTIME_PATCH_MANAGER = "tac2sol.dev/operator"  # the TrainJob's runtimePatches entry the operator owns
 DEFAULT_TRAINJOB_RUNTIME = "tac2sol-torch"  # the chart's ClusterTrainingRuntime
+TRAINER_REPLICATED_JOB = "node"  # the runtime's replicated job of trainer pods (ancestor step "trainer")
 TRAINER_CONTAINER = "node"  # the container Trainer's torch plugin fills (image, command, env, resources)
 
 # Other projects' labels and resources.

@@ -72,10 +72,11 @@ class _Finding:
 
 def expected_pods(kind: str | None, nodes: int | None) -> int | None:
     """Pods of a job as ``tac2sol.operator.render`` makes it: a PyTorchJob has one per node
-    (Master + Workers), an MPIJob one per node plus its Launcher. None when unknown."""
+    (Master + Workers), a TrainJob one per node, an MPIJob one per node plus its Launcher. None when
+    unknown."""
     if not nodes:
         return None
-    if kind == "PyTorchJob":
+    if kind in ("PyTorchJob", "TrainJob"):
         return nodes
     if kind == "MPIJob":
         return nodes + 1

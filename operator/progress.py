@@ -17,14 +17,15 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tac2sol.observability import names
+from tac2sol.operator.backend import pod_selector
 from tac2sol.operator.kube import Kube
 from tac2sol.operator.metrics import parse_trainer_progress
-from tac2sol.operator.names import JOB_NAME_LABEL, METRICS_LABEL
+from tac2sol.operator.names import METRICS_LABEL
 
 log = logging.getLogger(__name__)
 
-# Labels the training-operator puts on the pods it creates.
-RANK0_REPLICA = {"PyTorchJob": "Master", "MPIJob": "Worker 0"}  # the job kinds this reads
+# Where rank 0 runs, for each job kind this reads (the pods are found by backend.pod_selector).
+RANK0_REPLICA = {"PyTorchJob": "Master", "MPIJob": "Worker 0", "TrainJob": "node 0"}
 
 # tac2sol_eval_result{metric=...} (the trainer exports evaluate.export_summary) -> status.evaluation.
 # A metric is [testSet.][base.]<score>, a score one of these or factF1.<kind>.
@@ -78,6 +79,7 @@ def progress_from_metrics(text: str, now: str) -> dict[str, Any]:
         progress["etaSeconds"] = round(found["eta_seconds"], 1)
     if progress:
         progress["updatedAt"] = now
+        progress["source"] = "metrics"
     return progress
 
 
@@ -152,7 +154,7 @@ async def read_progress(
     ref, plan = status.get("jobRef") or {}, status.get("plan") or {}
     if ref.get("kind") not in RANK0_REPLICA or not ref.get("name"):
         return None
-    selector = {JOB_NAME_LABEL: ref["name"], METRICS_LABEL: "true"}
+    selector = {**pod_selector(ref["kind"], ref["name"]), METRICS_LABEL: "true"}
     pods = await kube.list_pods(run["metadata"]["namespace"], selector)
     port = (run.get("spec") or {}).get("metricsPort", 9400)
     urls = trainer_urls(pods, port, int(plan.get("gpusPerNode", 1)))

@@ -28,10 +28,18 @@ import kopf
 from lightkube import ApiError
 
 from tac2sol.errors import InvalidInput
-from tac2sol.operator import lifecycle, metrics, pods
+from tac2sol.operator import jobs, lifecycle, metrics, pods
+from tac2sol.operator.backend import (
+    BACKEND_OF_KIND,
+    BACKEND_SELECTED,
+    BackendChoice,
+    BackendUnavailable,
+    missing_kind_message,
+    pod_selector,
+)
 from tac2sol.operator.kube import Kube, TransientError, namespace_going_away, status_code
 from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTED, condition
-from tac2sol.operator.names import JOB_NAME_LABEL, KUBEFLOW_API_VERSION, RUN_LABEL, SPEC_ANNOTATION
+from tac2sol.operator.names import RUN_LABEL, SPEC_ANNOTATION, TRAINJOB
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.planner import format_bytes, make_plan
 from tac2sol.operator.progress import read_progress
@@ -41,6 +49,7 @@ from tac2sol.operator.settings import OperatorSettings
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import parse_training_run
 from tac2sol.operator.status import Phase
+from tac2sol.operator.trainjob_status import trainer_status_progress
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,7 @@ def render_options(settings: OperatorSettings) -> RenderOptions:
         select_gpu_product=settings.select_gpu_product,
         # Two progress reads fit in the trainer's last minute, so the final numbers are seen.
         metrics_linger_seconds=min(600.0, 2 * settings.progress_interval_seconds),
+        trainjob_runtime=settings.trainjob_runtime,
     )
 
 
@@ -283,8 +293,20 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
         await _fail(op, body, reason=lifecycle.PLAN_DOES_NOT_FIT, message=message, plan=plan)
         raise kopf.PermanentError(message)
 
+    choice: BackendChoice | None = None
+    if job is None:
+        try:
+            choice = await jobs.choose_backend(
+                op.kube, ns, body.get("spec") or {}, op.settings.enabled_backends
+            )
+        except BackendUnavailable as exc:
+            message = f"{source}: {exc}"
+            await _fail(op, body, reason=lifecycle.BACKEND_UNAVAILABLE, message=message, plan=plan)
+            raise kopf.PermanentError(message) from None
+    kind = job["kind"] if job is not None else choice.kind  # type: ignore[union-attr]
+
     try:
-        children = render_children(resolved, plan, op.options)
+        children = render_children(resolved, plan, op.options, kind)
     except InvalidInput as exc:
         await _condition_only(op, body, JOB_CREATED, "RenderFailed", f"could not render the job: {exc}")
         raise kopf.PermanentError(f"could not render the children of {source}: {exc}") from None
@@ -327,6 +349,10 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
             ),
             *rejection,
         ]
+        if choice is not None:
+            conditions.append(
+                condition(BACKEND_SELECTED, True, choice.reason, choice.message, generation=gen)
+            )
         phase, message = None, None
         if lifecycle.phase_is_operator_owned(st):
             phase = state.phase if state else Phase.PLANNING.value
@@ -342,8 +368,9 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
             conditions=conditions,
             observedGeneration=gen,
             plan=plan.to_api(),
+            backend=BACKEND_OF_KIND[kind],
             jobRef={
-                "apiVersion": KUBEFLOW_API_VERSION,
+                "apiVersion": stored["apiVersion"],
                 "kind": kind,
                 "name": stored["metadata"]["name"],
                 "namespace": ns,
@@ -358,15 +385,21 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
 
 
 async def _existing_job(op: Operator, body: dict[str, Any]) -> dict[str, Any] | None:
-    """This run's job, if one exists (found by the status' jobRef kind, else the spec's launcher)."""
+    """This run's job, if one exists (found by the status' jobRef kind, else the spec's backend)."""
     meta = body["metadata"]
     ref = (body.get("status") or {}).get("jobRef") or {}
-    launcher = (body.get("spec") or {}).get("launcher", "pytorchjob")
-    kind = ref.get("kind") or ("MPIJob" if launcher == "mpijob" else "PyTorchJob")
     # None also when the kind is not installed: applying it then says so (JobKindMissing).
-    job = await op.kube.get(KUBEFLOW_API_VERSION, kind, meta["namespace"], child_names(meta["name"]).job)
+    job = await jobs.find_job(
+        op.kube,
+        meta["namespace"],
+        child_names(meta["name"]).job,
+        body.get("spec") or {},
+        ref,
+        op.settings.enabled_backends,
+    )
     if job is None:
         return None
+    kind = job["kind"]
     if not _owned_by(job, meta.get("uid")) or SPEC_ANNOTATION not in (
         job["metadata"].get("annotations") or {}
     ):
@@ -414,10 +447,7 @@ async def _apply_all(
                 return None
             code = status_code(exc)
             if code == 404 and obj["kind"] != "ConfigMap":
-                message = (
-                    f"the {obj['kind']} kind is not installed (kubeflow.org/v1); install the Kubeflow "
-                    "training-operator CRDs; retrying"
-                )
+                message = missing_kind_message(obj["kind"])
                 await _condition_only(
                     op, body, JOB_CREATED, "JobKindMissing", message, phase=Phase.PENDING.value
                 )
@@ -454,7 +484,7 @@ async def follow_job(
     if state is None:
         return
     if state.phase == Phase.FAILED.value:
-        job_pods = await op.kube.list_pods(ns, {JOB_NAME_LABEL: meta["name"]})
+        job_pods = await op.kube.list_pods(ns, pod_selector(job.get("kind"), meta["name"]))
         details = lifecycle.pod_failures(job_pods)
         if details:
             state = lifecycle.JobState(
@@ -476,6 +506,8 @@ async def follow_job(
             conditions.append(
                 condition(pods.PODS_READY, False, pods.JOB_SUSPENDED, "the job is suspended", generation=gen)
             )
+        # A TrainJob's status.trainerStatus (Trainer's TrainJobStatus gate), when newer than /metrics.
+        pushed = trainer_status_progress(job, st.get("progress")) if job.get("kind") == TRAINJOB else None
         return _with(
             run,
             phase=state.phase,
@@ -483,6 +515,7 @@ async def follow_job(
             conditions=conditions,
             startTime=state.start_time or st.get("startTime"),
             completionTime=state.completion_time or st.get("completionTime"),
+            **({"progress": pushed} if pushed else {}),
         )
 
     if known is not None and state.phase != Phase.FAILED.value:
@@ -546,7 +579,7 @@ async def record_pods(op: Operator, body: dict[str, Any]) -> None:
     ref = status.get("jobRef") or {}
     if not ref.get("name"):
         return
-    found = await op.kube.list_pods(ns, {JOB_NAME_LABEL: ref["name"]})
+    found = await op.kube.list_pods(ns, pod_selector(ref.get("kind"), ref["name"]))
     diagnosis = pods.diagnose(
         found, pods.expected_pods(ref.get("kind"), (status.get("plan") or {}).get("nodes"))
     )

@@ -32,6 +32,7 @@ from tac2sol.operator.names import (
     RUNTIME_PATCH_MANAGER,
     TRAINER_API_VERSION,
     TRAINER_CONTAINER,
+    TRAINER_REPLICATED_JOB,
     TRAINJOB,
 )
 from tac2sol.operator.plan import Plan
@@ -54,8 +55,6 @@ from tac2sol.operator.validation import trainjob_problems
 
 RUNTIME_API_GROUP = TRAINER_API_VERSION.split("/")[0]
 RUNTIME_KIND = "ClusterTrainingRuntime"
-# The runtime's replicated job that runs the trainer (Trainer's ancestor label "trainer" marks it).
-TRAINER_REPLICATED_JOB = "node"
 # spec.dataset.credentialsSecret keys the trainer's download reads (spec.py documents them).
 DATASET_CREDENTIAL_KEYS = (
     "AWS_ACCESS_KEY_ID",

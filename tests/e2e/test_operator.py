@@ -613,6 +613,7 @@ def test_progress_is_read_from_the_master_pods_metrics(
         "loss": 0.9,
         "etaSeconds": 5400.0,
         "tokensPerSecond": 2006.0,  # all 4 ranks
+        "source": "metrics",
     }
     ranks[0].record_eval({"samples": 25, "semanticSimilarityMean": 0.83, "exactMatchRate": 0.1})
     ev = wait("status.evaluation", lambda: status(cp, ns, "watched").get("evaluation"), timeout=30)

@@ -177,6 +177,7 @@ def test_progress_comes_from_rank_zero_figures() -> None:
         "tokensPerSecond": 1000.0,
         "etaSeconds": 3600.0,
         "updatedAt": "t",
+        "source": "metrics",
     }
     assert progress_from_metrics(_trainer_text(1, step=100), now="t") == {}  # not rank 0
 

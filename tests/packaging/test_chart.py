@@ -272,9 +272,8 @@ def test_the_trainjob_runtime_matches_the_trainer_crd_and_the_operator(
     patches exists in it: the replicated job, the container, the metrics ports."""
     import jsonschema
 
-    from tac2sol.operator.names import DEFAULT_TRAINJOB_RUNTIME, TRAINER_CONTAINER
+    from tac2sol.operator.names import DEFAULT_TRAINJOB_RUNTIME, TRAINER_CONTAINER, TRAINER_REPLICATED_JOB
     from tac2sol.operator.spec import TrainingRunSpec
-    from tac2sol.operator.trainjob import TRAINER_REPLICATED_JOB
 
     objects = render(values, "--api-versions", RUNTIME_API)
     runtime = _one(objects, "ClusterTrainingRuntime")

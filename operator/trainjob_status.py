@@ -1,0 +1,104 @@
+"""A TrainJob's status (Kubeflow Trainer v2.3) -> what it means for the run: pure functions.
+
+Trainer v2.3 writes these conditions on a TrainJob (no Created or Running condition, unlike v1):
+
+* ``Suspended``  True while ``spec.suspend`` (reason Suspended); False, reason Resumed, after it;
+* ``Complete``   copied from the JobSet's Completed condition;
+* ``Failed``     the JobSet's Failed condition (reasons such as FailurePolicy or
+                 ReachedMaxRestarts, with the JobSet's message), or Trainer's own
+                 (DeadlineExceeded, TrainingRuntimeNotSupported).
+
+Running is read from ``status.jobsStatus``: the trainer's replicated job (``node``) counts as ready
+once all its pods are ready or done. Before that the run waits for its pods (Planning), as it does
+after a v1 job's Created.
+
+``status.trainerStatus`` (the TrainJobStatus feature gate, alpha, off by default) carries progress
+the pods push to the controller; :func:`trainer_status_progress` turns it into ``status.progress``
+with ``source: trainerStatus``. The operator's own /metrics reading (``source: metrics``) has more
+figures (step, total steps, tokens/s) and wins while it is current.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tac2sol.operator.lifecycle import JobState
+from tac2sol.operator.names import TRAINER_REPLICATED_JOB
+from tac2sol.operator.status import Phase
+
+# trainerStatus.metrics names (transformers' Kubeflow callback) -> status.progress fields.
+_METRIC_FIELDS = {"loss": "loss", "train_loss": "loss", "epoch": "epoch"}
+
+
+def _conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c.get("type", ""): c for c in (job.get("status") or {}).get("conditions") or []}
+
+
+def _true(cond: dict[str, Any] | None) -> bool:
+    return cond is not None and cond.get("status") == "True"
+
+
+def trainjob_state(job: dict[str, Any]) -> JobState | None:
+    """The run phase a TrainJob's status means; None while the controller has written nothing."""
+    name = job["metadata"]["name"]
+    status = job.get("status") or {}
+    conds = _conditions(job)
+    suspended = conds.get("Suspended") or {}
+    # When the pods started: on resume, the resumption; else when the TrainJob was made.
+    if suspended.get("status") == "False":
+        start = suspended.get("lastTransitionTime")
+    else:
+        start = job["metadata"].get("creationTimestamp")
+    if _true(conds.get("Complete")):
+        done = conds["Complete"]
+        message = f"TrainJob {name} complete" + (f": {done['message']}" if done.get("message") else "")
+        return JobState(Phase.SUCCEEDED.value, "JobSucceeded", message, start, done.get("lastTransitionTime"))
+    if _true(conds.get("Failed")):
+        failed = conds["Failed"]
+        why = failed.get("reason") or "no reason given"
+        message = f"TrainJob {name} failed ({why})" + (
+            f": {failed['message']}" if failed.get("message") else ""
+        )
+        return JobState(Phase.FAILED.value, "JobFailed", message, start, failed.get("lastTransitionTime"))
+    if _true(suspended or None):
+        return JobState(Phase.SUSPENDED.value, "JobSuspended", f"TrainJob {name} is suspended")
+    trainer = next(
+        (j for j in status.get("jobsStatus") or [] if j.get("name") == TRAINER_REPLICATED_JOB), None
+    )
+    if trainer is not None and (trainer.get("ready") or 0) + (trainer.get("succeeded") or 0) > 0:
+        return JobState(
+            Phase.RUNNING.value, "JobRunning", f"TrainJob {name}: every trainer pod is ready", start
+        )
+    if conds or status.get("jobsStatus"):
+        return JobState(
+            Phase.PLANNING.value, "WaitingForPods", f"TrainJob {name} created; waiting for its pods to run"
+        )
+    return None
+
+
+def trainer_status_progress(job: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any] | None:
+    """``status.progress`` from the TrainJob's ``status.trainerStatus`` (``source: trainerStatus``),
+    or None: no trainerStatus, or the operator's /metrics reading is as recent."""
+    ts = (job.get("status") or {}).get("trainerStatus")
+    if not ts or not ts.get("lastUpdatedTime"):
+        return None
+    updated = ts["lastUpdatedTime"]
+    current = current or {}
+    if current.get("source", "metrics") == "metrics" and (current.get("updatedAt") or "") >= updated:
+        return None
+    progress: dict[str, Any] = {"source": "trainerStatus", "updatedAt": updated}
+    if ts.get("progressPercentage") is not None:
+        progress["percent"] = int(ts["progressPercentage"])
+    if ts.get("estimatedRemainingSeconds") is not None:
+        progress["etaSeconds"] = float(ts["estimatedRemainingSeconds"])
+    for metric in ts.get("metrics") or []:
+        field = _METRIC_FIELDS.get(metric.get("name", ""))
+        try:
+            value = float(metric.get("value", ""))
+        except ValueError:
+            continue
+        if field is not None:
+            progress[field] = round(value, 6)
+    if set(progress) == {"source", "updatedAt"} or progress == current:
+        return None
+    return progress
