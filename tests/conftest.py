@@ -101,7 +101,7 @@ def kubeflow_crds(tool_bin: Path) -> Path:
 def trainer_crds(tool_bin: Path) -> Path:
     """Kubeflow Trainer v2's CRDs (trainer.kubeflow.org_trainjobs.yaml, _clustertrainingruntimes.yaml),
     copied by hack/install-tools.sh from the trainer's Go module."""
-    crds = devtools.cache_dir() / "crds" / "trainer"
+    crds = devtools.trainer_crds_dir()
     if not (crds / "trainer.kubeflow.org_trainjobs.yaml").is_file():
         pytest.fail(f"no Kubeflow Trainer CRDs in {crds} after hack/install-tools.sh", pytrace=False)
     return crds
