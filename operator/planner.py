@@ -429,6 +429,8 @@ def _layouts(rr: ResolvedRun) -> list[Layout]:
             continue  # ZeRO-0 is DDP with more overhead: never chosen on its own
         opt = [False, True] if ds.offload_optimizer is None else [ds.offload_optimizer]
         if stage == 0:  # ZeRO-0 has no optimizer state partition to offload
+            if ds.offload_optimizer:
+                continue  # asked for offload: only stages 2 and 3 can honour it
             opt = [False]
         par = ([False, True] if ds.offload_params is None else [ds.offload_params]) if stage == 3 else [False]
         for p in par:

@@ -389,6 +389,12 @@ class TrainingRunSpec(ApiModel):
             ".deepspeed",
         ),
         _cel(
+            "!has(self.deepspeed) || !has(self.deepspeed.offloadOptimizer) || "
+            "!self.deepspeed.offloadOptimizer || string(self.deepspeed.stage) != '0'",
+            "deepspeed.offloadOptimizer needs ZeRO stage 2 or 3 (or auto)",
+            ".deepspeed.offloadOptimizer",
+        ),
+        _cel(
             "!has(self.deepspeed) || !has(self.deepspeed.offloadParams) || !self.deepspeed.offloadParams || "
             "string(self.deepspeed.stage) in ['auto', '3']",
             "deepspeed.offloadParams needs ZeRO stage 3 (or auto)",

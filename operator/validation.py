@@ -107,6 +107,12 @@ def check_training_run(run: TrainingRun) -> None:
             raise SpecProblem(
                 ("spec", "launcher"), "mpijob runs the DeepSpeed launcher; use pytorchjob with strategy ddp"
             )
+    if s.deepspeed.offload_optimizer and s.deepspeed.stage == 0:
+        raise SpecProblem(
+            ("spec", "deepspeed", "offloadOptimizer"),
+            "needs ZeRO stage 2 or 3 (stage is 0: no optimizer state partition to offload); "
+            "turn offload off or set stage 2, 3 or auto",
+        )
     if s.deepspeed.offload_params and s.deepspeed.stage not in ("auto", 3):
         raise SpecProblem(
             ("spec", "deepspeed", "offloadParams"), f"needs ZeRO stage 3 (stage is {s.deepspeed.stage})"

@@ -122,6 +122,12 @@ INVALID = [
         id="param-offload-on-zero2",
     ),
     pytest.param(
+        {"spec__deepspeed": {"stage": 0, "offloadOptimizer": True}},
+        "spec.deepspeed.offloadOptimizer",
+        "deepspeed.offloadOptimizer needs ZeRO stage 2 or 3",
+        id="optimizer-offload-on-zero0",
+    ),
+    pytest.param(
         {"spec__strategy": "ddp", "spec__launcher": "mpijob"},
         "spec.launcher",
         "launcher mpijob runs DeepSpeed, not ddp",

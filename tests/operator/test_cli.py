@@ -84,6 +84,12 @@ BAD_INPUTS: list[tuple[str, dict[str, Any] | str, str, str]] = [
         "stage 3",
     ),
     (
+        "offload-optimizer-stage-0",
+        {"spec.strategy": "deepspeed", "spec.deepspeed": {"stage": 0, "offloadOptimizer": True}},
+        "spec.deepspeed.offloadOptimizer",
+        "stage 2 or 3",
+    ),
+    (
         "seq-above-context",
         {"spec.model.name": "phi-3-medium", "spec.training.maxSeqLength": 8192},
         "spec.training.maxSeqLength",

@@ -251,6 +251,11 @@ CEL_REJECTS = [
         "offload needs strategy",
     ),
     ("offload-params-stage-2", {"spec.deepspeed": {"stage": 2, "offloadParams": True}}, "needs ZeRO stage 3"),
+    (
+        "offload-optimizer-stage-0",
+        {"spec.deepspeed": {"stage": 0, "offloadOptimizer": True}},
+        "offloadOptimizer needs ZeRO stage 2 or 3",
+    ),
     ("epochs-and-max-steps", {"spec.training.maxSteps": 10}, "not both"),
     ("global-batch", {"spec.training.globalBatchSize": 10}, "multiple of"),
     (

@@ -128,6 +128,14 @@ def test_zero_stages_shrink_memory(make_run: MakeRun) -> None:
     assert z3_off.host_memory_bytes > 30e9  # the weights moved to host memory
 
 
+def test_asked_for_optimizer_offload_never_plans_zero0(make_run: MakeRun) -> None:
+    # ZeRO-0 has no optimizer partition to offload: an explicit offloadOptimizer rules it out
+    # rather than being dropped silently.
+    plan = plan_for(make_run, **{"spec.strategy": "deepspeed", "spec.deepspeed": {"offloadOptimizer": True}})
+    assert plan.candidates
+    assert all(c.zero_stage in (2, 3) and c.offload_optimizer for c in plan.candidates)
+
+
 @pytest.mark.parametrize(
     ("changes", "bigger"),
     [
