@@ -822,3 +822,170 @@ def test_a_container_the_kubelet_cannot_create_is_named_with_its_reason(
     described = cp.kubectl("describe", "tr", "-n", ns, "nosecret").stdout
     assert 'secret "hf-token" not found' in described and "CreateContainerConfigError" in described
     assert op.metric("tac2sol_trainingruns_stuck", reason="CreateContainerConfigError") == 1
+
+
+# --- Kubeflow Trainer v2: TrainJobs ------------------------------------------------------------------
+# The real Trainer v2.3 controller and JobSet controller (the `trainer_v2` fixture) make the JobSet and
+# its pods from the TrainJob; kwok runs them. The ClusterTrainingRuntime is the chart's, rendered by
+# the real helm.
+
+RUNTIME = "tac2sol-torch"
+
+
+@pytest.fixture(scope="module")
+def trainjob_runtime(trainer_v2: Any) -> Iterator[None]:
+    """The chart's ClusterTrainingRuntime, rendered by helm as on a cluster serving Trainer v2."""
+    cp = trainer_v2
+    out = subprocess.run(
+        [
+            str(cp.bin_dir / "helm"),
+            "template",
+            "tac2sol",
+            str(REPO / "charts" / "tac2sol"),
+            "--show-only",
+            "templates/trainingruntime.yaml",
+            "--api-versions",
+            "trainer.kubeflow.org/v1alpha1/ClusterTrainingRuntime",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    runtime = yaml.safe_load(out)
+    assert runtime["metadata"]["name"] == RUNTIME
+    cp.apply(runtime)
+    yield
+    cp.kubectl("delete", "clustertrainingruntime", RUNTIME, "--ignore-not-found", check=False)
+
+
+def _jobset_pods(cp: Any, ns: str, name: str) -> list[dict[str, Any]]:
+    return list(cp.get_json("-n", ns, "pods", "-l", f"jobset.sigs.k8s.io/jobset-name={name}")["items"])
+
+
+def test_a_trainjob_run_goes_through_jobset_pods_to_success(
+    trainer_v2: Any, trainjob_runtime: None, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = trainer_v2, namespace
+    op = start_operator()
+    run = run_manifest("qwen32b", "tj", backend="trainjob", resources__podAnnotations=kwok(seconds=2))
+    run["spec"]["resources"]["nodes"] = 2  # a JobSet of 2 trainer pods (torchrun's PET_* from Trainer)
+    cp.apply(run, ns)
+    wait("TrainJob tj", lambda: cp.exists("-n", ns, "trainjob", "tj"), timeout=30)
+    job = cp.get_json("-n", ns, "trainjob", "tj")
+    assert job["spec"]["runtimeRef"]["name"] == RUNTIME
+    assert job["spec"]["trainer"]["numNodes"] == 2 and job["spec"]["trainer"]["numProcPerNode"] == 4
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "TrainingRun"
+    try:
+        wait("JobSet tj", lambda: cp.exists("-n", ns, "jobset", "tj"), timeout=30)
+    except AssertionError:
+        # Trainer v2.3 reports a JobSet it could not make only as an Event on the TrainJob.
+        events = cp.kubectl("get", "events", "-n", ns, check=False).stdout
+        raise AssertionError(f"no JobSet for TrainJob tj; events in {ns}:\n{events}") from None
+
+    st = wait_phase(cp, ns, "tj", "Succeeded", wait, op, timeout=120)
+    assert st["backend"] == "trainjob" and cond(st, "BackendSelected")["reason"] == "Requested"
+    assert (
+        st["jobRef"]["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and st["jobRef"]["kind"] == "TrainJob"
+    )
+    assert st["jobRef"]["uid"] == job["metadata"]["uid"]
+    assert cond(st, "Succeeded")["status"] == "True" and st.get("completionTime")
+    pods = _jobset_pods(cp, ns, "tj")
+    assert len(pods) == 2
+    for pod in pods:
+        spec = pod["spec"]
+        assert spec["nodeName"] in ("gpu-node-0", "gpu-node-1") and pod["status"]["phase"] == "Succeeded"
+        (container,) = spec["containers"]
+        assert container["name"] == "node" and container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["PET_NNODES"] == "2" and env["PET_NPROC_PER_NODE"] == "4"  # Trainer's torch plugin
+        assert {m["mountPath"] for m in container["volumeMounts"]} >= {
+            "/etc/tac2sol",
+            "/dev/shm",
+            "/data",
+            "/output",
+        }
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert pod["metadata"]["labels"]["tac2sol.dev/run"] == "tj"  # the runtime patch's pod labels
+    assert op.metric("tac2sol_operator_jobs_created_total", kind="TrainJob") == 1
+
+
+def test_a_failing_trainjob_pod_fails_the_run_with_its_reason(
+    trainer_v2: Any, trainjob_runtime: None, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """Exit code 3 is the trainer's own verdict: the runtime's pod failure policy fails the JobSet at
+    once (no restart), the TrainJob fails, and the run says which pod and why."""
+    cp, ns = trainer_v2, namespace
+    op = start_operator()
+    cp.apply(
+        run_manifest(
+            "qwen32b", "tjbad", backend="trainjob", resources__podAnnotations=kwok("fail", exit_code=3)
+        ),
+        ns,
+    )
+    st = wait_phase(cp, ns, "tjbad", "Failed", wait, op, timeout=120)
+    failed = cond(st, "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "JobFailed"
+    assert "TrainJob tjbad failed" in st["message"]
+    assert "container node exited with code 3 (Error" in st["message"], st["message"]
+
+
+def test_a_trainjob_suspends_and_resumes(
+    trainer_v2: Any, trainjob_runtime: None, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = trainer_v2, namespace
+    op = start_operator()
+    cp.apply(
+        run_manifest("qwen32b", "tjpause", backend="trainjob", resources__podAnnotations=kwok("run-forever")),
+        ns,
+    )
+    wait_phase(cp, ns, "tjpause", "Running", wait, op, timeout=90)
+    cp.kubectl("patch", "-n", ns, "trainingrun", "tjpause", "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    st = wait_phase(cp, ns, "tjpause", "Suspended", wait, op, timeout=60)
+    assert cp.get_json("-n", ns, "trainjob", "tjpause")["spec"]["suspend"] is True
+    assert cond(st, "SpecChangeRejected")["status"] == "False"
+    wait("the suspended JobSet's pods to go", lambda: not _jobset_pods(cp, ns, "tjpause"), timeout=60)
+    cp.kubectl(
+        "patch", "-n", ns, "trainingrun", "tjpause", "--type=merge", "-p", '{"spec":{"suspend":false}}'
+    )
+    wait_phase(cp, ns, "tjpause", "Running", wait, op, timeout=90)
+    assert cp.get_json("-n", ns, "trainjob", "tjpause")["spec"]["suspend"] is False
+
+
+def test_deleting_a_trainjob_run_collects_its_children(
+    trainer_v2: Any, trainjob_runtime: None, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = trainer_v2, namespace
+    op = start_operator()
+    cp.apply(
+        run_manifest(
+            "qwen32b", "tjdoomed", backend="trainjob", resources__podAnnotations=kwok("run-forever")
+        ),
+        ns,
+    )
+    wait_phase(cp, ns, "tjdoomed", "Running", wait, op, timeout=90)
+    op.stop()
+    cp.kubectl("delete", "-n", ns, "trainingrun", "tjdoomed", "--wait=true", "--timeout=30s")
+    wait(
+        "the garbage collector to delete the TrainJob, its JobSet and the ConfigMap",
+        lambda: (
+            not children(cp, ns, "trainjobs")
+            and not children(cp, ns, "configmaps")
+            and not cp.get_json("-n", ns, "jobsets")["items"]
+        ),
+        timeout=60,
+    )
+    wait("the JobSet's pods to go", lambda: not _jobset_pods(cp, ns, "tjdoomed"), timeout=60)
+
+
+def test_an_impossible_trainjob_plan_creates_nothing(
+    trainer_v2: Any, trainjob_runtime: None, namespace: str, start_operator: Any, wait: Any
+) -> None:
+    cp, ns = trainer_v2, namespace
+    op = start_operator()
+    data = yaml.safe_load((RUNS / "deepseek-v3.yaml").read_text())
+    data["spec"]["backend"] = "trainjob"
+    cp.apply(data, ns)
+    st = wait_phase(cp, ns, "deepseek-v3", "Failed", wait, op)
+    assert cond(st, "Failed")["reason"] == "PlanDoesNotFit"
+    time.sleep(1)
+    assert children(cp, ns, "trainjobs") == [] and children(cp, ns, "configmaps") == []
