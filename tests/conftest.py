@@ -24,6 +24,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -61,6 +62,30 @@ TOOL_MARKERS = ("k8s", "prom", "image")
 
 
 # --- paths ---------------------------------------------------------------------------------------
+
+
+def edited(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with dotted-path changes (``{"spec.training.maxSeqLength": 2048}``).
+
+    A value of ``...`` (Ellipsis) deletes the key.
+    """
+    data = copy.deepcopy(base)
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        if value is ...:
+            node.pop(leaf, None)
+        else:
+            node[leaf] = value
+    return data
+
+
+@pytest.fixture(scope="session")
+def edit_run() -> Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]:
+    """:func:`edited`, for the test folders' run builders."""
+    return edited
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import os
 import subprocess
 import sys
@@ -54,27 +53,10 @@ BASE_RUN: dict[str, Any] = {
 }
 
 
-def _make_run(**changes: Any) -> dict[str, Any]:
-    """BASE_RUN with dotted-path changes: ``make_run(**{"spec.training.maxSeqLength": 2048})``.
-
-    A value of ``...`` (Ellipsis) deletes the key.
-    """
-    data = copy.deepcopy(BASE_RUN)
-    for dotted, value in changes.items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        if value is ...:
-            node.pop(leaf, None)
-        else:
-            node[leaf] = value
-    return data
-
-
 @pytest.fixture(scope="session")
-def make_run() -> Callable[..., dict[str, Any]]:
-    return _make_run
+def make_run(edit_run: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """BASE_RUN with dotted-path changes: ``make_run(**{"spec.training.maxSeqLength": 2048})``."""
+    return lambda **changes: edit_run(BASE_RUN, changes)
 
 
 @pytest.fixture
