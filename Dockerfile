@@ -115,8 +115,8 @@ RUN if [ "${TRAINER_DEVICE}" = cuda ]; then \
     && mkdir -p /var/cache/huggingface \
     && chown "${UID}:${UID}" /var/cache/huggingface
 COPY --from=trainer-venv /opt/tac2sol /opt/tac2sol
-# cpu: requirements.lock, hash-checked, as `make venv` installs it (the extras operator, trainer and
-# dev): torch is the lock's PyPI build, which runs on CPUs and brings the CUDA libraries it loads at
+# cpu: requirements.lock, hash-checked, as `make venv` installs it (the extras operator, trainer,
+# laptop-model and dev; --no-deps keeps out what hack/lock-excludes.txt excludes): torch is the lock's PyPI build, which runs on CPUs and brings the CUDA libraries it loads at
 # import; DeepSpeed without compiled ops. Then tac2sol alone, in a layer of its own, so that a change
 # to the sources reuses the ~7 GB layer of the dependencies.
 COPY requirements.lock /tmp/requirements.lock
@@ -125,7 +125,7 @@ RUN --mount=type=secret,id=pip_cert \
         if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
         && python3 -m venv /opt/tac2sol \
         && DS_BUILD_OPS=0 /opt/tac2sol/bin/pip install --no-cache-dir --disable-pip-version-check \
-           --require-hashes -r /tmp/requirements.lock; \
+           --require-hashes --no-deps -r /tmp/requirements.lock; \
     fi \
     && rm /tmp/requirements.lock
 COPY --from=wheel /wheels/ /tmp/wheels/

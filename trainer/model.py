@@ -4,6 +4,8 @@
   a pad token is set when the tokenizer has none (EOS, the usual choice for causal LMs).
 * ``quantization_config``: ``BitsAndBytesConfig`` (NF4, double quant, compute dtype from the
   plan, quant storage from the distributed layer under ZeRO-3), or None with quantization off.
+* ``weights_source``: the hub id or directory, or for ``model.gguf_file`` the directory it was
+  converted into (``gguf.py``);
 * ``load_model``: SDPA attention (FlashAttention-2 does not exist on Turing), then
   ``prepare_model_for_kbit_training`` (casts norms to fp32, enables input grads and gradient
   checkpointing), then LoRA on the catalog's target modules or ``all-linear``.
@@ -37,9 +39,19 @@ class ParamCounts:
 
 def _hub_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": cfg.model.trust_remote_code}
-    if cfg.model.revision:
+    if cfg.model.revision and not cfg.model.gguf_file:
         kwargs["revision"] = cfg.model.revision
     return kwargs
+
+
+def weights_source(cfg: TrainConfig) -> str:
+    """Where the base weights (and, unless ``model.tokenizer`` says otherwise, the tokenizer) load
+    from: ``model.name_or_path``, or the directory ``model.gguf_file`` was converted into."""
+    if cfg.model.gguf_file:
+        from tac2sol.trainer.gguf import converted_dir
+
+        return str(converted_dir(cfg.model.gguf_file))
+    return cfg.model.name_or_path
 
 
 def _where(name: str) -> str:
@@ -106,13 +118,13 @@ def load_base_model(cfg: TrainConfig, load_kwargs: dict[str, Any], bnb_kwargs: d
     qconf = quantization_config(cfg, bnb_kwargs)
     if qconf is not None:
         kwargs["quantization_config"] = qconf
+    source = weights_source(cfg)
+    field = "model.gguf_file" if cfg.model.gguf_file else "model.name_or_path"
     try:
-        return AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInput(
-            f"model.name_or_path: cannot load a model from {_where(cfg.model.name_or_path)}: {first}"
-        ) from None
+        raise InvalidInput(f"{field}: cannot load a model from {_where(source)}: {first}") from None
 
 
 def add_lora(cfg: TrainConfig, model: Any, gradient_checkpointing: bool) -> Any:

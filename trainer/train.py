@@ -299,7 +299,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
     import transformers
 
     from tac2sol.trainer.distributed import bnb_config_kwargs, check_plan, model_load_kwargs
-    from tac2sol.trainer.model import count_parameters, load_model, load_tokenizer
+    from tac2sol.trainer.model import count_parameters, load_model, load_tokenizer, weights_source
     from tac2sol.trainer.preflight import preflight_data
     from tac2sol.trainer.split import split_rows
 
@@ -313,7 +313,7 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
     resume = checkpoints.resolve_resume(cfg.resume, out)
     if env.is_main:  # saved beside the run: `tac2sol evaluate --config <output>/config.yaml`
         (out / CONFIG_YAML).write_text(cfg.dump_yaml())
-    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.name_or_path, cfg)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or weights_source(cfg), cfg)
     args = training_arguments(cfg, env, has_eval=cfg.data.validation_ratio > 0)
 
     # -- data: download (data.uri; each node's local rank 0 first, the others reuse its copy) --
@@ -364,7 +364,8 @@ def _fit(cfg: TrainConfig, env: DistEnv, echo: Say, stop: GracefulStop) -> _Fitt
     transformers.set_seed(cfg.training.seed)  # LoRA initialisation is random
     model = load_model(cfg, model_load_kwargs(cfg, env), bnb_config_kwargs(cfg, env))
     counts = count_parameters(model)
-    echo(f"model: {cfg.model.name_or_path} ({cfg.quantization}), {counts.describe()}")
+    source = cfg.model.name_or_path + (f" from {cfg.model.gguf_file}" if cfg.model.gguf_file else "")
+    echo(f"model: {source} ({cfg.quantization}), {counts.describe()}")
     timings["model_load_s"] = time.monotonic() - mark
 
     # -- Trainer ----------------------------------------------------------------------------
