@@ -17,7 +17,8 @@ point, never as our result.
 A run's output holds one such directory per evaluation (:func:`evaluate_run`): ``eval/`` (the
 held-out split), ``eval-test-set/`` (``evaluation.test_set``, ``testset.py``) and, with
 ``evaluation.base_model``, ``eval-base/`` and ``eval-test-set-base/``: the base model without the
-adapter on the same rows (the ablation), paired with the adapter's by row id in ``tac2sol compare``.
+adapter on the same rows (the ablation), paired with the adapter's by row id (``eval-vs-base/``,
+``eval-test-set-vs-base/``: the paired differences and their intervals, as ``tac2sol compare``).
 """
 
 from __future__ import annotations
@@ -522,9 +523,41 @@ def evaluate_run(
                     model, tokenizer, rows, enc, settings, out / (name + BASE_SUFFIX), say=say,
                     variant="base", test_set=report,
                 )  # fmt: skip
+            compare_with_base(out, name, say=say)
     if test_set is not None and TEST_SET_DIR not in results:
         results[TEST_SET_DIR] = {"testSet": test_set.report}  # excluded rows are said even with none left
     return results
+
+
+VS_BASE_SUFFIX = "-vs-base"  # eval-vs-base/: the adapter against the base model, paired by row
+_SAID_METRICS = ("similarity", "editDistance", "signatureMatch")
+
+
+def compare_with_base(out: Path, name: str, say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """The adapter's evaluation ``out/name`` against the base model's on the same rows (baseline):
+    paired differences with 95 % bootstrap intervals (``compare.py``), written as
+    ``out/<name>-vs-base/compare.json`` and ``compare.md`` (what ``tac2sol compare`` writes)."""
+    from tac2sol.trainer.compare import compare_runs, load_runs, markdown
+
+    runs = load_runs([out / (name + BASE_SUFFIX), out / name])
+    result = compare_runs(runs)
+    report = out / (name + VS_BASE_SUFFIX)
+    report.mkdir(parents=True, exist_ok=True)
+    write_json(report / "compare.json", result)
+    (report / "compare.md").write_text(markdown(result))
+    if say is not None:
+        cand = result["candidates"][0]
+        parts = [
+            f"{p['label']} {p['mean_b']:.3f} vs {p['mean_a']:.3f}, {p['diff']:+.3f} "
+            f"[{p['low']:+.3f}, {p['high']:+.3f}]"
+            for p in (cand["metrics"][m] for m in _SAID_METRICS)
+            if p["n"]
+        ]
+        say(
+            f"adapter vs base model, {result['rows']} paired rows (difference, 95% interval): "
+            f"{'; '.join(parts)}; decision: {cand['decision']} -> {report / 'compare.md'}"
+        )
+    return result
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:

@@ -124,6 +124,15 @@ def test_base_model_is_evaluated_on_the_same_rows(trained: dict[str, Any]) -> No
         assert "base model without the adapter" in (out / (name + "-base") / "eval.md").read_text()
     result = compare_runs(load_runs([out / "eval-base", out / "eval"]), min_rows=1, resamples=200)
     assert result["rows"] == 8 and result["baseline"]["name"].endswith("-base")
+    for name in ("eval", "eval-test-set"):  # the run paired them itself: adapter minus base
+        written = json.loads((out / (name + "-vs-base") / "compare.json").read_text())
+        assert written["baseline"]["path"] == str(out / (name + "-base") / "eval.json")
+        sim = written["candidates"][0]["metrics"]["similarity"]
+        means = [_eval(out, n)["overall"]["semanticSimilarityMean"] for n in (name + "-base", name)]
+        assert [sim["mean_a"], sim["mean_b"]] == pytest.approx(means, abs=1e-3)
+        assert sim["low"] <= sim["diff"] <= sim["high"]
+    said = [s for s in trained["said"] if s.startswith("adapter vs base model")]
+    assert len(said) == 2 and "semantic similarity" in said[0] and "eval-vs-base/compare.md" in said[0]
     evaluation = json.loads(trained["result"].run_json.read_text())["results"]["evaluation"]
     assert {"base", "testSet", "factF1", "semanticSimilarityMean"} <= set(evaluation)
     assert "base" in evaluation["testSet"]
