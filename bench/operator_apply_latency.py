@@ -4,17 +4,24 @@ On one real control plane (hack/cluster.sh; started here on free ports unless ``
 names a running one), side by side:
 
 * operator path: ``kubectl apply --server-side`` of TrainingRuns (runs/qwen32b.yaml renamed) into
-  a namespace watched by ``tac2sol operator``; latency = the PyTorchJob's ADDED watch event
-  minus the moment the apply started;
-* baseline: ``kubectl apply --server-side`` of the very PyTorchJobs the operator renders for the
-  same runs (owner references dropped), into another namespace; same measurement.
+  a namespace watched by ``tac2sol operator``; latency = the job's ADDED watch event minus the
+  moment the apply started;
+* baseline: ``kubectl apply --server-side`` of the very jobs the operator renders for the same
+  runs (owner references dropped), into another namespace; same measurement.
+
+``--backend pytorchjob`` (default): the jobs are training-operator v1 PyTorchJobs.
+``--backend trainjob``: the runs say ``backend: trainjob`` and the jobs are Kubeflow Trainer v2
+TrainJobs; the cluster also runs Trainer v2 and JobSet (``hack/cluster.sh trainer-up``; with
+``--kubeconfig``, the cluster must run them already), and the chart's ClusterTrainingRuntime
+(``helm template``) is applied first. Both paths then also go through Trainer's admission webhooks.
 
 Two shapes: ``--single N`` objects one at a time (each waits for its job before the next), and a
 burst of ``--burst M`` objects in one apply (latency of object i = its job's ADDED - burst start).
 All runs are ``suspend: true`` so that no pods are made: this measures the API path, not kwok.
 Printed: p50/p99/max per path and shape, and the operator/kubectl ratios, measured in this run.
 
-    .venv/bin/python bench/operator_apply_latency.py [--single 20] [--burst 100] [--kubeconfig PATH]
+    .venv/bin/python bench/operator_apply_latency.py [--backend pytorchjob|trainjob] [--single 20]
+        [--burst 100] [--kubeconfig PATH]
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ from tac2sol import devtools
 
 REPO = Path(__file__).resolve().parents[1]
 KUBECTL = str(devtools.bin_dir() / "kubectl")
+HELM = str(devtools.bin_dir() / "helm")
+# The watched kind (plural) of each backend.
+JOB_RESOURCE = {"pytorchjob": "pytorchjobs", "trainjob": "trainjobs"}
 TAC2SOL = str(Path(sys.executable).parent / "tac2sol")
 
 
@@ -48,8 +58,9 @@ def say(msg: str) -> None:
 
 
 @contextmanager
-def control_plane(kubeconfig: str | None) -> Iterator[dict[str, str]]:
-    """Env for kubectl/the operator: the given cluster, or one started (and stopped) here."""
+def control_plane(kubeconfig: str | None, trainer_v2: bool) -> Iterator[dict[str, str]]:
+    """Env for kubectl/the operator: the given cluster, or one started (and stopped) here, with
+    Kubeflow Trainer v2 and JobSet added when `trainer_v2`."""
     if kubeconfig:
         yield {**os.environ, "KUBECONFIG": kubeconfig, "PYTHONSAFEPATH": "1"}
         return
@@ -59,6 +70,10 @@ def control_plane(kubeconfig: str | None) -> Iterator[dict[str, str]]:
     try:
         with devtools.start_cluster(state) as cluster:
             say(f"control plane up in {time.monotonic() - t0:.0f} s")
+            if trainer_v2:
+                t0 = time.monotonic()
+                devtools.start_trainer_v2(cluster)
+                say(f"Trainer v2 and JobSet up in {time.monotonic() - t0:.0f} s")
             yield cluster.env
     except devtools.DevToolsError as exc:
         raise SystemExit(str(exc)) from None
@@ -72,16 +87,16 @@ def kubectl(env: dict[str, str], *args: str, input: str | None = None) -> str:
 
 
 class JobWatch:
-    """Records when each PyTorchJob of a namespace is first seen (a watch in a thread)."""
+    """Records when each job (`resource`) of a namespace is first seen (a watch in a thread)."""
 
-    def __init__(self, env: dict[str, str], namespace: str) -> None:
+    def __init__(self, env: dict[str, str], namespace: str, resource: str) -> None:
         self.seen: dict[str, float] = {}
         self._cv = threading.Condition()
         self._proc = subprocess.Popen(
             [
                 KUBECTL,
                 "get",
-                "pytorchjobs",
+                resource,
                 "-n",
                 namespace,
                 "--watch",
@@ -119,43 +134,70 @@ class JobWatch:
         self._proc.terminate()
 
 
-def runs(prefix: str, count: int) -> list[dict[str, Any]]:
+def runs(prefix: str, count: int, backend: str) -> list[dict[str, Any]]:
     base = yaml.safe_load((REPO / "runs" / "qwen32b.yaml").read_text())
     out = []
     for i in range(count):
         run = json.loads(json.dumps(base))
         run["metadata"]["name"] = f"{prefix}-{i:03d}"
         run["spec"]["suspend"] = True
+        run["spec"]["backend"] = backend
         out.append(run)
     return out
 
 
-def plain_jobs(items: list[dict[str, Any]], namespace: str) -> list[dict[str, Any]]:
-    """The PyTorchJobs the operator renders for these runs, without owner references."""
+def plain_jobs(items: list[dict[str, Any]], namespace: str, backend: str) -> list[dict[str, Any]]:
+    """The jobs the operator renders for these runs (PyTorchJobs or TrainJobs), without owner
+    references."""
     from tac2sol.operator.planner import make_plan
     from tac2sol.operator.reconcile import render_options
     from tac2sol.operator.render import render_job
     from tac2sol.operator.resolve import resolve
     from tac2sol.operator.settings import OperatorSettings
     from tac2sol.operator.specfile import parse_training_run
+    from tac2sol.operator.trainjob import render_trainjob
 
+    render = render_trainjob if backend == "trainjob" else render_job
     opts = render_options(OperatorSettings())
     jobs = []
     for item in items:
         data = json.loads(json.dumps(item))
         data["metadata"].update(namespace=namespace, uid="00000000-0000-0000-0000-000000000000")
         run = parse_training_run(data)
-        job = render_job(resolve(run), make_plan(resolve(run)), opts)
+        job = render(resolve(run), make_plan(resolve(run)), opts)
         del job["metadata"]["ownerReferences"]
         jobs.append(job)
     return jobs
 
 
+def wait_established(env: dict[str, str], crd: str, timeout: float = 60) -> None:
+    """Poll the CRD's Established condition (`kubectl wait` errors out on a CRD so new that it
+    has no status.conditions yet)."""
+    jsonpath = "jsonpath={.status.conditions[?(@.type=='Established')].status}"
+    deadline = time.monotonic() + timeout
+    while kubectl(env, "get", "crd", crd, "-o", jsonpath) != "True":
+        if time.monotonic() > deadline:
+            raise SystemExit(f"CRD {crd} not Established after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def apply_chart_runtime(env: dict[str, str]) -> None:
+    """The chart's ClusterTrainingRuntime, which the TrainJobs of both paths refer to."""
+    proc = subprocess.run(
+        [HELM, "template", "tac2sol", str(REPO / "charts" / "tac2sol"),
+         "--set", "trainJob.runtime.create=true", "--show-only", "templates/trainingruntime.yaml"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    if proc.returncode:
+        raise SystemExit(f"helm template of the chart's ClusterTrainingRuntime failed: {proc.stderr.strip()}")
+    kubectl(env, "apply", "--server-side", "-f", "-", input=proc.stdout)
+
+
 def measure(
-    env: dict[str, str], ns: str, objects: list[dict[str, Any]], names: list[str], burst: bool
+    env: dict[str, str], ns: str, resource: str, objects: list[dict[str, Any]], names: list[str], burst: bool
 ) -> list[float]:
     """Seconds from apply start to each job's ADDED event."""
-    watch = JobWatch(env, ns)
+    watch = JobWatch(env, ns, resource)
     time.sleep(1.0)  # the watch is established
     out: list[float] = []
     try:
@@ -186,13 +228,19 @@ def main() -> None:
     ap.add_argument("--single", type=int, default=20, help="objects applied one at a time (default 20)")
     ap.add_argument("--burst", type=int, default=100, help="objects applied in one go (default 100)")
     ap.add_argument("--kubeconfig", help="use this running cluster instead of starting one")
+    ap.add_argument(
+        "--backend", choices=sorted(JOB_RESOURCE), default="pytorchjob", help="the runs' spec.backend"
+    )
     args = ap.parse_args()
     tag = secrets.token_hex(3)
-    with control_plane(args.kubeconfig) as env:
+    resource = JOB_RESOURCE[args.backend]
+    with control_plane(args.kubeconfig, trainer_v2=args.backend == "trainjob") as env:
         kubectl(
             env, "apply", "--server-side", "-f", str(REPO / "manifests/crds/trainingruns.tac2sol.dev.yaml")
         )
-        kubectl(env, "wait", "--for=condition=Established", "crd/trainingruns.tac2sol.dev", "--timeout=60s")
+        wait_established(env, "trainingruns.tac2sol.dev")
+        if args.backend == "trainjob":
+            apply_chart_runtime(env)
         op_ns, plain_ns = f"bench-operator-{tag}", f"bench-kubectl-{tag}"
         for ns in (op_ns, plain_ns):
             kubectl(env, "create", "namespace", ns)
@@ -215,11 +263,12 @@ def main() -> None:
                 if count <= 0:
                     continue
                 for path, ns in (("kubectl", plain_ns), ("operator", op_ns)):
-                    items = runs(f"{shape[0]}{path[0]}", count)
+                    items = runs(f"{shape[0]}{path[0]}", count, args.backend)
                     names = [r["metadata"]["name"] for r in items]
-                    objects = items if path == "operator" else plain_jobs(items, ns)
+                    objects = items if path == "operator" else plain_jobs(items, ns, args.backend)
                     say(f"{shape}: {count} x {path} ...")
-                    results[(shape, path)] = measure(env, ns, objects, names, burst=shape == "burst")
+                    burst = shape == "burst"
+                    results[(shape, path)] = measure(env, ns, resource, objects, names, burst=burst)
         finally:
             operator.terminate()
             operator.wait(timeout=30)
@@ -229,7 +278,8 @@ def main() -> None:
                 )
     load = os.getloadavg()[0]
     cores = os.cpu_count()
-    print(f"\napply -> PyTorchJob created, seconds (one cluster, one run; load {load:.1f}, {cores} cores)")
+    kind = "TrainJob" if args.backend == "trainjob" else "PyTorchJob"
+    print(f"\napply -> {kind} created, seconds (one cluster, one run; load {load:.1f}, {cores} cores)")
     print(f"{'shape':<8}{'path':<10}{'n':>5}{'p50':>9}{'p99':>9}{'max':>9}")
     for (shape, path), values in results.items():
         p50, p99 = pct(values, 50), pct(values, 99)
