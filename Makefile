@@ -39,7 +39,7 @@ lock: venv
 run: venv
 	$(BIN)/tac2sol run runs/tiny-local.yaml
 
-# tools: system packages and binaries the suite uses (etcd, kube-*, kwok, training-operator,
+# tools: system packages and binaries the suite uses (etcd, kube-*, kwok, training-operator, Trainer v2, JobSet,
 # helm, prometheus), each built or installed once and cached under ~/.cache/tac2sol by version.
 tools:
 	bash hack/install-tools.sh
