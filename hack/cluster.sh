@@ -4,12 +4,15 @@
 #   etcd, kube-apiserver (TLS from a CA made here, RBAC + Node authorization, service-account
 #   tokens), kube-controller-manager, kube-scheduler, the Kubeflow CRDs (server-side apply),
 #   training-operator v1.9.0 out of cluster, kwok running 2 fake nodes x 4 nvidia.com/gpu, and one
-#   real node (hack/node.sh: containerd, runc, the kubelet and CoreDNS in network, mount and pid
-#   namespaces of its own; tainted tac2sol.dev/real-node=true:NoSchedule, labelled
+#   real node (hack/node.sh: containerd, runc, the kubelet, kube-proxy and CoreDNS in network, mount
+#   and pid namespaces of its own; tainted tac2sol.dev/real-node=true:NoSchedule, labelled
 #   tac2sol.dev/node=real, no GPU; StorageClass tac2sol-local: 8 local PersistentVolumes on it).
 #   The host's network namespace gets nothing: the node reaches
 #   the apiserver through a Unix socket (socat on both sides), the apiserver reaches the kubelet
-#   and the pods through its egress selector (an HTTP CONNECT proxy on a Unix socket).
+#   and the pods through its egress selector (an HTTP CONNECT proxy on a Unix socket). The
+#   apiserver advertises the node IP, where that socket's other end listens in the node's
+#   namespace: the `kubernetes` Service's endpoint, so pods (the operator's, through kube-proxy)
+#   reach it at its ClusterIP with in-cluster config, as on any cluster.
 #
 #   bash hack/cluster.sh up       start it (idempotent); prints KUBECONFIG=<path>
 #   bash hack/cluster.sh down     stop every process and delete the cluster's data
@@ -107,12 +110,12 @@ need_binaries() {
         [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
     done
     if [[ $REAL_NODE != 0 ]]; then
-        for name in kubelet coredns; do
+        for name in kubelet kube-proxy coredns; do
             [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
         done
         [[ -f $PAUSE_TARBALL ]] || die "no pause image at $PAUSE_TARBALL: run \`bash hack/install-tools.sh\`"
-        for name in containerd ctr runc socat unshare nsenter ip /usr/lib/cni/bridge; do
-            command -v "$name" >/dev/null || die "$name is missing: run \`bash hack/install-tools.sh\` (Debian: containerd runc containernetworking-plugins socat)"
+        for name in containerd ctr runc socat unshare nsenter ip iptables-restore /usr/lib/cni/bridge; do
+            command -v "$name" >/dev/null || die "$name is missing: run \`bash hack/install-tools.sh\` (Debian: containerd runc containernetworking-plugins socat iptables)"
         done
         [[ $(id -u) == 0 ]] || die "the real node needs root (namespaces, mounts, cgroups): run as root, or TAC2SOL_REAL_NODE=0 for kwok only"
     fi
@@ -223,6 +226,7 @@ make_pki() {
     issue kubelet "system:node:$NODE_NAME" system:nodes
     issue apiserver-kubelet-client kube-apiserver-kubelet-client system:masters
     issue coredns tac2sol:coredns
+    issue kube-proxy system:kube-proxy  # bound to system:node-proxier by the default RBAC
     issue trainer-controller-manager tac2sol:trainer-controller-manager
     issue jobset tac2sol:jobset
     # The serving certificate of Trainer v2's and JobSet's webhooks on 127.0.0.1 (trainer-up);
@@ -316,16 +320,21 @@ EOF
         node_args=(--egress-selector-config-file="$STATE/egress-selector.yaml"
             --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt"
             --kubelet-client-key="$PKI/apiserver-kubelet-client.key"
-            --kubelet-preferred-address-types=InternalIP,Hostname)
+            --kubelet-preferred-address-types=InternalIP,Hostname
+            # The `kubernetes` Service's endpoint: NODE_IP:PORT, which hack/node.sh forwards here.
+            --advertise-address="$NODE_IP" --endpoint-reconciler-type=lease)
+    else
+        # No pods to serve: no endpoint (a loopback one is invalid).
+        node_args=(--advertise-address=127.0.0.1 --endpoint-reconciler-type=none)
     fi
     start kube-apiserver --etcd-servers="http://127.0.0.1:$TAC2SOL_ETCD_PORT" \
-        --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$TAC2SOL_APISERVER_PORT" \
+        --bind-address=127.0.0.1 --secure-port="$TAC2SOL_APISERVER_PORT" \
         --tls-cert-file="$PKI/apiserver.crt" --tls-private-key-file="$PKI/apiserver.key" \
         --client-ca-file="$PKI/ca.crt" --anonymous-auth=false \
         --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
         --service-account-issuer="$SA_ISSUER" --api-audiences="$SA_ISSUER" \
         --service-account-key-file="$PKI/sa.pub" --service-account-signing-key-file="$PKI/sa.key" \
-        --service-cluster-ip-range="$SERVICE_CIDR" --endpoint-reconciler-type=none \
+        --service-cluster-ip-range="$SERVICE_CIDR" \
         --allow-privileged=true --profiling=false "${node_args[@]}"
     wait_for "kube-apiserver /readyz" kube-apiserver kubectl get --raw /readyz
 }
@@ -570,6 +579,7 @@ start_node() {
     cp "$PKI/ca.crt" "$NODE_DIR/ca.crt"
     write_kubeconfig "$NODE_DIR/kubelet.kubeconfig" kubelet
     write_kubeconfig "$NODE_DIR/coredns.kubeconfig" coredns
+    write_kubeconfig "$NODE_DIR/kube-proxy.kubeconfig" kube-proxy
     kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null <<EOF
 apiVersion: rbac.authorization.k8s.io/v1
 kind: ClusterRole
@@ -700,7 +710,7 @@ cmd_up() {
         curl -sf "http://127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT/readyz"
     if [[ $REAL_NODE != 0 ]]; then
         local t_node=$SECONDS
-        say "starting the real node $NODE_NAME (containerd, kubelet, CoreDNS; its own namespaces)"
+        say "starting the real node $NODE_NAME (containerd, kubelet, kube-proxy, CoreDNS; its own namespaces)"
         start_node
         wait_for "node $NODE_NAME Ready" node node_ready
         wait_for "CoreDNS ready" node node_exec curl -sf http://127.0.0.1:8181/ready

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Installs, once, the tools the test suite and the cluster tour use, and caches them by version:
 #   ~/.cache/tac2sol/bin/<name>-<version>   the binary      ~/.cache/tac2sol/bin/<name>   a symlink to it
-# - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet: built from
+# - kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kubelet, kube-proxy: built from
 #   k8s.io/kubernetes (version pinned in hack/k8s/go.mod), etcd: built from go.etcd.io/etcd/server/v3
 #   (hack/k8s/etcd/go.mod), kwok, training-operator, helm, CoreDNS and Kubeflow Trainer v2's
 #   trainer-controller-manager: `go install <module>@<version>`; the JobSet controller (the version
 #   trainer's go.mod requires): `go build` in its module's folder (see go_build_module);
 # - Debian packages: prometheus and promtool, openssl and curl (used by hack/cluster.sh), mpirun
 #   (the MPI launcher test), buildah, podman, runc and mmdebstrap (the image test), containerd,
-#   the CNI plugins and socat (the real node, hack/node.sh);
+#   the CNI plugins, socat and iptables (the real node, hack/node.sh);
 # - the real node's pause image: hack/node/pause.c built static, in a docker-archive tarball
 #   (~/.cache/tac2sol/images/pause.tar, keyed by the source and the compiler) that hack/node.sh
 #   imports into containerd;
@@ -48,13 +48,13 @@ required_version() {  # required_version GO.MOD MODULE: the version GO.MOD requi
 }
 K8S_VERSION=$(required_version "$HACK/k8s/go.mod" k8s.io/kubernetes)
 ETCD_VERSION=$(required_version "$HACK/k8s/etcd/go.mod" go.etcd.io/etcd/server/v3)
-K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 # apt package per command below, same order; mpirun: the 2-rank MPI launcher test; buildah to
 # mmdebstrap: the image test (tests/packaging/test_image.py); containerd to gcc: the real node.
 APT_PACKAGES=(prometheus openssl curl openmpi-bin buildah podman runc mmdebstrap containerd
-    containernetworking-plugins socat iproute2 util-linux gcc libc6-dev)
+    containernetworking-plugins socat iproute2 util-linux iptables gcc libc6-dev)
 APT_COMMANDS=(promtool openssl curl mpirun buildah podman runc mmdebstrap containerd
-    /usr/lib/cni/bridge socat ip nsenter gcc /usr/lib/x86_64-linux-gnu/libc.a)
+    /usr/lib/cni/bridge socat ip nsenter iptables-restore gcc /usr/lib/x86_64-linux-gnu/libc.a)
 
 say() { echo "install-tools: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -95,17 +95,17 @@ k8s_ldflags() {  # what `kubectl version` and /version report, as Kubernetes' ow
 }
 
 build_k8s() {
-    local missing=0 name
-    for name in "${K8S_BINARIES[@]}"; do cached "$name" "$K8S_VERSION" || missing=1; done
-    [[ $missing == 0 ]] && return
+    local missing=() name
+    for name in "${K8S_BINARIES[@]}"; do cached "$name" "$K8S_VERSION" || missing+=("$name"); done
+    ((${#missing[@]})) || return 0
     go_env
-    say "building ${K8S_BINARIES[*]} $K8S_VERSION from k8s.io/kubernetes (the long one: ~30 min on 2 busy cores)"
+    say "building ${missing[*]} $K8S_VERSION from k8s.io/kubernetes (all of them: ~30 min on 2 busy cores)"
     local out=$CACHE/build/k8s-$K8S_VERSION pkgs=()
-    for name in "${K8S_BINARIES[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
+    for name in "${missing[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$name"); done
     mkdir -p "$out"
     (cd "$HACK/k8s" && run_logged "$LOGS/k8s-$K8S_VERSION.log" \
         go build -trimpath -ldflags="$(k8s_ldflags)" -o "$out/" "${pkgs[@]}")
-    for name in "${K8S_BINARIES[@]}"; do
+    for name in "${missing[@]}"; do
         mv -f "$out/$name" "$BIN/$name-$K8S_VERSION"
         cached "$name" "$K8S_VERSION"
     done

@@ -9,10 +9,12 @@
 #     kubelet wants are mounted over the global sysctls it would otherwise write (with
 #     protectKernelDefaults it only reads them), so the host keeps its settings;
 #   - the processes: containerd, its shims and every container die with this pid 1.
-# Inside, it starts: socat (the apiserver on 127.0.0.1:APISERVER_PORT and NODE_IP:6443 through a
-# Unix socket that hack/cluster.sh serves on the host), hack/node/connect-proxy.py (the
-# apiserver's way in: its egress selector sends kubelet and pod connections there), containerd
-# with the pause image imported, the kubelet and CoreDNS. On SIGTERM it stops them and exits; the
+# Inside, it starts: socat (the apiserver on 127.0.0.1:APISERVER_PORT and NODE_IP:APISERVER_PORT,
+# the address the apiserver advertises as the `kubernetes` Service's endpoint, through a Unix
+# socket that hack/cluster.sh serves on the host), hack/node/connect-proxy.py (the apiserver's way
+# in: its egress selector sends kubelet and pod connections there), containerd with the pause
+# image imported, the kubelet, kube-proxy (iptables rules in this network namespace only: a pod
+# reaches the apiserver at the `kubernetes` ClusterIP, as in-cluster config expects) and CoreDNS. On SIGTERM it stops them and exits; the
 # kernel then ends whatever is left in the namespaces. hack/cluster.sh removes NODE_DIR and the
 # node's cgroups afterwards.
 #
@@ -86,7 +88,7 @@ done
 # --- the apiserver, both ways ----------------------------------------------------------------------
 
 run socat-apiserver socat "TCP-LISTEN:$APISERVER_PORT,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$NODE_DIR/apiserver.sock"
-run socat-apiserver-pods socat "TCP-LISTEN:6443,bind=$NODE_IP,fork,reuseaddr" "UNIX-CONNECT:$NODE_DIR/apiserver.sock"
+run socat-apiserver-pods socat "TCP-LISTEN:$APISERVER_PORT,bind=$NODE_IP,fork,reuseaddr" "UNIX-CONNECT:$NODE_DIR/apiserver.sock"
 run connect-proxy "$PYTHON" "$HACK/node/connect-proxy.py" "$NODE_DIR/egress.sock"
 
 # --- containerd ------------------------------------------------------------------------------------
@@ -97,7 +99,7 @@ cat >"$NODE_DIR/cni/10-tac2sol.conflist" <<EOF
   "cniVersion": "1.0.0",
   "name": "tac2sol",
   "plugins": [
-    {"type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false, "hairpinMode": true,
+    {"type": "bridge", "bridge": "cni0", "isDefaultGateway": true, "ipMasq": false, "hairpinMode": true,
      "ipam": {"type": "host-local", "ranges": [[{"subnet": "$POD_CIDR", "gateway": "$NODE_IP"}]]}}
   ]
 }
@@ -166,6 +168,26 @@ EOF
 run kubelet "$BIN/kubelet" --config="$NODE_DIR/kubelet.yaml" --kubeconfig="$NODE_DIR/kubelet.kubeconfig" \
     --hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --node-labels="tac2sol.dev/node=real" --v=1
 
+# --- kube-proxy ------------------------------------------------------------------------------------
+
+# iptables mode, in this network namespace. conntrack settings 0: leave the kernel's as they are
+# (the table size is global); no NodePorts on localhost (that needs route_localnet).
+cat >"$NODE_DIR/kube-proxy.yaml" <<EOF
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: {kubeconfig: $NODE_DIR/kube-proxy.kubeconfig}
+hostnameOverride: $NODE_NAME
+mode: iptables
+clusterCIDR: $POD_CIDR
+detectLocalMode: ClusterCIDR
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: [$NODE_IP/32]
+iptables: {localhostNodePorts: false}
+conntrack: {maxPerCore: 0, min: 0, tcpEstablishedTimeout: 0s, tcpCloseWaitTimeout: 0s, udpTimeout: 0s, udpStreamTimeout: 0s}
+EOF
+run kube-proxy "$BIN/kube-proxy" --config="$NODE_DIR/kube-proxy.yaml" --v=1
+
 # --- CoreDNS ---------------------------------------------------------------------------------------
 
 cat >"$NODE_DIR/Corefile" <<EOF
@@ -183,7 +205,7 @@ cat >"$NODE_DIR/Corefile" <<EOF
 EOF
 run coredns "$BIN/coredns" -conf "$NODE_DIR/Corefile"
 
-say "started: kubelet, containerd, CoreDNS on $NODE_IP"
+say "started: kubelet, containerd, kube-proxy, CoreDNS on $NODE_IP"
 : >"$NODE_DIR/started"
 while true; do
     wait -n "${pids[@]}" || true
