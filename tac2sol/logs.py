@@ -47,3 +47,7 @@ def setup_logging(level: str | None = None, json_format: bool | None = None) -> 
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # HTTP clients log every request at INFO (the operator makes one per pod poll): their warnings
+    # only, unless DEBUG.
+    for noisy in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
