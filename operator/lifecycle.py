@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tac2sol.operator import pods as pod_status
 from tac2sol.operator.names import TRAINJOB
 from tac2sol.operator.status import Phase
 
@@ -105,6 +106,8 @@ def pod_failures(pods: list[dict[str, Any]]) -> list[str]:
             if terminated and terminated.get("exitCode", 0) != 0:
                 why = terminated.get("reason") or "no reason given"
                 extra = f": {terminated['message'].strip()}" if terminated.get("message") else ""
+                if why == pod_status.OOM_KILLED:
+                    extra += f"; {pod_status.oom_advice(pod, cs.get('name'))}"
                 out.append(
                     f"pod {pod['metadata']['name']} container {cs.get('name')} exited with code "
                     f"{terminated['exitCode']} ({why}{extra})"

@@ -31,6 +31,9 @@ JOB_SUSPENDED = "JobSuspended"  # False: a suspended job has no pods (written wh
 NOT_STUCK = frozenset({PODS_RUNNING, NO_PODS, PODS_STARTING, POD_FAILED, JOB_SUSPENDED})
 
 UNSCHEDULABLE = "Unschedulable"
+# A container the kernel killed at its memory limit (the kubelet's terminated reason): nothing
+# changes until the run asks for more memory, so it is stuck even though the pod gets re-created.
+OOM_KILLED = "OOMKilled"
 # A container that is being set up normally waits with one of these.
 STARTING_WAITS = frozenset({"ContainerCreating", "PodInitializing"})
 # The kubelet's waiting reasons, most useful first: the spec is wrong (nothing changes until a
@@ -114,6 +117,8 @@ def diagnose(pods: Iterable[dict[str, Any]], expected: int | None = None) -> Pod
         )
     if best.reason == POD_FAILED:
         return PodsDiagnosis("False", POD_FAILED, f"{count} failed; pod {best.pod} {best.detail}")
+    if best.reason == OOM_KILLED:
+        return PodsDiagnosis("False", OOM_KILLED, f"{count} ran out of memory; pod {best.pod} {best.detail}")
     if best.rank < 10:
         return PodsDiagnosis(
             "False", best.reason, f"{count} cannot be scheduled; pod {best.pod}{best.detail}"
@@ -149,15 +154,39 @@ def _finding(pod: dict[str, Any]) -> _Finding | None:
         if last and reason == "CrashLoopBackOff":
             why = last.get("reason") or "no reason"
             detail += f"; it last exited with code {last.get('exitCode')} ({why})"
+            if why == OOM_KILLED:
+                return _Finding(OOM_RANK, OOM_KILLED, name, f"{detail}: {oom_advice(pod, cs.get('name'))}")
         return _Finding(10 + _kubelet_rank(waiting["reason"]), reason, name, detail)
     if phase == "Running" or phase == "Succeeded":
         return None
     if phase == "Failed":
+        for cs in status.get("containerStatuses") or []:
+            done = (cs.get("state") or {}).get("terminated") or {}
+            if done.get("reason") == OOM_KILLED:
+                detail = f"container {cs.get('name')} was OOMKilled (exit code {done.get('exitCode')})"
+                return _Finding(OOM_RANK, OOM_KILLED, name, f"{detail}: {oom_advice(pod, cs.get('name'))}")
         return _Finding(90, POD_FAILED, name, _failure(status))
     if scheduled is None or scheduled.get("status") != "True":
         return _Finding(95, PODS_STARTING, name, "is waiting to be scheduled")
     where = f" on {pod['spec']['nodeName']}" if (pod.get("spec") or {}).get("nodeName") else ""
     return _Finding(95, PODS_STARTING, name, f"is starting{where}")
+
+
+# After the spec and image troubles (a pod that never ran), before plain failures and slow starts.
+OOM_RANK = 10 + len(KUBELET_REASONS) + 1
+
+
+def oom_advice(pod: dict[str, Any], container: str | None) -> str:
+    """What to change when ``container`` of ``pod`` was OOMKilled: its memory limit is the run's
+    ``spec.resources.memory`` (per pod, as ``tac2sol.operator.render`` sets it)."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    spec: dict[str, Any] = next((c for c in containers if c.get("name") == container), {})
+    limit = ((spec.get("resources") or {}).get("limits") or {}).get("memory")
+    at = f" at its memory limit of {limit}" if limit else ""
+    return (
+        f"it ran out of memory{at}: raise the TrainingRun's spec.resources.memory "
+        "(or lower training.perDeviceBatchSize or maxSeqLength)"
+    )
 
 
 def _kubelet_rank(reason: str) -> int:

@@ -358,9 +358,13 @@ def trainer_container(
     run = rr.run
     s = run.spec
     _, mounts = _volumes(run)
-    resources: dict[str, Any] = {"requests": pod_requests(run, plan, opts)}
+    requests = pod_requests(run, plan, opts)
+    # Memory limited at the request: a trainer that outgrows its plan is OOMKilled in its own pod
+    # (and the run says so: tac2sol.operator.pods) instead of pushing the node out of memory. No
+    # CPU limit: throttling only slows the collective steps of every rank.
+    resources: dict[str, Any] = {"requests": requests, "limits": {"memory": requests["memory"]}}
     if rr.on_gpu:
-        resources["limits"] = {GPU_RESOURCE: str(plan.gpus_per_node)}
+        resources["limits"][GPU_RESOURCE] = str(plan.gpus_per_node)
     return {
         "name": name,
         "image": s.image or opts.trainer_image,

@@ -119,6 +119,23 @@ def test_pod_failures_name_pod_container_and_exit_code() -> None:
     ]
 
 
+def test_pod_failures_say_what_to_change_after_an_oom_kill() -> None:
+    pod = {
+        "metadata": {"name": "r-worker-0"},
+        "spec": {"containers": [{"name": "pytorch", "resources": {"limits": {"memory": "256Mi"}}}]},
+        "status": {
+            "containerStatuses": [
+                {"name": "pytorch", "state": {"terminated": {"exitCode": 1, "reason": "OOMKilled"}}}
+            ]
+        },
+    }
+    assert lifecycle.pod_failures([pod]) == [
+        "pod r-worker-0 container pytorch exited with code 1 (OOMKilled; it ran out of memory at its memory "
+        "limit of 256Mi: raise the TrainingRun's spec.resources.memory (or lower training.perDeviceBatchSize "
+        "or maxSeqLength))"
+    ]
+
+
 @pytest.mark.parametrize(
     ("status", "owned"),
     [

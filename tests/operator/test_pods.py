@@ -128,7 +128,18 @@ def crash_looping(name: str) -> dict[str, Any]:
         }
     }
     last = {"terminated": {"exitCode": 137, "reason": "OOMKilled", "startedAt": T, "finishedAt": T}}
-    return _scheduled(name, "Running", [_cs(state, last=last)])
+    return with_memory_limit(_scheduled(name, "Running", [_cs(state, last=last)]))
+
+
+def with_memory_limit(pod: dict[str, Any], limit: str = "3Gi") -> dict[str, Any]:
+    pod["spec"]["containers"][0]["resources"] = {"limits": {"memory": limit}, "requests": {"memory": limit}}
+    return pod
+
+
+def oom_failed(name: str) -> dict[str, Any]:
+    """The kernel killed a process of the container at its limit (torchrun's child: torchrun exits 1)."""
+    done = {"terminated": {"exitCode": 1, "reason": "OOMKilled", "startedAt": T, "finishedAt": T}}
+    return with_memory_limit(_scheduled(name, "Failed", [_cs(done)]))
 
 
 PULL_BACKOFF = 'Back-off pulling image "busybox:nope"'
@@ -242,12 +253,24 @@ CASES = [
         2,
         (
             "False",
-            "CrashLoopBackOff",
-            "1 of 2 pods cannot start; pod oom-master-0 container pytorch is waiting (CrashLoopBackOff): "
-            "back-off 2m40s restarting failed container=pytorch pod=oom-master-0_ml(0f1e); it last exited "
-            "with code 137 (OOMKilled)",
+            "OOMKilled",
+            "1 of 2 pods ran out of memory; pod oom-master-0 container pytorch is waiting "
+            "(CrashLoopBackOff): back-off 2m40s restarting failed container=pytorch "
+            "pod=oom-master-0_ml(0f1e); it last exited with code 137 (OOMKilled): it ran out of "
+            "memory at its memory limit of 3Gi: raise the TrainingRun's spec.resources.memory",
         ),
-        id="crash-loop-in-a-running-pod",
+        id="crash-loop-oom-in-a-running-pod",
+    ),
+    pytest.param(
+        [oom_failed("oom-master-0"), running("oom-worker-0")],
+        2,
+        (
+            "False",
+            "OOMKilled",
+            "1 of 2 pods ran out of memory; pod oom-master-0 container pytorch was OOMKilled (exit code 1): "
+            "it ran out of memory at its memory limit of 3Gi: raise the TrainingRun's spec.resources.memory",
+        ),
+        id="oom-killed-pod",
     ),
     pytest.param(
         [init_waiting("data-master-0")],
@@ -306,6 +329,7 @@ def test_diagnose(pods_: list[dict[str, Any]], expected: int | None, want: tuple
         pytest.param([waiting("a-master-0", "CreateContainerConfigError", SECRET)], True, id="config"),
         pytest.param([waiting("a-master-0", "ContainerCreating")], False, id="creating"),
         pytest.param([failed("a-master-0")], False, id="failed"),
+        pytest.param([oom_failed("a-master-0")], True, id="oom-killed"),
         pytest.param([running("a-master-0")], False, id="running"),
         pytest.param([], False, id="none"),
     ],

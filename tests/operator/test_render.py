@@ -242,7 +242,8 @@ def test_qwen32b_is_one_master_with_four_gpus_in_fp16() -> None:
     (container,) = _pod(job)["spec"]["containers"]
     assert container["name"] == "pytorch"
     assert container["command"][-4:] == ["tac2sol", "train", "--config", "/etc/tac2sol/train.yaml"]
-    assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    # Memory limited at the request: an outgrown trainer is OOMKilled in its pod, not the node's.
+    assert container["resources"]["limits"] == {"memory": "48Gi", "nvidia.com/gpu": "4"}
     # 4 processes x 8Gi + no offload + 16Gi /dev/shm; 4 CPUs per process
     assert container["resources"]["requests"] == {"cpu": "16", "memory": "48Gi"}
     train = yaml.safe_load(config_map["data"]["train.yaml"])
@@ -393,14 +394,15 @@ def test_mpijob_runs_mpirun_on_a_launcher_without_gpus() -> None:
     assert launcher["command"][-4:] == ["tac2sol", "train", "--config", "/etc/tac2sol/train.yaml"]
     assert "limits" not in launcher["resources"]
     worker = _pod(job, "Worker")["spec"]["containers"][0]
-    assert worker["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    assert worker["resources"]["limits"] == {"memory": "48Gi", "nvidia.com/gpu": "4"}
     assert job["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
 
 
 def test_cpu_runs_request_no_gpus_and_keep_paths_without_claims() -> None:
     config_map, job = _render(CASES["tiny-cpu"])
     spec = _pod(job)["spec"]
-    assert "limits" not in spec["containers"][0]["resources"]
+    resources = spec["containers"][0]["resources"]
+    assert resources["limits"] == {"memory": resources["requests"]["memory"]}  # no GPU
     assert "nodeSelector" not in spec and "tolerations" not in spec
     train = yaml.safe_load(config_map["data"]["train.yaml"])
     assert train["data"]["path"] == ".cache/sample/tac2sol-sample.jsonl"
