@@ -62,6 +62,10 @@ PKI=$STATE/pki
 # Built by hack/install-tools.sh from hack/node/pause.c; containerd's sandbox_image names it.
 PAUSE_TARBALL=$CACHE/images/pause.tar
 PAUSE_IMAGE=localhost/tac2sol/pause:1
+# The MPIJob launcher's init container (training-operator's --mpi-kubectl-delivery-image), built by
+# hack/install-tools.sh from hack/node/kubectl-delivery.go and kubectl; hack/node.sh imports it.
+KUBECTL_DELIVERY_TARBALL=$CACHE/images/kubectl-delivery.tar
+KUBECTL_DELIVERY_IMAGE=localhost/tac2sol/kubectl-delivery:1
 # The CPU trainer image (Dockerfile, TRAINER_DEVICE=cpu) as the tests import it into the real node;
 # PyTorchJob workers' init container runs from it too (hack/training-operator/init-pytorch.yaml).
 TRAINER_CPU_IMAGE=localhost/tac2sol/trainer:cpu
@@ -114,6 +118,7 @@ need_binaries() {
             [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
         done
         [[ -f $PAUSE_TARBALL ]] || die "no pause image at $PAUSE_TARBALL: run \`bash hack/install-tools.sh\`"
+        [[ -f $KUBECTL_DELIVERY_TARBALL ]] || die "no kubectl-delivery image at $KUBECTL_DELIVERY_TARBALL: run \`bash hack/install-tools.sh\`"
         for name in containerd ctr runc socat unshare nsenter ip iptables-restore /usr/lib/cni/bridge; do
             command -v "$name" >/dev/null || die "$name is missing: run \`bash hack/install-tools.sh\` (Debian: containerd runc containernetworking-plugins socat iptables)"
         done
@@ -387,6 +392,7 @@ start_training_operator() {
         --enable-scheme=pytorchjob --enable-scheme=mpijob --leader-elect=false \
         --pytorch-init-container-template-file="$HACK/training-operator/init-pytorch.yaml" \
         --pytorch-init-container-image="$TRAINER_CPU_IMAGE" \
+        --mpi-kubectl-delivery-image="$KUBECTL_DELIVERY_IMAGE" \
         --metrics-bind-address="127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_METRICS_PORT" \
         --health-probe-bind-address="127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT" \
         --webhook-server-port="$TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT"
@@ -603,6 +609,7 @@ EOF
         env NODE_DIR="$NODE_DIR" NODE_NAME="$NODE_NAME" NODE_IP="$NODE_IP" POD_CIDR="$POD_CIDR" \
         CGROUP_ROOT="$CGROUP_ROOT" APISERVER_PORT="$TAC2SOL_APISERVER_PORT" CACHE="$CACHE" BIN="$BIN" \
         PYTHON="$PYTHON" PAUSE_IMAGE="$PAUSE_IMAGE" PAUSE_TARBALL="$PAUSE_TARBALL" \
+        KUBECTL_DELIVERY_TARBALL="$KUBECTL_DELIVERY_TARBALL" \
         bash "$HACK/node.sh" inside >"$STATE/logs/node.log" 2>&1 </dev/null &
     local unshare_pid=$! child="" i
     for ((i = 0; i < 100; i++)); do  # the node's pid 1, as the host sees it

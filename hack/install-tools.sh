@@ -11,7 +11,8 @@
 #   the CNI plugins, socat and iptables (the real node, hack/node.sh);
 # - the real node's pause image: hack/node/pause.c built static, in a docker-archive tarball
 #   (~/.cache/tac2sol/images/pause.tar, keyed by the source and the compiler) that hack/node.sh
-#   imports into containerd;
+#   imports into containerd; and the MPIJob launcher's kubectl-delivery image the same way
+#   (hack/node/kubectl-delivery.go beside kubectl: images/kubectl-delivery.tar);
 # - the Kubeflow CRDs (PyTorchJob, MPIJob) with their licence, copied from the Go module of the
 #   training-operator built here, so they match it: ~/.cache/tac2sol/crds/training-operator; and
 #   likewise Trainer v2's (TrainJob, TrainingRuntime, ClusterTrainingRuntime) and JobSet's, from
@@ -229,6 +230,23 @@ install_trainer_crds() {  # Trainer v2's CRDs and JobSet's, from the Go modules 
     ln -sfn "$dir" "$crds/trainer"
 }
 
+image_archive() {  # image_archive ROOTFS NAME ENTRYPOINT OUT: ROOTFS's files as a one-layer docker-archive
+    local rootfs=$1 name=$2 entrypoint=$3 out=$4 tmp diff_id files
+    tmp=$(mktemp -d)
+    mapfile -t files < <(ls "$rootfs")
+    # Reproducible: fixed owner, mode and time.
+    tar --create --file "$tmp/layer.tar" --directory "$rootfs" --owner=0 --group=0 --numeric-owner \
+        --mtime=@0 --mode=0755 "${files[@]}"
+    diff_id=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
+    printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["%s"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
+        "$entrypoint" "$diff_id" >"$tmp/config.json"
+    printf '[{"Config":"config.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$name" >"$tmp/manifest.json"
+    tar --create --file "$out.tmp" --directory "$tmp" --owner=0 --group=0 --mtime=@0 \
+        manifest.json config.json layer.tar
+    mv -f "$out.tmp" "$out"
+    rm -rf "$tmp"
+}
+
 build_pause_image() {  # hack/node/pause.c, static, as the only file of a docker-archive image
     local src=$HACK/node/pause.c images=$CACHE/images key
     key=$( (cat "$src"; gcc --version | head -n 1) | sha256sum | cut -c1-12)
@@ -238,21 +256,28 @@ build_pause_image() {  # hack/node/pause.c, static, as the only file of a docker
         tmp=$(mktemp -d)
         mkdir -p "$tmp/rootfs" "$images"
         gcc -static -Os -s -o "$tmp/rootfs/pause" "$src"
-        # Reproducible: fixed owner, mode and time.
-        tar --create --file "$tmp/layer.tar" --directory "$tmp/rootfs" --owner=0 --group=0 --numeric-owner \
-            --mtime=@0 --mode=0755 pause
-        local diff_id
-        diff_id=$(sha256sum "$tmp/layer.tar" | cut -d' ' -f1)
-        printf '{"architecture":"amd64","os":"linux","config":{"Entrypoint":["/pause"],"User":"65535:65535"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' \
-            "$diff_id" >"$tmp/config.json"
-        printf '[{"Config":"config.json","RepoTags":["localhost/tac2sol/pause:1"],"Layers":["layer.tar"]}]' \
-            >"$tmp/manifest.json"
-        tar --create --file "$images/pause-$key.tar.tmp" --directory "$tmp" --owner=0 --group=0 --mtime=@0 \
-            manifest.json config.json layer.tar
-        mv -f "$images/pause-$key.tar.tmp" "$images/pause-$key.tar"
+        image_archive "$tmp/rootfs" localhost/tac2sol/pause:1 /pause "$images/pause-$key.tar"
         rm -rf "$tmp"
     fi
     ln -sfn "pause-$key.tar" "$images/pause.tar"
+}
+
+build_kubectl_delivery_image() {  # hack/node/kubectl-delivery.go and kubectl: the MPIJob launcher's init container
+    local src=$HACK/node/kubectl-delivery.go images=$CACHE/images key
+    go_env
+    key=$( (cat "$src"; go version; echo "$K8S_VERSION") | sha256sum | cut -c1-12)
+    if [[ ! -f $images/kubectl-delivery-$key.tar ]]; then
+        say "building the kubectl-delivery image ($key) from hack/node/kubectl-delivery.go and kubectl $K8S_VERSION"
+        local tmp
+        tmp=$(mktemp -d)
+        mkdir -p "$tmp/rootfs" "$images"
+        go build -trimpath -ldflags="-s -w" -o "$tmp/rootfs/kubectl-delivery" "$src"
+        cp "$BIN/kubectl-$K8S_VERSION" "$tmp/rootfs/kubectl"
+        image_archive "$tmp/rootfs" localhost/tac2sol/kubectl-delivery:1 /kubectl-delivery \
+            "$images/kubectl-delivery-$key.tar"
+        rm -rf "$tmp"
+    fi
+    ln -sfn "kubectl-delivery-$key.tar" "$images/kubectl-delivery.tar"
 }
 
 install_checkov() {  # a virtualenv of its own; .installed marks a complete install
@@ -289,4 +314,5 @@ go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
 go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns
 build_k8s
 build_pause_image
+build_kubectl_delivery_image
 install_checkov

@@ -13,7 +13,7 @@
 # the address the apiserver advertises as the `kubernetes` Service's endpoint, through a Unix
 # socket that hack/cluster.sh serves on the host), hack/node/connect-proxy.py (the apiserver's way
 # in: its egress selector sends kubelet and pod connections there), containerd with the pause
-# image imported, the kubelet, kube-proxy (iptables rules in this network namespace only: a pod
+# and kubectl-delivery images imported, the kubelet, kube-proxy (iptables rules in this network namespace only: a pod
 # reaches the apiserver at the `kubernetes` ClusterIP, as in-cluster config expects) and CoreDNS. On SIGTERM it stops them and exits; the
 # kernel then ends whatever is left in the namespaces. hack/cluster.sh removes NODE_DIR and the
 # node's cgroups afterwards.
@@ -23,6 +23,7 @@ set -euo pipefail
 
 : "${NODE_DIR:?}" "${NODE_NAME:?}" "${NODE_IP:?}" "${POD_CIDR:?}" "${CGROUP_ROOT:?}" "${APISERVER_PORT:?}"
 : "${CACHE:?}" "${BIN:?}" "${PYTHON:?}" "${PAUSE_IMAGE:?}" "${PAUSE_TARBALL:?}"
+: "${KUBECTL_DELIVERY_TARBALL:?}"
 HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LOGS=$NODE_DIR/logs
 SOCK=$NODE_DIR/containerd.sock
@@ -132,6 +133,7 @@ EOF
 run containerd containerd --config "$NODE_DIR/containerd.toml"
 wait_for "containerd" ctr --address "$SOCK" version
 ctr --address "$SOCK" -n k8s.io images import "$PAUSE_TARBALL" >"$LOGS/import-pause.log" 2>&1
+ctr --address "$SOCK" -n k8s.io images import "$KUBECTL_DELIVERY_TARBALL" >"$LOGS/import-kubectl-delivery.log" 2>&1
 
 # --- kubelet ---------------------------------------------------------------------------------------
 
