@@ -4,7 +4,7 @@
 #   --target trainer   CUDA 12 runtime base, torch + bitsandbytes + peft + transformers + DeepSpeed
 #                      (ops prebuilt for sm_75 and sm_80+), non-root, HF_HOME on a volume;
 #                      --build-arg TRAINER_DEVICE=cpu: the same trainer on a plain Debian/Ubuntu base
-#                      with python3 and python3-venv (CUDA_DEVEL_BASE and CUDA_RUNTIME_BASE name it),
+#                      with python3, python3-venv and openmpi-bin (CUDA_DEVEL_BASE and CUDA_RUNTIME_BASE name it),
 #                      the packages pinned by requirements.lock, no DeepSpeed ops compiled (the tests
 #                      build it and run it on the test cluster's real node)
 # Base images are build arguments, so a mirror or a local base (tests use one made with mmdebstrap)
@@ -105,12 +105,15 @@ LABEL org.opencontainers.image.title="tac2sol-trainer" \
       org.opencontainers.image.description="tac2sol trainer: QLoRA (bitsandbytes NF4 + peft) with DDP or DeepSpeed ZeRO" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV DEBIAN_FRONTEND=noninteractive
+# openmpi-bin: an MPIJob's launcher runs mpirun and its workers orted (the training-operator's
+# kubectl exec is the rsh agent: no ssh). The cpu base must bring python3, python3-venv and openmpi-bin.
 # hadolint ignore=DL3008
 RUN if [ "${TRAINER_DEVICE}" = cuda ]; then \
         apt-get update \
-        && apt-get install -y --no-install-recommends python3 libaio1t64 \
+        && apt-get install -y --no-install-recommends python3 libaio1t64 openmpi-bin \
         && rm -rf /var/lib/apt/lists/*; \
     fi \
+    && if ! command -v mpirun >/dev/null; then echo "no mpirun in the base: install openmpi-bin" >&2; exit 1; fi \
     && useradd --uid "${UID}" --user-group --create-home --home-dir /home/tac2sol --shell /usr/sbin/nologin tac2sol \
     && mkdir -p /var/cache/huggingface \
     && chown "${UID}:${UID}" /var/cache/huggingface

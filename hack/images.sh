@@ -3,7 +3,7 @@
 #   $REGISTRY/tac2sol-operator:$TAG   (--target operator)
 #   $REGISTRY/tac2sol-trainer:$TAG    (--target trainer; CUDA 12 + torch + DeepSpeed ops: ~20 min, ~10 GB)
 #   TRAINER_DEVICE=cpu: the trainer for CPU nodes instead: CUDA_DEVEL_BASE and CUDA_RUNTIME_BASE name a
-#   Debian/Ubuntu base with python3 and python3-venv, packages from requirements.lock (the tests
+#   Debian/Ubuntu base with python3, python3-venv and openmpi-bin, packages from requirements.lock (the tests
 #   build it on an mmdebstrap base: tests/e2e/test_tiny_cluster.py)
 # with the first of docker, podman, buildah found (IMAGE_BUILDER picks one). The base images come
 # from a registry (docker.io by default), so this needs one reachable, or local bases named in

@@ -138,6 +138,8 @@ def ensure_tools(*names: str) -> Path:
 
 DEBIAN_SUITE = "bookworm"
 DEBIAN_PACKAGES = ("python3", "python3-venv", "ca-certificates", "passwd")
+# The CPU trainer's base adds Open MPI: an MPIJob's launcher runs mpirun, its workers orted.
+TRAINER_DEBIAN_PACKAGES = (*DEBIAN_PACKAGES, "openmpi-bin")
 
 
 def _check(cmd: list[str], timeout: float) -> str:
@@ -148,12 +150,13 @@ def _check(cmd: list[str], timeout: float) -> str:
     return proc.stdout
 
 
-def debian_base_tarball() -> Path:
-    """A Debian bookworm + python3 root filesystem made by mmdebstrap (the images' offline base),
-    built once per (suite, packages, mirror, mmdebstrap version) under the cache's images/."""
+def debian_base_tarball(packages: tuple[str, ...] = DEBIAN_PACKAGES) -> Path:
+    """A Debian bookworm root filesystem with `packages` (python3 at least) made by mmdebstrap (the
+    images' offline base), built once per (suite, packages, mirror, mmdebstrap version) under the
+    cache's images/."""
     mirror = os.environ.get("TAC2SOL_DEBIAN_MIRROR", "http://deb.debian.org/debian")
     version = _check(["mmdebstrap", "--version"], 60).strip()
-    inputs = "\n".join([DEBIAN_SUITE, mirror, version, *DEBIAN_PACKAGES])
+    inputs = "\n".join([DEBIAN_SUITE, mirror, version, *packages])
     key = hashlib.sha256(inputs.encode()).hexdigest()[:12]
     out = cache_dir() / "images" / f"debian-{DEBIAN_SUITE}-python3-{key}.tar"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +164,7 @@ def debian_base_tarball() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions must not write the same tarball
         if not out.exists():
             tmp = out.with_suffix(".tmp.tar")
-            _check(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(DEBIAN_PACKAGES)}",
+            _check(["mmdebstrap", "--quiet", "--variant=minbase", f"--include={','.join(packages)}",
                     DEBIAN_SUITE, str(tmp), mirror], 900)  # fmt: skip
             tmp.rename(out)
     return out

@@ -1,0 +1,129 @@
+"""The CPU trainer image for a dev cluster's real node (the tests' `trainer_image` fixture and
+`make cluster-demo`): built from the one Dockerfile (`--target trainer`, `TRAINER_DEVICE=cpu`) by
+hack/images.sh with buildah on the offline mmdebstrap Debian base (python3 and openmpi-bin), and
+streamed into the node's containerd through a FIFO (no ~7 GB archive on disk).
+
+buildah keeps its layers in ~/.cache/tac2sol/containers (overlay, `--layers`): an unchanged tree
+rebuilds nothing, a change to the sources reuses the layer of the dependencies (requirements.lock,
+~7 GB: torch is the lock's PyPI build with the CUDA libraries it loads at import; it runs on CPUs).
+
+    python -m tac2sol.devimage load     build (cached) and load it into the cluster of
+                                        TAC2SOL_CLUSTER_DIR (hack/cluster.sh's default otherwise)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tac2sol import devtools
+
+TRAINER_IMAGE = "localhost/tac2sol/trainer:cpu"  # what the node's pods run (runs/tiny-cluster/)
+BUILT_IMAGE = "localhost/tac2sol-test/tac2sol-trainer:cpu"  # what hack/images.sh tags
+BUILD_TIMEOUT_S = 1800
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # the trust store this machine's pip uses
+
+
+@dataclass(frozen=True)
+class Timings:
+    build_s: float
+    load_s: float
+
+
+def _run(*cmd: str, env: dict[str, str], timeout: float = 600) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    if proc.returncode != 0:
+        output = (proc.stdout + proc.stderr)[-5000:]
+        raise devtools.DevToolsError(f"{' '.join(cmd)} exited {proc.returncode}:\n{output}")
+    return proc.stdout
+
+
+def storage_env() -> dict[str, str]:
+    """buildah's storage: overlay in the cache, so that the dependency layers survive the session."""
+    root = devtools.cache_dir() / "containers"
+    root.mkdir(parents=True, exist_ok=True)
+    conf = root / "storage.conf"
+    conf.write_text(f'[storage]\ndriver = "overlay"\ngraphroot = "{root}/graph"\nrunroot = "{root}/run"\n')
+    return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "PYTHONSAFEPATH": "1"}
+
+
+def _build(env: dict[str, str]) -> None:
+    """hack/images.sh with buildah: the Dockerfile's trainer target, TRAINER_DEVICE=cpu."""
+    base = devtools.debian_base_tarball(devtools.TRAINER_DEBIAN_PACKAGES)
+    base_image = f"localhost/tac2sol-test-base:{base.stem}"  # one import per base: the layer cache keys on it
+    if subprocess.run(["podman", "image", "exists", base_image], env=env).returncode != 0:
+        _run("podman", "import", str(base), base_image, env=env)
+    images = ["buildah", "images", "--quiet", BUILT_IMAGE]
+    old = subprocess.run(images, capture_output=True, text=True, env=env)
+    build_env = {
+        **env,
+        "IMAGE_BUILDER": "buildah",
+        "BUILD_FLAGS": "--isolation chroot --layers",
+        "TARGETS": "trainer",
+        "REGISTRY": "localhost/tac2sol-test",
+        "TAG": "cpu",
+        "PYTHON_BASE": base_image,
+        "CUDA_DEVEL_BASE": base_image,
+        "CUDA_RUNTIME_BASE": base_image,
+        "TRAINER_DEVICE": "cpu",
+    }
+    if CA_BUNDLE.exists():
+        build_env["PIP_CERT"] = str(CA_BUNDLE)
+    _run("bash", str(devtools.HACK / "images.sh"), env=build_env, timeout=BUILD_TIMEOUT_S)
+    new = _run(*images, env=env).strip()
+    if old.stdout.strip() and old.stdout.strip() != new:  # the last sources' image: drop it, keep the deps
+        subprocess.run(["buildah", "rmi", old.stdout.strip()], capture_output=True, env=env)
+
+
+def build_and_load(cluster: devtools.DevCluster, fifo_dir: Path) -> Timings:
+    """Build the image (layers cached) and import it into the cluster's real node as
+    TRAINER_IMAGE; pods run it with imagePullPolicy Never/IfNotPresent. One build per machine at a time."""
+    env = storage_env()
+    with open(devtools.cache_dir() / "containers" / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        start = time.monotonic()
+        _build(env)
+        built = time.monotonic()
+        fifo = fifo_dir / "trainer.tar"
+        os.mkfifo(fifo)
+        push = subprocess.Popen(
+            ["buildah", "push", "--quiet", BUILT_IMAGE, f"docker-archive:{fifo}:{TRAINER_IMAGE}"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            cluster.import_image(fifo, timeout=BUILD_TIMEOUT_S)
+        finally:
+            _, err = push.communicate(timeout=120)
+            fifo.unlink(missing_ok=True)
+        if push.returncode != 0:
+            raise devtools.DevToolsError(f"buildah push exited {push.returncode}: {err.decode()[-3000:]}")
+    return Timings(build_s=built - start, load_s=time.monotonic() - built)
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["load"]:
+        print("usage: python -m tac2sol.devimage load", file=sys.stderr)
+        return 2
+    state = Path(os.environ.get("TAC2SOL_CLUSTER_DIR") or devtools.cache_dir() / "cluster")
+    if not (state / "node" / "containerd.sock").exists():
+        print(f"tac2sol.devimage: no real node in {state}: start it with `make cluster-up`", file=sys.stderr)
+        return 2
+    print(f"building {BUILT_IMAGE} (layers cached; ~15 min cold), loading it as {TRAINER_IMAGE}", flush=True)
+    try:
+        t = build_and_load(devtools.DevCluster(state, dict(os.environ)), state)
+    except devtools.DevToolsError as exc:
+        print(f"tac2sol.devimage: {exc}", file=sys.stderr)
+        return 1
+    print(f"trainer image: build {t.build_s:.0f} s, export + import {t.load_s:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
