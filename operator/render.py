@@ -76,7 +76,11 @@ TORCHRUN = ["torchrun", "--no-python"]
 STOP_MARGIN_SECONDS = 15
 # The trainer image's user (the Dockerfile's ARG UID); fsGroup makes the volumes writable to it.
 TRAINER_UID = 10001
-LAUNCHER_REQUESTS = {"cpu": "1", "memory": "1Gi"}
+# mpirun and one `kubectl exec` per worker: mostly idle, so a small share (a whole CPU per job
+# left a 2-CPU node unable to place the launcher beside its workers).
+LAUNCHER_REQUESTS = {"cpu": "250m", "memory": "512Mi"}
+# Where training-operator v1's kubectl-delivery init container puts kubectl in an MPIJob launcher.
+KUBECTL_DELIVERED = "/opt/kube/kubectl"
 RESTART_POLICY = "ExitCode"  # see render_pytorchjob
 
 
@@ -335,6 +339,20 @@ def _scheduling(rr: ResolvedRun, opts: RenderOptions) -> dict[str, Any]:
     return out
 
 
+def _launcher_scheduling(rr: ResolvedRun) -> dict[str, Any]:
+    """The MPIJob launcher goes where the spec's nodeSelector and tolerations say (the cluster's
+    pool for this run), without the GPU product selector and GPU toleration the Workers get."""
+    r = rr.spec.resources
+    out: dict[str, Any] = {}
+    if r.node_selector:
+        out["nodeSelector"] = dict(sorted(r.node_selector.items()))
+    if r.tolerations:
+        out["tolerations"] = [t.to_api() for t in r.tolerations]
+    if r.priority_class_name:
+        out["priorityClassName"] = r.priority_class_name
+    return out
+
+
 def pod_security_context() -> dict[str, Any]:
     """Pod Security Standards ``restricted``, pod level: non-root, RuntimeDefault seccomp, and the
     image's user and group, with fsGroup so that the claims are writable to it."""
@@ -489,22 +507,23 @@ def render_pytorchjob(
     }
 
 
-def mpirun_command(plan: Plan) -> list[str]:
-    """The launcher's command: mpirun starts ``worldSize`` trainer ranks over the Workers' slots.
+def mpirun_command(plan: Plan, job: str) -> list[str]:
+    """The launcher's command: mpirun starts ``worldSize`` trainer ranks over the Workers' slots,
+    rank 0 on ``<job>-worker-0`` (``--map-by slot`` fills the hostfile's workers in order).
 
-    The training-operator gives the launcher the hostfile and the ``kubectl exec`` agent
-    (OMPI_MCA_* variables); ranks read OMPI_COMM_WORLD_* and the trainer builds DeepSpeed's process group.
+    The training-operator gives the launcher the hostfile and kubexec.sh (``kubectl exec`` as the
+    rsh agent, through OMPI_MCA_* variables); ranks read OMPI_COMM_WORLD_*. A v1 MPIJob's workers
+    have no DNS names, so the launcher reads worker 0's pod IP with the kubectl that the operator's
+    kubectl-delivery init container put in /opt/kube, and mpirun hands it to every rank as
+    MASTER_ADDR for torch's rendezvous (its launcher Role may get pods).
     """
-    return [
-        "mpirun",
-        "-np",
-        str(plan.world_size),
-        "--bind-to",
-        "none",
-        "--map-by",
-        "slot",
-        *TRAIN_COMMAND,
-    ]
+    find_master = (
+        f'MASTER_ADDR=$({KUBECTL_DELIVERED} get pod "$1" -o jsonpath="{{.status.podIP}}") '
+        '&& [ -n "$MASTER_ADDR" ] && export MASTER_ADDR && shift && exec "$@"'
+    )
+    mpirun = ["mpirun", "-np", str(plan.world_size), "--bind-to", "none", "--map-by", "slot"]
+    mpirun += ["-x", "MASTER_ADDR"]
+    return ["sh", "-c", find_master, "launcher", f"{job}-worker-0", *mpirun, *TRAIN_COMMAND]
 
 
 def render_mpijob(
@@ -521,7 +540,7 @@ def render_mpijob(
         "name": MPI_CONTAINER,
         "image": s.image or opts.trainer_image,
         "imagePullPolicy": s.image_pull_policy or opts.image_pull_policy,
-        "command": mpirun_command(plan),
+        "command": mpirun_command(plan, child_names(run.metadata.name).job),
         "env": [{"name": "PYTHONUNBUFFERED", "value": "1"}],
         "resources": {"requests": dict(LAUNCHER_REQUESTS)},
         "securityContext": container_security_context(),
@@ -539,11 +558,7 @@ def render_mpijob(
         "spec": {
             "containers": [launcher],
             "securityContext": pod_security_context(),
-            **(
-                {"priorityClassName": s.resources.priority_class_name}
-                if s.resources.priority_class_name
-                else {}
-            ),
+            **_launcher_scheduling(rr),
         },
     }
     return {

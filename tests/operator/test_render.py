@@ -390,12 +390,33 @@ def test_mpijob_runs_mpirun_on_a_launcher_without_gpus() -> None:
     _, job = _render(CASES["qwen72b-mpijob"])
     assert job["kind"] == "MPIJob" and job["spec"]["slotsPerWorker"] == 4
     launcher = _pod(job, "Launcher")["spec"]["containers"][0]
-    assert launcher["command"][:3] == ["mpirun", "-np", "8"]
+    command = launcher["command"]
+    # sh finds worker 0's pod IP (MASTER_ADDR) with the delivered kubectl, then execs mpirun.
+    assert command[:2] == ["sh", "-c"] and "/opt/kube/kubectl get pod" in command[2]
+    assert command[4] == "qwen2-5-72b-worker-0"
+    mpirun = command.index("mpirun")
+    assert command[mpirun : mpirun + 3] == ["mpirun", "-np", "8"]
+    assert command[command.index("-x") + 1] == "MASTER_ADDR"
     assert launcher["command"][-4:] == ["tac2sol", "train", "--config", "/etc/tac2sol/train.yaml"]
     assert "limits" not in launcher["resources"]
     worker = _pod(job, "Worker")["spec"]["containers"][0]
     assert worker["resources"]["limits"] == {"memory": "48Gi", "nvidia.com/gpu": "4"}
     assert job["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+
+
+def test_mpijob_launcher_follows_the_specs_node_selector_and_tolerations() -> None:
+    """Without them a launcher lands on any node (the test cluster's real node caught it on a kwok
+    GPU node); it gets the spec's own, not the Workers' GPU product selector and GPU toleration."""
+    pool = {"key": "pool", "operator": "Equal", "value": "train", "effect": "NoSchedule"}
+    changes = {"resources__nodeSelector": {"pool": "train"}, "resources__tolerations": [pool]}
+    _, job = _render(_load("qwen2.5-72b", launcher="mpijob", resources__nodes=2, **changes))
+    launcher = _pod(job, "Launcher")["spec"]
+    assert launcher["nodeSelector"] == {"pool": "train"}
+    assert launcher["tolerations"] == [pool]
+    worker = _pod(job, "Worker")["spec"]
+    assert worker["nodeSelector"] == {"nvidia.com/gpu.product": "Quadro-RTX-8000", "pool": "train"}
+    _, plain = _render(CASES["qwen72b-mpijob"])
+    assert "nodeSelector" not in _pod(plain, "Launcher")["spec"]
 
 
 def test_cpu_runs_request_no_gpus_and_keep_paths_without_claims() -> None:
