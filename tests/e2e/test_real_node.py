@@ -27,6 +27,7 @@ NODE = "tac2sol-node"
 POD_CIDR = ipaddress.ip_network("10.244.0.0/16")
 NODE_IP = "10.244.0.1"
 PAUSE_IMAGE = "localhost/tac2sol/pause:1"
+KUBECTL_DELIVERY_IMAGE = "localhost/tac2sol/kubectl-delivery:1"  # hack/cluster.sh imports it too
 REAL_NODE_TAINT = {"key": "tac2sol.dev/real-node", "value": "true", "effect": "NoSchedule"}
 # The paths containerd, the CNI plugins and the kubelet use whatever their configuration says.
 FIXED_PATHS = (
@@ -260,3 +261,26 @@ def test_rendered_trainer_pods_pass_restricted_admission(
             "-n", namespace, "create", "--dry-run=server", "-f", "-", input=json.dumps(pod), check=False
         )
         assert proc.returncode == 0, f"{golden} {role}: {proc.stderr}"
+
+
+def test_pods_reach_the_apiserver_at_the_kubernetes_service(
+    control_plane: Any, namespace: str, wait: Any
+) -> None:
+    """In-cluster clients (an MPIJob launcher's kubectl, an operator pod) dial the `kubernetes`
+    Service: from a pod, kubectl with the pod's service account (the kubectl-delivery image,
+    which hack/cluster.sh gives the training-operator) reads the apiserver's /version."""
+    control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    pod = pause_pod("in-cluster")
+    pod["spec"]["restartPolicy"] = "Never"
+    (container,) = pod["spec"]["containers"]
+    container.update(image=KUBECTL_DELIVERY_IMAGE, command=["/kubectl", "get", "--raw", "/version"])
+    control_plane.apply(pod, namespace)
+
+    def finished() -> dict[str, Any] | None:
+        got = control_plane.get_json("-n", namespace, "pod", "in-cluster")
+        return got if got["status"].get("phase") in ("Succeeded", "Failed") else None
+
+    done = wait("the in-cluster kubectl to finish", finished, timeout=60)
+    logs = control_plane.kubectl("-n", namespace, "logs", "in-cluster").stdout
+    assert done["status"]["phase"] == "Succeeded", logs
+    assert json.loads(logs)["gitVersion"].startswith("v1."), logs
