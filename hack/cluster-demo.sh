@@ -2,9 +2,14 @@
 # The cluster tour (`make cluster-demo`): a real control plane on 127.0.0.1 (hack/cluster.sh), the
 # tac2sol operator running against it, `kubectl apply -f runs/qwen32b.yaml`, and the simulated
 # PyTorchJob (kwok's fake 4 x RTX 8000 nodes) running to completion; then DeepSeek-V3, which the
-# planner refuses with the arithmetic. Everything the tour started is stopped at the end.
+# planner refuses with the arithmetic; then the real path on the cluster's real node: the CPU
+# trainer image built (layers cached; ~15 min cold) and imported, runs/tiny-cluster.yaml trained
+# by 2 real pods (DDP over gloo) under Pod Security `restricted`, progress read from their
+# /metrics by a second operator in the node's network namespace, and the adapter on the output
+# volume. Everything the tour started is stopped at the end.
 #
 # Environment (optional): TAC2SOL_DEMO_KEEP=1 leaves the cluster and the operator running;
+# TAC2SOL_REAL_NODE=0 skips the real path (no root, no real node);
 # TAC2SOL_DEMO_NAMESPACE (tac2sol-demo); the TAC2SOL_CLUSTER_DIR and port variables of
 # hack/cluster.sh choose which cluster (default ~/.cache/tac2sol/cluster).
 set -euo pipefail
@@ -21,8 +26,10 @@ KEEP=${TAC2SOL_DEMO_KEEP:-}
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 show() { printf '$ %s\n' "$*"; "$@"; }
 
+REAL_NS=$NS-real
 started_cluster=""
 operator_pid=""
+node_operator_pid=""
 cleanup() {
     local rc=$?
     if [[ -z $KEEP ]]; then
@@ -30,10 +37,14 @@ cleanup() {
             kill -TERM "$operator_pid" 2>/dev/null || true
             wait "$operator_pid" 2>/dev/null || true
         fi
+        if [[ -n $node_operator_pid ]]; then  # its own session: node-exec's nsenter and the operator
+            kill -TERM -- "-$node_operator_pid" 2>/dev/null || true
+            wait "$node_operator_pid" 2>/dev/null || true
+        fi
         if [[ -n $started_cluster ]]; then
             bash "$HACK/cluster.sh" down >/dev/null 2>&1 || true
         elif [[ -n ${KUBECONFIG:-} ]]; then
-            kubectl delete namespace "$NS" --wait=false --ignore-not-found >/dev/null 2>&1 || true
+            kubectl delete namespace "$NS" "$REAL_NS" --wait=false --ignore-not-found >/dev/null 2>&1 || true
             kubectl delete pv "$NS-tac2sol-data" "$NS-tac2sol-output" --wait=false --ignore-not-found \
                 >/dev/null 2>&1 || true
         fi
@@ -135,6 +146,47 @@ kubectl get trainingrun deepseek-v3 -n "$NS" -o jsonpath='{.status.message}' | f
 echo
 show curl -s "http://127.0.0.1:$port/metrics" -o /dev/null -w 'operator /metrics: HTTP %{http_code}\n'
 curl -s "http://127.0.0.1:$port/metrics" | grep -E '^tac2sol_(trainingruns|operator_jobs_created_total)'
+
+step "7. The real node: runs/tiny-cluster.yaml trained by real pods"
+if [[ ${TAC2SOL_REAL_NODE:-1} == 0 ]]; then
+    echo "skipped: TAC2SOL_REAL_NODE=0 (no real node in this cluster)"
+else
+    echo "\$ python -m tac2sol.devimage load   (the CPU trainer image: build, cached, and import into the node)"
+    TAC2SOL_CLUSTER_DIR=$STATE "$REPO/.venv/bin/python" -m tac2sol.devimage load
+    kubectl delete namespace "$REAL_NS" --ignore-not-found --wait=true --timeout=120s >/dev/null
+    kubectl create namespace "$REAL_NS" >/dev/null
+    show kubectl label namespace "$REAL_NS" pod-security.kubernetes.io/enforce=restricted
+    # The pods' /metrics exist only in the node's network namespace: this operator runs there.
+    setsid bash "$HACK/cluster.sh" node-exec "$TAC2SOL" operator --namespace "$REAL_NS" --metrics-port 0 \
+        --trainer-image localhost/tac2sol/trainer:cpu --progress-interval 2 \
+        >"$STATE/logs/tac2sol-operator-node.log" 2>&1 &
+    node_operator_pid=$!
+    echo "operator for $REAL_NS in the node's network namespace: log $STATE/logs/tac2sol-operator-node.log"
+    show kubectl apply -n "$REAL_NS" -f runs/tiny-cluster/data.yaml
+    show kubectl wait -n "$REAL_NS" --for=condition=Complete job/tiny-cluster-data --timeout=15m
+    show kubectl apply -n "$REAL_NS" -f runs/tiny-cluster.yaml
+    echo "\$ kubectl get trainingrun tiny-cluster   (phase and progress, as they change)"
+    last="" phase=""
+    for _ in $(seq 900); do
+        line=$(kubectl get trainingrun tiny-cluster -n "$REAL_NS" \
+            -o jsonpath='{.status.phase} step {.status.progress.step}/{.status.progress.totalSteps} loss {.status.progress.loss}')
+        if [[ $line != "$last" ]]; then
+            echo "  $line"
+            last=$line
+        fi
+        phase=${line%% *}
+        [[ $phase == Succeeded || $phase == Failed ]] && break
+        sleep 2
+    done
+    [[ $phase == Succeeded ]] || { echo "tiny-cluster ended $phase" >&2; exit 1; }
+    show kubectl get pods -n "$REAL_NS" -o wide
+    echo "\$ kubectl logs tiny-cluster-master-0 | grep loss | tail -n 3"
+    kubectl logs -n "$REAL_NS" tiny-cluster-master-0 | grep loss | tail -n 3
+    volume=$(kubectl get pv "$(kubectl get pvc tiny-cluster-output -n "$REAL_NS" -o jsonpath='{.spec.volumeName}')" \
+        -o jsonpath='{.spec.local.path}')
+    echo "the adapter and reports on the output volume ($volume/tiny-cluster):"
+    (cd "$volume/tiny-cluster" && ls -l adapter run.json eval/eval.md)
+fi
 
 step "Done"
 if [[ -n $KEEP ]]; then
