@@ -267,8 +267,9 @@ def test_pods_reach_the_apiserver_at_the_kubernetes_service(
     control_plane: Any, namespace: str, wait: Any
 ) -> None:
     """In-cluster clients (an MPIJob launcher's kubectl, an operator pod) dial the `kubernetes`
-    Service: from a pod, kubectl with the pod's service account (the kubectl-delivery image,
-    which hack/cluster.sh gives the training-operator) reads the apiserver's /version."""
+    Service (kube-proxy's rules in the node's namespace): from a pod, kubectl with the pod's
+    service account (the kubectl-delivery image hack/cluster.sh gives the training-operator)
+    reads the apiserver's /version."""
     control_plane.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     pod = pause_pod("in-cluster")
     pod["spec"]["restartPolicy"] = "Never"
