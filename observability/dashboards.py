@@ -373,6 +373,50 @@ OPERATOR_ROWS = (
             ),
         ),
     ),
+    Row(
+        "Work queue and API load",
+        (
+            PanelSpec(
+                "Reconcile queue",
+                "timeseries",
+                (
+                    _q(f"sum({n.OPERATOR_QUEUE_DEPTH}{{{OP_SEL}}})", "waiting"),
+                    _q(f"sum({n.OPERATOR_RECONCILES_IN_FLIGHT}{{{OP_SEL}}})", "in flight"),
+                ),
+                description="Runs waiting for a reconcile, and runs being reconciled (at most "
+                "TAC2SOL_RECONCILE_WORKERS). A queue that stays long: more workers, or a slow apiserver.",
+                width=8,
+            ),
+            PanelSpec(
+                "API requests by verb and resource",
+                "timeseries",
+                (
+                    _q(
+                        f"sum by (verb, resource) (rate({n.OPERATOR_API_REQUESTS}{{{OP_SEL}}}[{RATE}]))",
+                        "{{verb}} {{resource}}",
+                    ),
+                ),
+                description="Requests the operator sends to the Kubernetes API (kopf's own watches aside). "
+                "Runs that are up to date cost none.",
+                unit="reqps",
+                width=8,
+            ),
+            PanelSpec(
+                "Trainer /metrics reads",
+                "timeseries",
+                (
+                    _q(
+                        f"sum by (result) (rate({n.OPERATOR_PROGRESS_SCRAPES}{{{OP_SEL}}}[{RATE}]))",
+                        "{{result}}",
+                    ),
+                ),
+                description="Reads of trainer pods' /metrics for status.progress; unanswered ones gave up "
+                "after TAC2SOL_PROGRESS_TIMEOUT_SECONDS.",
+                unit="reqps",
+                width=8,
+            ),
+        ),
+    ),
 )
 
 
@@ -402,7 +446,8 @@ DASHBOARDS = (
         uid="tac2sol-operator",
         title="tac2sol / Operator",
         filename="operator.json",
-        description="TrainingRuns by phase and the operator's reconcile rate, errors and latency.",
+        description="TrainingRuns by phase; the operator's reconcile rate, errors, latency, work queue "
+        "and API requests.",
         rows=OPERATOR_ROWS,
         variables=(("namespace", f"label_values({n.OPERATOR_RECONCILIATIONS}, namespace)"),),
     ),

@@ -63,6 +63,13 @@ OPERATOR_JOBS_CREATED = "tac2sol_operator_jobs_created_total"  # label ``kind``
 OPERATOR_ERRORS = "tac2sol_operator_errors_total"  # label ``reason``
 # Runs whose pods cannot start (PodsReady False), label ``reason``: Unschedulable, ImagePullBackOff ...
 OPERATOR_TRAININGRUNS_STUCK = "tac2sol_trainingruns_stuck"
+# The reconcile work queue: runs waiting, runs being reconciled (tac2sol.operator.workqueue).
+OPERATOR_QUEUE_DEPTH = "tac2sol_operator_queue_depth"
+OPERATOR_RECONCILES_IN_FLIGHT = "tac2sol_operator_reconciles_in_flight"
+# Kubernetes API requests the operator's client sent, labels ``verb`` and ``resource`` (bounded sets).
+OPERATOR_API_REQUESTS = "tac2sol_operator_api_requests_total"
+# Trainer /metrics reads for status.progress, label ``result`` (ok, unanswered).
+OPERATOR_PROGRESS_SCRAPES = "tac2sol_operator_progress_scrapes_total"
 
 # Reconcile results (bounded): handler returned; kopf.TemporaryError (will retry);
 # kopf.PermanentError (bad spec, run Failed); any other exception (a bug: kopf backs off).

@@ -2,16 +2,20 @@
 
 ``register(registry, settings)`` wires them, filters on the decorators:
 
-* startup: every kopf setting, the API client, the /metrics + /healthz server;
-* TrainingRun create / update (spec) / resume (unfinished runs): ``reconcile``;
-* TrainingRun delete (optional: no finalizer of its own; children go by garbage collection):
-  forget its metrics;
-* one poll loop (an asyncio task, not kopf timers) over the runs the operator has seen: Running
-  runs' trainer /metrics -> ``status.progress``; runs with an unfinished, unsuspended job: its
-  pods -> the ``PodsReady`` condition (why they do not run). kopf timers would put a finalizer on
-  every such run, and a run could then not be deleted while the operator is down or uninstalled;
-* PyTorchJob / MPIJob / TrainJob events (jobs this operator made, of the enabled backends): the
-  job's conditions -> the run's phase.
+* startup: every kopf setting, the API client, the reconcile queue and its workers
+  (``tac2sol.operator.controller``), the /metrics + /healthz server;
+* TrainingRun events: remember the run, count its phase, queue it when it has work (a new
+  generation, or found at startup); the queue's workers reconcile runs in parallel, each run in
+  order. No kopf change handlers: kopf then writes nothing on the runs (no annotations, no
+  finalizer), and a burst of new runs costs the apiserver only the calls that make their jobs;
+* one watch of the job pods the operator labelled (``tac2sol.operator.podcache``);
+* one poll loop (an asyncio task, not kopf timers) over the runs the operator has seen, one
+  independent look per run: Running runs' trainer /metrics -> ``status.progress``; runs with an
+  unfinished, unsuspended job: its pods (from the pod watch) -> the ``PodsReady`` condition (why
+  they do not run). kopf timers would put a finalizer on every such run, and a run could then not
+  be deleted while the operator is down or uninstalled;
+* PyTorchJob / MPIJob / TrainJob events (jobs this operator made, of the enabled backends):
+  queue the run; its worker mirrors the job's conditions into the run's phase.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ from typing import Any
 import kopf
 
 from tac2sol.operator import lifecycle, metrics
+from tac2sol.operator.controller import Controller
 from tac2sol.operator.kube import Kube
 from tac2sol.operator.names import API_GROUP, API_VERSION, FIELD_MANAGER, MANAGED_BY, PLURAL, RUN_LABEL
+from tac2sol.operator.podcache import PodCache
+from tac2sol.operator.progress import Scrapes
 from tac2sol.operator.reconcile import (
     Operator,
-    follow_job,
     forget,
-    reconcile,
     record_pods,
     record_progress,
     render_options,
@@ -49,38 +54,58 @@ JOB_RESOURCES = {
     "pytorchjob": (("kubeflow.org", "v1", "pytorchjobs"), ("kubeflow.org", "v1", "mpijobs")),
     "trainjob": (("trainer.kubeflow.org", "v1alpha1", "trainjobs"),),
 }
+# The finalizer operator versions before the reconcile queue held on runs; removed when seen.
+OLD_FINALIZER = f"{API_GROUP}/finalizer"
 
 
-# Runs looked at concurrently by one pass of the poll loop (API calls and /metrics reads).
+# Runs whose pods' condition is written at once by the poll loop (API calls).
 POLL_CONCURRENCY = 8
 
 
-def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    return status.get("phase") not in (Phase.SUCCEEDED.value, Phase.FAILED.value)
-
-
 async def _look_at(op: Operator, run: dict[str, Any], limit: asyncio.Semaphore) -> None:
-    """One run, one pass: its progress while Running, its pods while they may be stuck."""
+    """One run, one look: its progress while Running, its pods while they may be stuck."""
     status = run.get("status") or {}
     if run["metadata"].get("deletionTimestamp"):
         return
-    async with limit:
-        try:
-            if status.get("phase") == Phase.RUNNING.value:
-                await record_progress(op, run)
-            if lifecycle.pods_to_watch(run.get("spec") or {}, status):
+    try:
+        if status.get("phase") == Phase.RUNNING.value:
+            await record_progress(op, run)
+        if lifecycle.pods_to_watch(run.get("spec") or {}, status):
+            async with limit:
                 await record_pods(op, run)
-        except Exception:  # one run's trouble must not stop the loop for the others
-            meta = run["metadata"]
-            log.exception("looking at TrainingRun %s/%s failed", meta.get("namespace"), meta.get("name"))
+    except Exception:  # one run's trouble must not stop the loop for the others
+        meta = run["metadata"]
+        log.exception("looking at TrainingRun %s/%s failed", meta.get("namespace"), meta.get("name"))
 
 
 async def poll_runs(op: Operator, runs_seen: dict[Any, dict[str, Any]], interval: float) -> None:
-    """Every ``interval`` seconds, look at every run seen (until cancelled at cleanup)."""
+    """Every ``interval`` seconds, start a look at each run seen whose last look has ended (until
+    cancelled at cleanup). Looks are independent: a run whose pods answer slowly (each /metrics
+    read is bounded by the timeout, all reads by TAC2SOL_METRICS_SCRAPES) holds only its own."""
     limit = asyncio.Semaphore(POLL_CONCURRENCY)
-    while True:
-        await asyncio.sleep(interval)
-        await asyncio.gather(*(_look_at(op, run, limit) for run in list(runs_seen.values())))
+    looking: dict[Any, asyncio.Task[None]] = {}
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            for key in [k for k, task in looking.items() if task.done()]:
+                del looking[key]
+            for key, run in list(runs_seen.items()):
+                if key not in looking:
+                    looking[key] = asyncio.create_task(_look_at(op, run, limit))
+    finally:
+        for task in looking.values():
+            task.cancel()
+
+
+class _NoChangeDetection(kopf.AnnotationsDiffBaseStorage):
+    """kopf copies every object on every event to detect changes for change handlers; this
+    operator has none (event handlers only), so there is nothing to compare and nothing to copy."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
 
 
 def _loop_answers(loop: asyncio.AbstractEventLoop, timeout: float = 5.0) -> bool:
@@ -101,16 +126,13 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         ours: OperatorSettings = memo["settings"]
         # One replica (Deployment strategy Recreate): no peering objects to coordinate through.
         settings.peering.standalone = True
-        # Keep kopf's bookkeeping (handler progress, last-handled spec) in annotations under our
-        # own prefix, so status holds only what users read and nothing says zalando.org.
+        # Only event handlers: kopf keeps no bookkeeping on the runs. Were it ever to, it would
+        # be in annotations under our own prefix, and status would hold only what users read.
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=API_GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        settings.persistence.diffbase_storage = _NoChangeDetection(
             prefix=API_GROUP, key="last-handled-configuration"
         )
-        # No handler needs a finalizer (no timers, an optional delete handler; children go by
-        # garbage collection). The name is ours so that kopf removes a finalizer left on runs by
-        # older operator versions, which held one while their timers ran.
-        settings.persistence.finalizer = f"{API_GROUP}/finalizer"
+        settings.persistence.finalizer = OLD_FINALIZER
         # Events: our handlers post one per phase transition; kopf adds only its own warnings/errors.
         settings.posting.level = logging.WARNING
         settings.posting.reporting_component = FIELD_MANAGER
@@ -125,10 +147,22 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
         settings.execution.default_backoff = 10
         # Namespaced mode is granted its namespace only (RoleBinding): CRDs are read once at start.
         settings.scanning.disabled = ours.namespace is not None
-        # Up to 32 runs reconciled at once: enough for a burst of 100 applies, bounded for the apiserver.
-        settings.batching.worker_limit = 32
-        memo["op"] = Operator(kube=Kube.connect(), settings=ours, options=render_options(ours))
-        memo["runs_seen"] = {}  # shared by every object's (shallow) copy of the memo
+        # kopf's per-object workers only record events; the reconcile queue bounds the real work.
+        settings.batching.batch_window = 0.01
+        kube = Kube.connect()
+        pods = PodCache(kube, ours.namespace)
+        memo["op"] = Operator(
+            kube=kube,
+            settings=ours,
+            options=render_options(ours),
+            pods=pods,
+            scrapes=Scrapes(ours.metrics_scrapes, ours.progress_timeout_seconds),
+        )
+        memo["pod_watch"] = asyncio.create_task(pods.run(), name="watch-pods")
+        controller = Controller(memo["op"])  # shared by every object's (shallow) copy of the memo
+        memo["controller"] = controller
+        memo["runs_seen"] = controller.runs
+        controller.queue.start()
         metrics.declare_phases(PHASES)
         loop = asyncio.get_running_loop()
         memo["server"] = metrics.serve(
@@ -145,55 +179,41 @@ def register(registry: kopf.OperatorRegistry, settings: OperatorSettings) -> Non
 
     @kopf.on.cleanup(registry=registry)
     async def close(memo: kopf.Memo, **_: Any) -> None:
-        if "poller" in memo:
-            memo["poller"].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await memo["poller"]
+        if "controller" in memo:
+            await memo["controller"].queue.stop()
+        for task in ("poller", "pod_watch"):
+            if task in memo:
+                memo[task].cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await memo[task]
         if "op" in memo:
             await memo["op"].kube.close()
         if "server" in memo:
             memo["server"].shutdown()
 
-    @kopf.on.create(*RUNS, registry=registry, id="reconcile")
-    @kopf.on.update(*RUNS, registry=registry, id="reconcile", field="spec")
-    @kopf.on.resume(*RUNS, registry=registry, id="reconcile", when=_unfinished)
-    async def reconcile_run(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-        with metrics.reconcile_timer():
-            await reconcile(memo["op"], _plain(body))
-
     @kopf.on.event(*RUNS, registry=registry, id="observe")
     async def observe_run(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-        """Every run event: count its phase, and remember the run as last seen, so that job events
-        that would change nothing in it cost no API call (the training-operator rewrites job
-        status often). Not a kopf index: indexes stall kopf's cluster-wide mode (kopf 1.45)."""
-        meta = body.get("metadata") or {}
-        key = (meta.get("namespace"), meta.get("name"))
+        """Every run event: count its phase, remember the run as last seen (so that job events that
+        would change nothing in it cost no API call), and queue it when it has work."""
+        run = _raw(body)
+        controller: Controller = memo["controller"]
+        controller.seen_run(run, type)
+        meta = run["metadata"]
         if type == "DELETED":
-            memo["runs_seen"].pop(key, None)
+            forget(run)
             return
-        keep = {
-            k: meta[k]
-            for k in ("name", "namespace", "uid", "deletionTimestamp", "resourceVersion")
-            if k in meta
-        }
-        memo["runs_seen"][key] = {
-            "metadata": keep,
-            "spec": _plain_part(body, "spec"),
-            "status": _plain_part(body, "status"),
-        }
-        track_phase(_plain(body))
-
-    @kopf.on.delete(*RUNS, registry=registry, optional=True)
-    def deleted(body: kopf.Body, **_: Any) -> None:
-        forget(_plain(body))
+        if meta.get("deletionTimestamp") and OLD_FINALIZER in (meta.get("finalizers") or []):
+            # Older operator versions held a finalizer while their timers ran: let the run go.
+            await memo["op"].kube.drop_finalizer(run, OLD_FINALIZER)
+        track_phase(run)
 
     for group, version, plural in (r for b in sorted(settings.enabled_backends) for r in JOB_RESOURCES[b]):
 
         @kopf.on.event(group, version, plural, registry=registry, labels=OURS, id=f"follow-{plural}")
         async def job_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-            job = _plain(body)
-            key = (job["metadata"]["namespace"], (job["metadata"].get("labels") or {}).get(RUN_LABEL, ""))
-            await follow_job(memo["op"], job, type, memo["runs_seen"].get(key))
+            meta = body.get("metadata") or {}
+            key = (meta.get("namespace", ""), (meta.get("labels") or {}).get(RUN_LABEL, ""))
+            memo["controller"].seen_job(key, _raw(body), type)
 
 
 def run(settings: OperatorSettings) -> None:
@@ -212,14 +232,6 @@ def run(settings: OperatorSettings) -> None:
     kopf.run(registry=registry, standalone=True, memo=kopf.Memo(settings=settings), **scope)
 
 
-def _plain_part(body: kopf.Body, part: str) -> dict[str, Any]:
-    import copy
-
-    return copy.deepcopy(dict(body.get(part) or {}))
-
-
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    """A plain, private copy of a kopf body (the renderers and status code take dicts)."""
-    import copy
-
-    return copy.deepcopy(dict(body))
+def _raw(body: kopf.Body) -> dict[str, Any]:
+    """The event's object as kopf decoded it (no copy: ``Controller`` keeps parts of it read-only)."""
+    return dict(body)

@@ -6,25 +6,31 @@
 * the run's status is changed read-modify-write with the read ``resourceVersion`` as a
   precondition, retried on 409, so two writers (the run's handler and the job watcher) never
   overwrite each other's conditions;
-* Events (one per phase transition) are posted in order, best effort.
+* Events (one per phase transition) are posted in order, best effort, by one background task,
+  so that a reconcile does not wait for them (a burst of runs reaches its jobs first);
+* every request is counted (``tac2sol_operator_api_requests_total{verb,resource}``).
 
 The verbs used here are listed in ``tac2sol.operator.rbac`` (the ClusterRole's source).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import httpx2
-from lightkube import ApiError, AsyncClient, KubeConfig
+from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
 from lightkube.generic_resource import create_namespaced_resource
 from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.types import PatchType
 
+from tac2sol.operator import metrics
 from tac2sol.operator.names import API_GROUP, API_VERSION, FIELD_MANAGER, KIND, PLURAL
 
 log = logging.getLogger(__name__)
@@ -41,7 +47,21 @@ _RESOURCES: dict[tuple[str, str], Any] = {
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): TrainJobResource,
     (f"{API_GROUP}/{API_VERSION}", KIND): TrainingRunResource,
 }
+_PLURALS = {
+    "ConfigMap": "configmaps",
+    "PyTorchJob": "pytorchjobs",
+    "MPIJob": "mpijobs",
+    "TrainJob": "trainjobs",
+    KIND: PLURAL,
+}
+# How long an answer of ``serves`` is reused: kinds come and go with CRD installs, not per run,
+# and a burst of new runs should not ask for each of them.
+SERVES_SECONDS = 30.0
 STATUS_RETRIES = 8
+# Events waiting to be posted; beyond this many (an apiserver that does not answer) new ones are dropped.
+EVENT_BACKLOG = 10_000
+# At the end, how long the Events still waiting may take to be posted.
+EVENT_DRAIN_SECONDS = 5.0
 
 # Transport trouble (apiserver restarting, a dropped connection): worth a retry, not a bug.
 TransientError = (httpx2.TransportError,)
@@ -83,6 +103,9 @@ class Kube:
 
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
+        self._serves: dict[tuple[str, str, str], tuple[bool, float]] = {}  # -> (served, until)
+        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._poster: asyncio.Task[None] | None = None
 
     @classmethod
     def connect(cls, timeout_seconds: float = 30.0) -> Kube:
@@ -91,6 +114,12 @@ class Kube:
         return cls(AsyncClient(config, field_manager=FIELD_MANAGER, timeout=httpx2.Timeout(timeout_seconds)))
 
     async def close(self) -> None:
+        if self._poster is not None and self._events is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._events.join(), EVENT_DRAIN_SECONDS)
+            self._poster.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poster
         await self._client.close()
 
     # --- children -------------------------------------------------------------------------------
@@ -99,6 +128,7 @@ class Kube:
         """Server-side apply ``obj`` (create or update) and return the stored object."""
         res = resource_for(obj["apiVersion"], obj["kind"])
         meta = obj["metadata"]
+        metrics.api_request("apply", _PLURALS[obj["kind"]])
         stored = await self._client.patch(
             res,
             meta["name"],
@@ -110,8 +140,16 @@ class Kube:
         )
         return _plain(stored)
 
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj`` (one request; ``ApiError`` 409 when it exists) and return the stored object."""
+        res = resource_for(obj["apiVersion"], obj["kind"])
+        metrics.api_request("create", _PLURALS[obj["kind"]])
+        stored = await self._client.create(res.from_dict(obj), field_manager=FIELD_MANAGER)
+        return _plain(stored)
+
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
+        metrics.api_request("get", _PLURALS[kind])
         try:
             return _plain(await self._client.get(resource_for(api_version, kind), name, namespace=namespace))
         except ApiError as exc:
@@ -120,26 +158,61 @@ class Kube:
             raise
 
     async def serves(self, api_version: str, kind: str, namespace: str) -> bool:
-        """Whether the cluster serves ``kind`` (a one-item list in ``namespace``: 404 means not)."""
+        """Whether the cluster serves ``kind`` (a one-item list in ``namespace``: 404 means not);
+        an answer is reused for ``SERVES_SECONDS``."""
+        key = (api_version, kind, namespace)
+        known = self._serves.get(key)
+        if known is not None and time.monotonic() < known[1]:
+            return known[0]
+        metrics.api_request("list", _PLURALS[kind])
+        served = True
         try:
             async for _ in self._client.list(
                 resource_for(api_version, kind), namespace=namespace, chunk_size=1
             ):
                 break
         except ApiError as exc:
-            if is_not_found(exc):
-                return False
-            raise
-        return True
+            if not is_not_found(exc):
+                raise
+            served = False
+        self._serves[key] = (served, time.monotonic() + SERVES_SECONDS)
+        return served
 
     async def list_pods(self, namespace: str, labels: dict[str, str]) -> list[dict[str, Any]]:
         selector: dict[str, Any] = dict(labels)
+        metrics.api_request("list", "pods")
         pods = self._client.list(Pod, namespace=namespace, labels=selector)
         return [_plain(p) async for p in pods]
+
+    async def list_pods_with_version(
+        self, namespace: str | None, labels: dict[str, str]
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Pods with these labels (``namespace`` None: all namespaces) and the list's resourceVersion."""
+        metrics.api_request("list", "pods")
+        listing = self._client.list(Pod, namespace=namespace or ALL_NS, labels=dict(labels))
+        pods = [_plain(p) async for p in listing]
+        return pods, listing.resourceVersion
+
+    async def watch_pods(
+        self, namespace: str | None, labels: dict[str, str], version: str, *, server_timeout: int
+    ) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Pod events after ``version``; the apiserver's timeouts start a new watch from the last one
+        seen; an error (410 Gone: too old) is raised."""
+        metrics.api_request("watch", "pods")
+        watch = self._client.watch(
+            Pod,
+            namespace=namespace or ALL_NS,
+            labels=dict(labels),
+            resource_version=version,
+            server_timeout=server_timeout,
+        )
+        async for event, pod in watch:
+            yield event, _plain(pod)
 
     # --- the run's status ---------------------------------------------------------------------
 
     async def get_run(self, namespace: str, name: str) -> dict[str, Any] | None:
+        metrics.api_request("get", PLURAL)
         try:
             return _plain(await self._client.get(TrainingRunResource, name, namespace=namespace))
         except ApiError as exc:
@@ -173,6 +246,7 @@ class Kube:
                 "metadata": {"resourceVersion": run["metadata"]["resourceVersion"]},
                 "status": _merge_patch(run.get("status") or {}, new),
             }
+            metrics.api_request("patch", f"{PLURAL}/status")
             try:
                 stored = await self._client.patch(
                     TrainingRunResource.Status,
@@ -194,19 +268,55 @@ class Kube:
             f"status of TrainingRun {namespace}/{name}: still conflicting after {STATUS_RETRIES} tries"
         )
 
-    async def post_event(self, run: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
-        """A Kubernetes Event on the run, posted before the handler goes on (so Events keep the
-        order of the transitions). Best effort: a failure is logged, never raised."""
+    async def drop_finalizer(self, run: dict[str, Any], finalizer: str) -> None:
+        """Remove ``finalizer`` from the run (as read; a conflict or a gone run is left alone: the
+        next event of the run tries again)."""
+        meta = run["metadata"]
+        keep = [f for f in meta.get("finalizers") or [] if f != finalizer]
+        patch = {"metadata": {"finalizers": keep, "resourceVersion": meta["resourceVersion"]}}
+        metrics.api_request("patch", PLURAL)
         try:
-            event = cast(Event, Event.from_dict(_event(run, type_, reason, message, datetime.now(UTC))))
-            await self._client.create(event)
-        except (ApiError, *TransientError) as exc:
-            if namespace_going_away(exc):
-                return
-            log.warning("could not post Event %s on %s: %s", reason, run["metadata"]["name"], exc)
+            await self._client.patch(
+                TrainingRunResource,
+                meta["name"],
+                patch,
+                namespace=meta["namespace"],
+                patch_type=PatchType.MERGE,
+            )
+        except ApiError as exc:
+            if status_code(exc) not in (404, 409):
+                raise
+
+    def post_event(self, run: dict[str, Any], *, type_: str, reason: str, message: str) -> None:
+        """Queue a Kubernetes Event on the run. One task posts the queue in order (so Events keep
+        the order of the transitions), after the calls that were waiting when it was queued.
+        Best effort: a failure is logged, never raised."""
+        if self._events is None:
+            self._events = asyncio.Queue(EVENT_BACKLOG)
+            self._poster = asyncio.create_task(self._post_events(), name="post-events")
+        event = _event(run, type_, reason, message, datetime.now(UTC))
+        try:
+            self._events.put_nowait(event)
+        except asyncio.QueueFull:
+            log.warning("too many Events waiting; dropped %s on %s", reason, run["metadata"]["name"])
+
+    async def _post_events(self) -> None:
+        assert self._events is not None
+        while True:
+            event = await self._events.get()
+            try:
+                metrics.api_request("create", "events")
+                await self._client.create(cast(Event, Event.from_dict(event)))
+            except (ApiError, *TransientError) as exc:
+                if not namespace_going_away(exc):
+                    what = event["involvedObject"]["name"]
+                    log.warning("could not post Event %s on %s: %s", event["reason"], what, exc)
+            finally:
+                self._events.task_done()
 
     async def patch_run_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """A merge patch of fields only one writer touches (``progress``, ``evaluation``)."""
+        metrics.api_request("patch", f"{PLURAL}/status")
         try:
             await self._client.patch(
                 TrainingRunResource.Status,

@@ -10,6 +10,8 @@ What the kopf handlers call (no kopf or kubernetes import here; cheap to call an
     set_run_stuck(namespace, name, "Unschedulable")  # tac2sol_trainingruns_stuck{reason}; None: not
     forget_run(namespace, name)                # on delete
     job_created("PyTorchJob")                  # tac2sol_operator_jobs_created_total{kind}
+    set_queue(depth=3, in_flight=2)            # the reconcile queue (tac2sol.operator.workqueue)
+    api_request("patch", "trainingruns/status")  # tac2sol_operator_api_requests_total{verb,resource}
     record_error("ApplyConflict")              # tac2sol_operator_errors_total{reason}
     parse_trainer_progress(text)               # the master pod's /metrics -> status.progress
 
@@ -86,6 +88,29 @@ ERRORS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+QUEUE_DEPTH = Gauge(
+    names.OPERATOR_QUEUE_DEPTH,
+    "TrainingRuns waiting in the reconcile queue (not counting those being reconciled).",
+    registry=REGISTRY,
+)
+RECONCILES_IN_FLIGHT = Gauge(
+    names.OPERATOR_RECONCILES_IN_FLIGHT,
+    "TrainingRuns being reconciled now (at most TAC2SOL_RECONCILE_WORKERS).",
+    registry=REGISTRY,
+)
+API_REQUESTS = Counter(
+    names.base(names.OPERATOR_API_REQUESTS),
+    "Kubernetes API requests the operator sent, by verb and resource (a watch counts once per start).",
+    ["verb", "resource"],
+    registry=REGISTRY,
+)
+PROGRESS_SCRAPES = Counter(
+    names.base(names.OPERATOR_PROGRESS_SCRAPES),
+    "Reads of trainer pods' /metrics for status.progress, by result: ok, or unanswered (timeout, "
+    "refused, not 200).",
+    ["result"],
+    registry=REGISTRY,
+)
 _BUILD_INFO = Gauge(
     names.BUILD_INFO,
     "Versions of this process; always 1.",
@@ -107,6 +132,8 @@ _BUILD_INFO.labels(
 # Every result exists from the start (at 0), so rates and the error alert have a series to read.
 for _result in names.RECONCILE_RESULTS:
     RECONCILIATIONS.labels(_result)
+for _result in ("ok", "unanswered"):
+    PROGRESS_SCRAPES.labels(_result)
 
 
 def observe_reconcile(result: str, seconds: float | None = None) -> None:
@@ -141,6 +168,21 @@ def reconcile_timer() -> Iterator[None]:
             record_error(type(exc).__name__)
         raise
     observe_reconcile("success", time.perf_counter() - start)
+
+
+def set_queue(depth: int, in_flight: int) -> None:
+    """The reconcile queue's depth and the reconciles in flight (``tac2sol.operator.workqueue``)."""
+    QUEUE_DEPTH.set(depth)
+    RECONCILES_IN_FLIGHT.set(in_flight)
+
+
+def api_request(verb: str, resource: str) -> None:
+    """Count one API request; ``verb`` and ``resource`` come from the operator's own fixed set."""
+    API_REQUESTS.labels(verb, resource).inc()
+
+
+def progress_scrape(answered: bool) -> None:
+    PROGRESS_SCRAPES.labels("ok" if answered else "unanswered").inc()
 
 
 def job_created(kind: str) -> None:

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from tac2sol.observability import names
-from tac2sol.operator.backend import pod_selector
-from tac2sol.operator.kube import Kube
+from tac2sol.operator import metrics
 from tac2sol.operator.metrics import parse_trainer_progress
 from tac2sol.operator.names import METRICS_LABEL
 
@@ -118,6 +118,36 @@ async def fetch_metrics(url: str, timeout: float) -> str | None:
         return None
 
 
+class Scrapes:
+    """Every trainer /metrics read of the operator: at most ``limit`` at once, each ``timeout``
+    long. An address that did not answer is skipped for a while (10 s, doubling up to 10 min),
+    so dead or unreachable pods do not take the reads that answering ones need."""
+
+    BACKOFF = (10.0, 600.0)
+
+    def __init__(self, limit: int, timeout: float) -> None:
+        self.timeout = timeout
+        self._limit = asyncio.Semaphore(limit)
+        self._quiet: dict[str, tuple[float, float]] = {}  # url -> (last wait, skipped until)
+
+    async def read(self, url: str) -> str | None:
+        wait, until = self._quiet.get(url, (0.0, 0.0))
+        if time.monotonic() < until:
+            return None
+        async with self._limit:
+            text = await fetch_metrics(url, self.timeout)
+        metrics.progress_scrape(text is not None)
+        if text is not None:
+            self._quiet.pop(url, None)
+            return text
+        wait = min(self.BACKOFF[1], max(self.BACKOFF[0], 2 * wait))
+        now = time.monotonic()
+        self._quiet[url] = (wait, now + wait)
+        if len(self._quiet) > 10_000:  # pod addresses come and go: forget the long-expired ones
+            self._quiet = {u: q for u, q in self._quiet.items() if q[1] > now - self.BACKOFF[1]}
+        return None
+
+
 def tokens_per_second(text: str) -> float | None:
     """Sum of ``tac2sol_train_tokens_per_second`` in one rank's text (None: not reported yet)."""
     values = [
@@ -143,9 +173,10 @@ def trainer_urls(pods: list[dict[str, Any]], base_port: int, ranks_per_pod: int)
 
 
 async def read_progress(
-    kube: Kube, run: dict[str, Any], *, timeout: float, now: str
+    run: dict[str, Any], job_pods: list[dict[str, Any]], *, scrapes: Scrapes, now: str
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """(progress, evaluation) of a running run, or None when rank 0 does not answer yet.
+    """(progress, evaluation) of a running run from its job's pods, or None when rank 0 does not
+    answer yet. The reads go through ``scrapes`` (shared by all runs: bounded in number and time).
 
     Step, epoch, loss and ETA are rank 0's; tokens/s is the sum over all ranks, and only when
     every rank answered (a partial sum would understate it).
@@ -154,11 +185,10 @@ async def read_progress(
     ref, plan = status.get("jobRef") or {}, status.get("plan") or {}
     if ref.get("kind") not in RANK0_REPLICA or not ref.get("name"):
         return None
-    selector = {**pod_selector(ref["kind"], ref["name"]), METRICS_LABEL: "true"}
-    pods = await kube.list_pods(run["metadata"]["namespace"], selector)
+    pods = [p for p in job_pods if (p["metadata"].get("labels") or {}).get(METRICS_LABEL) == "true"]
     port = (run.get("spec") or {}).get("metricsPort", 9400)
     urls = trainer_urls(pods, port, int(plan.get("gpusPerNode", 1)))
-    texts = await asyncio.gather(*(fetch_metrics(url, timeout) for url in urls))
+    texts = await asyncio.gather(*(scrapes.read(url) for url in urls))
     answered = [t for t in texts if t is not None]
     rank0 = next((t for t in answered if parse_trainer_progress(t, rank="0")), None)
     if rank0 is None:

@@ -78,7 +78,10 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(("",), ("configmaps",), ("get", "create", "patch"), "server-side apply of the trainer config"),
     Rule(
-        ("",), ("pods",), ("list",), "find the master pod (progress) and failed containers (failure reasons)"
+        ("",),
+        ("pods",),
+        ("list", "watch"),
+        "one watch of the job pods it made (labelled by it): progress, why pods do not run, failure reasons",
     ),
     Rule(("",), ("events",), ("create",), "an Event per phase transition; kopf's own warnings"),
     Rule(

@@ -1,8 +1,9 @@
 """The operator's work behind the kopf entry points (``handlers.py``).
 
-``reconcile``: read spec -> validate (the CLI's pydantic models) -> plan -> render -> server-side
-apply (owner references and labels come from the renderer) -> status. Running it twice, or after
-a crash half-way, changes nothing that is already right.
+``reconcile``: read spec -> validate (the CLI's pydantic models) -> plan -> render (in a thread) ->
+server-side apply, or for a new run a create of its job (owner references and labels come from
+the renderer) -> status. Running it twice, or after a crash half-way, changes nothing that is
+already right. Which runs need it, and when: ``tac2sol.operator.controller``.
 
 ``follow_job``: a Kubeflow job's conditions -> the run's phase, conditions and an Event.
 
@@ -16,11 +17,11 @@ Phases and conditions: ``tac2sol.operator.lifecycle``.
 
 from __future__ import annotations
 
-import copy
+import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,7 +43,8 @@ from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTE
 from tac2sol.operator.names import RUN_LABEL, SPEC_ANNOTATION, TRAINJOB
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.planner import format_bytes, make_plan
-from tac2sol.operator.progress import read_progress
+from tac2sol.operator.podcache import PodCache
+from tac2sol.operator.progress import Scrapes, read_progress
 from tac2sol.operator.render import RenderOptions, child_names, job_kind, render_children, spec_fingerprint
 from tac2sol.operator.resolve import resolve
 from tac2sol.operator.settings import OperatorSettings
@@ -57,6 +59,17 @@ RETRY_SOON = 5.0  # seconds: conflicts, throttling, a dropped connection
 RETRY_LATER = 30.0  # seconds: something a person or another controller has to fix first
 
 
+StatusUpdate = Callable[[dict[str, Any]], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class StatusChange:
+    """A status change not written yet (and the Event reason and message if the phase changes)."""
+
+    change: StatusUpdate
+    why: tuple[str, str]
+
+
 @dataclass(frozen=True)
 class Operator:
     """What every handler needs; built once at startup and kept in kopf's ``memo``."""
@@ -64,6 +77,18 @@ class Operator:
     kube: Kube
     settings: OperatorSettings
     options: RenderOptions
+    pods: PodCache | None = None  # the job pods, from one watch (None: list them each time)
+    # Trainer /metrics reads, all runs together (TAC2SOL_METRICS_SCRAPES, _PROGRESS_TIMEOUT_SECONDS).
+    scrapes: Scrapes = field(default_factory=lambda: Scrapes(8, 5.0))
+
+
+async def job_pods(op: Operator, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]]:
+    """A job's pods (``backend.pod_selector``): from the pod watch once it has listed them, else
+    one list request."""
+    cached = op.pods.of_job(namespace, selector) if op.pods is not None else None
+    if cached is not None:
+        return cached
+    return await op.kube.list_pods(namespace, selector)
 
 
 def render_options(settings: OperatorSettings) -> RenderOptions:
@@ -108,7 +133,7 @@ async def write_status(
     if phase and (phase != old_phase or _running_reason(old) != _running_reason(new)):
         reason, message = why
         failed = phase == Phase.FAILED.value
-        await op.kube.post_event(run, type_="Warning" if failed else "Normal", reason=reason, message=message)
+        op.kube.post_event(run, type_="Warning" if failed else "Normal", reason=reason, message=message)
         metrics.set_run_phase(namespace, name, phase)
         log.info("%s/%s: %s -> %s (%s)", namespace, name, old_phase or "-", phase, reason)
     return stored
@@ -130,7 +155,7 @@ def _with(
     **fields: Any,
 ) -> dict[str, Any]:
     """A copy of the run's status with these changes (never mutates ``run``)."""
-    status = copy.deepcopy(run.get("status") or {})
+    status = dict(run.get("status") or {})  # shallow: values are replaced, never changed in place
     if conditions:
         status["conditions"] = lifecycle.merge_conditions(
             status.get("conditions") or [], list(conditions), now()
@@ -238,15 +263,53 @@ def _owned_by(obj: dict[str, Any], uid: str | None) -> bool:
     )
 
 
-async def reconcile(op: Operator, body: dict[str, Any]) -> None:
-    """Bring the run's children and status in line with its spec (create, update and resume)."""
+class JobExists(Exception):
+    """Creating the job found one of the same name (a crash after creating it, or not ours)."""
+
+
+async def reconcile(
+    op: Operator,
+    body: dict[str, Any],
+    known_job: dict[str, Any] | None = None,
+    defer: Callable[[StatusChange], None] | None = None,
+) -> dict[str, Any] | None:
+    """Bring the run's children and status in line with its spec (new runs, spec changes, and
+    runs found at startup). Returns the run as stored by the last status write (None: none).
+
+    ``known_job``: the run's job as the job watch last saw it (saves a GET). A new run (no
+    status yet) takes the short path: its ConfigMap, then its job created in one request; its
+    status write goes to ``defer`` when given (written later, with the job's first conditions in
+    the same write), and its Events are posted from the background."""
+    fresh = not body.get("status") and known_job is None
+    try:
+        return await _reconcile(op, body, known_job, fresh=fresh, defer=defer if fresh else None)
+    except JobExists:
+        # The job is there already: the long path decides whether it is this run's.
+        return await _reconcile(op, body, None, fresh=False, accepted=True)
+
+
+async def _reconcile(
+    op: Operator,
+    body: dict[str, Any],
+    known_job: dict[str, Any] | None,
+    *,
+    fresh: bool,
+    accepted: bool = False,
+    defer: Callable[[StatusChange], None] | None = None,
+) -> dict[str, Any] | None:
     meta = body["metadata"]
     ns, name, gen = meta["namespace"], meta["name"], meta.get("generation")
     status = body.get("status") or {}
     source = f"TrainingRun {ns}/{name}"
 
     latest: dict[str, Any] | None = body
-    if status.get("observedGeneration") != gen and lifecycle.phase_is_operator_owned(status):
+    accept = (f"generation {gen} accepted; planning", "Accepted")
+    if (
+        not fresh  # a new run goes straight to its job (Event JobApplied): no Pending step
+        and not accepted
+        and status.get("observedGeneration") != gen
+        and lifecycle.phase_is_operator_owned(status)
+    ):
         latest = await write_status(
             op,
             ns,
@@ -254,16 +317,16 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
             lambda run: _with(
                 run,
                 phase=Phase.PENDING.value,
-                message=f"generation {gen} accepted; planning",
+                message=accept[0],
                 conditions=[
                     condition(PLANNED, "Unknown", "Accepted", "planning this generation", generation=gen)
                 ],
             ),
-            why=("Accepted", f"generation {gen} accepted; planning"),
+            why=(accept[1], accept[0]),
             body=body,
         )
 
-    job = await _existing_job(op, body)
+    job = None if fresh else await _existing_job(op, body, known_job)
     try:
         run = parse_training_run(_run_data(body), source=source)
         invalid = None
@@ -286,8 +349,9 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
     else:
         effective = run
 
+    # Planning and rendering take milliseconds of CPU: threads, so the event loop keeps serving.
     resolved = resolve(effective)
-    plan = make_plan(resolved)
+    plan = await asyncio.to_thread(make_plan, resolved)
     if not plan.fits:
         message = f"{source}: {no_fit_message(plan)}"
         await _fail(op, body, reason=lifecycle.PLAN_DOES_NOT_FIT, message=message, plan=plan)
@@ -306,15 +370,15 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
     kind = job["kind"] if job is not None else choice.kind  # type: ignore[union-attr]
 
     try:
-        children = render_children(resolved, plan, op.options, kind)
+        children = await asyncio.to_thread(render_children, resolved, plan, op.options, kind)
     except InvalidInput as exc:
         await _condition_only(op, body, JOB_CREATED, "RenderFailed", f"could not render the job: {exc}")
         raise kopf.PermanentError(f"could not render the children of {source}: {exc}") from None
 
-    stored = await _apply_all(op, body, children)
+    stored = await _apply_all(op, body, children, create_job=fresh)
     if stored is None:
         log.info("%s: namespace is being deleted; nothing created", source)
-        return
+        return None
     kind = stored["kind"]
     if job is None or job["metadata"].get("uid") != stored["metadata"].get("uid"):
         metrics.job_created(kind)
@@ -378,18 +442,25 @@ async def reconcile(op: Operator, body: dict[str, Any]) -> None:
             },
         )
 
-    await write_status(op, ns, name, change, why=why, body=latest)
+    if defer is not None:
+        defer(StatusChange(change, why))
+        return None
+    written = await write_status(op, ns, name, change, why=why, body=latest)
     if rejected:
         # Not an error of the operator: the condition says what to do; no retry would help.
         log.warning("%s: spec change rejected (%s)", source, rejected)
+    return written
 
 
-async def _existing_job(op: Operator, body: dict[str, Any]) -> dict[str, Any] | None:
-    """This run's job, if one exists (found by the status' jobRef kind, else the spec's backend)."""
+async def _existing_job(
+    op: Operator, body: dict[str, Any], known: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """This run's job, if one exists (``known``: as the job watch saw it; else read by the
+    status' jobRef kind, else the spec's backend)."""
     meta = body["metadata"]
     ref = (body.get("status") or {}).get("jobRef") or {}
     # None also when the kind is not installed: applying it then says so (JobKindMissing).
-    job = await jobs.find_job(
+    job = known or await jobs.find_job(
         op.kube,
         meta["namespace"],
         child_names(meta["name"]).job,
@@ -431,15 +502,24 @@ async def _condition_only(
 
 
 async def _apply_all(
-    op: Operator, body: dict[str, Any], children: list[dict[str, Any]]
+    op: Operator, body: dict[str, Any], children: list[dict[str, Any]], *, create_job: bool = False
 ) -> dict[str, Any] | None:
     """Apply the children in order; returns the last (the job), or None when the run's namespace
-    is being deleted. Other errors become kopf retries."""
+    is being deleted. Other errors become kopf retries. ``create_job``: create the job (the last
+    child) instead of applying it; ``JobExists`` when one of its name exists."""
     stored: dict[str, Any] = {}
-    for obj in children:
+    for i, obj in enumerate(children):
         what = f"{obj['kind']} {obj['metadata']['name']}"
         try:
-            stored = await op.kube.apply(obj)
+            if create_job and i == len(children) - 1:
+                try:
+                    stored = await op.kube.create(obj)
+                except ApiError as exc:
+                    if status_code(exc) == 409:
+                        raise JobExists(what) from exc
+                    raise
+            else:
+                stored = await op.kube.apply(obj)
         except TransientError as exc:
             raise kopf.TemporaryError(f"applying {what}: {exc}", delay=RETRY_SOON) from exc
         except ApiError as exc:
@@ -463,29 +543,43 @@ async def _apply_all(
 # --- the job's conditions -> the run ----------------------------------------------------------------
 
 
-async def follow_job(
-    op: Operator, job: dict[str, Any], event_type: str | None, known: dict[str, Any] | None = None
-) -> None:
-    """Mirror a job's conditions into its run (a kopf event handler on PyTorchJobs and MPIJobs).
+async def write_deferred(op: Operator, run: dict[str, Any], deferred: StatusChange) -> dict[str, Any] | None:
+    meta = run["metadata"]
+    return await write_status(
+        op, meta["namespace"], meta["name"], deferred.change, why=deferred.why, body=run
+    )
 
-    ``known`` is the run as the operator last saw it (kopf's in-memory index): when the job's
-    state would change nothing there, no API call is made (the training-operator rewrites a job's
-    status often)."""
+
+async def follow_job(
+    op: Operator,
+    job: dict[str, Any],
+    event_type: str | None,
+    known: dict[str, Any] | None = None,
+    before: StatusChange | None = None,
+) -> dict[str, Any] | None:
+    """Mirror a job's conditions into its run; returns the run as stored when it wrote.
+
+    ``known`` is the run as the operator last saw it: when the job's state would change nothing
+    there, no API call is made (the training-operator rewrites a job's status often); else the
+    write starts from it (a conflict reads the run again). ``before``: a status change of the
+    reconcile not written yet; the two go in one write."""
     meta = job["metadata"]
     ns = meta["namespace"]
     run_name = (meta.get("labels") or {}).get(RUN_LABEL)
     owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
+    state = lifecycle.job_state(job) if event_type != "DELETED" else None
+    if before is not None and (state is None or not run_name or owner is None or known is None):
+        if known is not None:  # the deferred write first, on its own
+            known = await write_deferred(op, known, before) or known
+        before = None
     if not run_name or owner is None:
-        return
+        return known
     if event_type == "DELETED":
-        await _job_deleted(op, ns, run_name, job)
-        return
-    state = lifecycle.job_state(job)
+        return await _job_deleted(op, ns, run_name, job, known)
     if state is None:
-        return
+        return None
     if state.phase == Phase.FAILED.value:
-        job_pods = await op.kube.list_pods(ns, pod_selector(job.get("kind"), meta["name"]))
-        details = lifecycle.pod_failures(job_pods)
+        details = lifecycle.pod_failures(await job_pods(op, ns, pod_selector(job.get("kind"), meta["name"])))
         if details:
             state = lifecycle.JobState(
                 state.phase, state.reason, f"{state.message.rstrip('.')}: {'; '.join(details)}",
@@ -518,14 +612,33 @@ async def follow_job(
             **({"progress": pushed} if pushed else {}),
         )
 
-    if known is not None and state.phase != Phase.FAILED.value:
+    update: StatusUpdate = change
+    why = (state.reason, state.message)
+    if before is not None:
+        update = _then(before.change, change)
+        if state.phase == Phase.PLANNING.value:  # the job waits for its pods: the Event says it was made
+            why = before.why
+    elif known is not None and state.phase != Phase.FAILED.value:
         unchanged = change(known)
         if unchanged is None or unchanged == (known.get("status") or {}):
-            return
-    await write_status(op, ns, run_name, change, why=(state.reason, state.message))
+            return None
+    return await write_status(op, ns, run_name, update, why=why, body=known)
 
 
-async def _job_deleted(op: Operator, ns: str, run_name: str, job: dict[str, Any]) -> None:
+def _then(first: StatusUpdate, second: StatusUpdate) -> StatusUpdate:
+    """One status change: ``first``, then ``second`` on its result."""
+
+    def both(run: dict[str, Any]) -> dict[str, Any] | None:
+        status = first(run)
+        after = second(run if status is None else {**run, "status": status})
+        return after if after is not None else status
+
+    return both
+
+
+async def _job_deleted(
+    op: Operator, ns: str, run_name: str, job: dict[str, Any], known: dict[str, Any] | None
+) -> dict[str, Any] | None:
     """A job deleted under a run that has not finished fails the run (it is not re-created)."""
     uid = job["metadata"].get("uid")
     message = f"{job['kind']} {job['metadata']['name']} was deleted before it finished"
@@ -545,7 +658,7 @@ async def _job_deleted(op: Operator, ns: str, run_name: str, job: dict[str, Any]
                         condition("Running", False, "JobDeleted", "", generation=gen)],
         )  # fmt: skip
 
-    await write_status(op, ns, run_name, change, why=("JobDeleted", message))
+    return await write_status(op, ns, run_name, change, why=("JobDeleted", message), body=known)
 
 
 # --- progress -------------------------------------------------------------------------------------
@@ -553,14 +666,22 @@ async def _job_deleted(op: Operator, ns: str, run_name: str, job: dict[str, Any]
 
 async def record_progress(op: Operator, body: dict[str, Any]) -> None:
     """Read the master pod's /metrics into ``status.progress`` (and ``status.evaluation``)."""
-    found = await read_progress(op.kube, body, timeout=op.settings.progress_timeout_seconds, now=now())
+    ref = (body.get("status") or {}).get("jobRef") or {}
+    if not ref.get("name"):
+        return
+    meta = body["metadata"]
+    found = await read_progress(
+        body,
+        await job_pods(op, meta["namespace"], pod_selector(ref.get("kind"), ref["name"])),
+        scrapes=op.scrapes,
+        now=now(),
+    )
     if found is None:
         return
     progress, evaluation = found
     patch: dict[str, Any] = {"progress": progress}
     if evaluation:
         patch["evaluation"] = evaluation
-    meta = body["metadata"]
     await op.kube.patch_run_status(meta["namespace"], meta["name"], patch)
 
 
@@ -579,7 +700,7 @@ async def record_pods(op: Operator, body: dict[str, Any]) -> None:
     ref = status.get("jobRef") or {}
     if not ref.get("name"):
         return
-    found = await op.kube.list_pods(ns, pod_selector(ref.get("kind"), ref["name"]))
+    found = await job_pods(op, ns, pod_selector(ref.get("kind"), ref["name"]))
     diagnosis = pods.diagnose(
         found, pods.expected_pods(ref.get("kind"), (status.get("plan") or {}).get("nodes"))
     )
@@ -609,10 +730,10 @@ async def record_pods(op: Operator, body: dict[str, Any]) -> None:
     before, stored = written
     old = pods.pods_condition(before.get("status") or {}) or {}
     if diagnosis.stuck and (old.get("status"), old.get("reason")) != ("False", diagnosis.reason):
-        await op.kube.post_event(stored, type_="Warning", reason=diagnosis.reason, message=diagnosis.message)
+        op.kube.post_event(stored, type_="Warning", reason=diagnosis.reason, message=diagnosis.message)
         log.info("%s/%s: pods not running (%s): %s", ns, name, diagnosis.reason, diagnosis.message)
     elif diagnosis.status == "True" and old.get("status") == "False":
-        await op.kube.post_event(stored, type_="Normal", reason=diagnosis.reason, message=diagnosis.message)
+        op.kube.post_event(stored, type_="Normal", reason=diagnosis.reason, message=diagnosis.message)
         log.info("%s/%s: %s", ns, name, diagnosis.message)
 
 

@@ -54,6 +54,36 @@ class OperatorSettings(BaseSettings):
     progress_timeout_seconds: float = Field(
         5.0, gt=0, le=60, description="Give up on one /metrics read after this long."
     )
+    reconcile_workers: int = Field(
+        32,
+        ge=1,
+        le=256,
+        description=(
+            "TrainingRuns reconciled at once (each run by one worker at a time, in order); more "
+            "finish a burst of new runs sooner and load the apiserver more."
+        ),
+    )
+    reconcile_rate: float = Field(
+        20.0,
+        gt=0,
+        le=1000,
+        description=(
+            "Reconciles that write to the apiserver started per second once a burst of "
+            "TAC2SOL_RECONCILE_BURST is spent (a restart that finds many new runs is paced by it)."
+        ),
+    )
+    reconcile_burst: int = Field(
+        100,
+        ge=1,
+        le=10000,
+        description="Reconciles that may start at once before TAC2SOL_RECONCILE_RATE paces them.",
+    )
+    metrics_scrapes: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Trainer pods' /metrics read at once for status.progress (each bounded by the timeout).",
+    )
     select_gpu_product: bool = Field(
         True,
         description=(

@@ -290,7 +290,8 @@ class TrainConfig(BaseSettings):
         values = self.model_dump(mode="json")
         if self.data._path_from_uri:
             values["data"].pop("path")
-        return yaml.safe_dump(values, sort_keys=False)
+        # libyaml's emitter when present: the same text, ~4x faster (the operator renders one per run).
+        return yaml.dump(values, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False)
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -148,10 +149,15 @@ def start_operator(
     )
     started: list[OperatorProcess] = []
 
-    def start(*extra: str, cluster_wide: bool = False) -> OperatorProcess:
+    def start(*extra: str, cluster_wide: bool = False, env: dict[str, str] | None = None) -> OperatorProcess:
         log_path = tmp_path / f"operator-{len(started)}.log"
         scope = [] if cluster_wide else ["--namespace", namespace]
-        env = {**control_plane.env, "KUBECONFIG": str(operator_kubeconfig), "PYTHONSAFEPATH": "1"}
+        env = {
+            **control_plane.env,
+            **(env or {}),
+            "KUBECONFIG": str(operator_kubeconfig),
+            "PYTHONSAFEPATH": "1",
+        }
         env.pop("TAC2SOL_LOG_FORMAT", None)
         with log_path.open("wb") as out:
             proc = subprocess.Popen(
@@ -330,8 +336,8 @@ def test_qwen32b_becomes_a_pytorchjob_that_runs_to_success(
     assert pod["status"]["phase"] == "Succeeded"
     # An Event per transition, in order.
     reasons = events(cp, ns, "qwen32b")
+    # A new run goes straight to its job: no Pending step, so no Accepted Event.
     assert [r for r in reasons if r in ("Accepted", "JobApplied", "JobRunning", "JobSucceeded")] == [
-        "Accepted",
         "JobApplied",
         "JobRunning",
         "JobSucceeded",
@@ -619,6 +625,55 @@ def test_progress_is_read_from_the_master_pods_metrics(
     ev = wait("status.evaluation", lambda: status(cp, ns, "watched").get("evaluation"), timeout=30)
     assert ev == {"samples": 25, "semanticSimilarityMean": 0.83, "exactMatch": 0.1}
     assert re.search(r"watched\s+Running\s+\S+\s+4\s+rtx8000\s+25", cp.kubectl("get", "tr", "-n", ns).stdout)
+
+
+def test_a_slow_metrics_endpoint_does_not_delay_other_runs_progress(
+    control_plane: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """One run's master pod takes every /metrics connection and never answers (reads give up
+    after 10 s here); the other run's progress still follows its trainer within seconds."""
+    cp, ns = control_plane, namespace
+    quick, hung = free_port(4), free_port(4)
+    silent = []
+    for rank in range(4):  # accepted by the kernel, never answered: each read waits for its timeout
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", hung + rank))
+        sock.listen(64)
+        silent.append(sock)
+    ranks = []
+    for rank in range(4):
+        m = TrainerMetrics(run="quick", rank=rank, device=f"cuda:{rank}")
+        start_http_server(quick + rank, addr="127.0.0.1", registry=m.registry)
+        m.global_step.set(10)
+        m.max_steps.set(480)
+        ranks.append(m)
+    op = start_operator("--progress-interval", "1", env={"TAC2SOL_PROGRESS_TIMEOUT_SECONDS": "10"})
+    for name, port in (("hung", hung), ("quick", quick)):
+        cp.apply(
+            run_manifest("qwen32b", name, metricsPort=port, resources__podAnnotations=kwok("run-forever")), ns
+        )
+    for name in ("hung", "quick"):
+        wait_phase(cp, ns, name, "Running", wait, op)
+        cp.kubectl(
+            "patch", "-n", ns, "pod", f"{name}-master-0", "--subresource=status", "--type=merge",
+            "-p", json.dumps({"status": {"podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}}),
+        )  # fmt: skip
+    step = lambda: (status(cp, ns, "quick").get("progress") or {}).get("step")  # noqa: E731
+    try:
+        # A look before the podIP patch may wait for kwok's unreachable address first.
+        wait("the quick run's first progress", lambda: step() == 10, timeout=45)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{op.tail()}") from None
+    for value in (20, 30, 40):  # each new step shows up well within the hung pod's 10 s reads
+        for m in ranks:
+            m.global_step.set(value)
+        t0 = time.monotonic()
+        wait(f"step {value}", lambda v=value: step() == v, timeout=5, interval=0.2)
+        print(f"step {value} in status after {time.monotonic() - t0:.1f} s")
+    assert "progress" not in status(cp, ns, "hung")
+    assert op.metric("tac2sol_operator_progress_scrapes_total", result="ok") >= 16
+    for sock in silent:
+        sock.close()
 
 
 def test_the_mpijob_launcher(
