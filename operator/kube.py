@@ -67,11 +67,19 @@ EVENT_DRAIN_SECONDS = 5.0
 TransientError = (httpx2.TransportError,)
 
 
+# An error status without a Status object (a plain-text 404: an API group the apiserver does not
+# serve), which lightkube raises as httpx's error rather than an ApiError.
+StatusError = (ApiError, httpx2.HTTPStatusError)
+
+
 def status_code(exc: BaseException) -> int | None:
-    return exc.status.code if isinstance(exc, ApiError) and exc.status is not None else None
+    if isinstance(exc, ApiError):  # a subclass of httpx's error, with the Status object
+        return exc.status.code if exc.status is not None else None
+    return exc.response.status_code if isinstance(exc, httpx2.HTTPStatusError) else None
 
 
 def is_not_found(exc: BaseException) -> bool:
+    """404: no such object, or no such API group or kind served."""
     return status_code(exc) == 404
 
 
@@ -152,7 +160,7 @@ class Kube:
         metrics.api_request("get", _PLURALS[kind])
         try:
             return _plain(await self._client.get(resource_for(api_version, kind), name, namespace=namespace))
-        except ApiError as exc:
+        except StatusError as exc:
             if is_not_found(exc):
                 return None
             raise
@@ -171,7 +179,7 @@ class Kube:
                 resource_for(api_version, kind), namespace=namespace, chunk_size=1
             ):
                 break
-        except ApiError as exc:
+        except StatusError as exc:
             if not is_not_found(exc):
                 raise
             served = False

@@ -38,7 +38,7 @@ from tac2sol.operator.backend import (
     missing_kind_message,
     pod_selector,
 )
-from tac2sol.operator.kube import Kube, TransientError, namespace_going_away, status_code
+from tac2sol.operator.kube import Kube, StatusError, TransientError, namespace_going_away, status_code
 from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTED, condition
 from tac2sol.operator.names import RUN_LABEL, SPEC_ANNOTATION, TRAINJOB
 from tac2sol.operator.plan import Plan
@@ -522,7 +522,7 @@ async def _apply_all(
                 stored = await op.kube.apply(obj)
         except TransientError as exc:
             raise kopf.TemporaryError(f"applying {what}: {exc}", delay=RETRY_SOON) from exc
-        except ApiError as exc:
+        except StatusError as exc:
             if namespace_going_away(exc):
                 return None
             code = status_code(exc)

@@ -5,10 +5,11 @@ met runs left in a namespace that was being deleted."""
 
 from __future__ import annotations
 
+import httpx2
 from lightkube import ApiError
 from lightkube.models import meta_v1
 
-from tac2sol.operator.kube import namespace_going_away
+from tac2sol.operator.kube import is_not_found, namespace_going_away, status_code
 
 
 def _error(code: int, message: str, kind: str | None = None) -> ApiError:
@@ -41,3 +42,15 @@ def test_rbac_denial_and_missing_kinds_are_not() -> None:
     assert not namespace_going_away(rbac)
     assert not namespace_going_away(missing_kind)
     assert not namespace_going_away(ValueError("not an API error"))
+
+
+def test_a_plain_404_of_an_api_group_not_served_is_not_found() -> None:
+    """Asking for trainer.kubeflow.org where Trainer v2 is not installed: the apiserver answers a
+    plain-text 404, which lightkube raises as httpx's error, not an ApiError."""
+    request = httpx2.Request(
+        "GET", "https://127.0.0.1/apis/trainer.kubeflow.org/v1alpha1/namespaces/x/trainjobs"
+    )
+    response = httpx2.Response(404, text="404 page not found", request=request)
+    exc = httpx2.HTTPStatusError("404 Not Found", request=request, response=response)
+    assert status_code(exc) == 404 and is_not_found(exc)
+    assert status_code(_error(409, "conflict")) == 409 and not is_not_found(_error(409, "conflict"))
