@@ -1042,3 +1042,45 @@ def test_an_impossible_trainjob_plan_creates_nothing(
     assert cond(st, "Failed")["reason"] == "PlanDoesNotFit"
     time.sleep(1)
     assert children(cp, ns, "trainjobs") == [] and children(cp, ns, "configmaps") == []
+
+
+def test_a_trainjob_only_install_picks_trainjob_for_auto_without_v1_rights(
+    trainer_v2: Any, trainjob_runtime: None, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """The chart with backends [trainjob]: the operator holds rbac.rules(backends=["trainjob"]) only
+    (nothing on kubeflow.org), watches only TrainJobs, and a run without spec.backend (auto) gets
+    a TrainJob although the cluster also serves PyTorchJob."""
+    cp, ns = trainer_v2, namespace
+    role = {
+        **rbac.cluster_role(f"{rbac.CLUSTER_ROLE_NAME}-trainjob"),
+        "rules": rbac.rules(backends=["trainjob"]),
+    }
+    cp.apply(role)
+    cp.kubectl("delete", "rolebinding", "-n", ns, SA)  # the fixture's, to the full role
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": SA, "namespace": ns},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": role["metadata"]["name"],
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": SYSTEM_NS}],
+    }
+    cp.apply(binding)
+    who = f"--as=system:serviceaccount:{SYSTEM_NS}:{SA}"
+    assert (
+        cp.kubectl(
+            "auth", "can-i", "list", "pytorchjobs.kubeflow.org", "-n", ns, who, check=False
+        ).stdout.strip()
+        == "no"
+    )
+    op = start_operator(env={"TAC2SOL_BACKENDS": "trainjob"})
+    cp.apply(run_manifest("qwen32b", "tjauto", resources__podAnnotations=kwok(seconds=1)), ns)
+    st = wait_phase(cp, ns, "tjauto", "Succeeded", wait, op, timeout=120)
+    assert st["backend"] == "trainjob" and st["jobRef"]["kind"] == "TrainJob"
+    chosen = cond(st, "BackendSelected")
+    assert chosen["reason"] == "TrainJobServed" and "trainjob-only install" in chosen["message"]
+    assert not children(cp, ns, "pytorchjobs")
+    assert "403" not in op.log() and "Forbidden" not in op.log(), op.tail()
