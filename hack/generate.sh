@@ -69,6 +69,14 @@ manifests() {
     "$header" "$ns" >"$out/namespace.yaml"
   render rbac.yaml serviceaccount.yaml rbac.yaml
   render operator.yaml settings.yaml deployment.yaml service.yaml networkpolicy.yaml
+  # The ClusterTrainingRuntime of backend trainjob: apart, since it needs Kubeflow Trainer v2's CRDs.
+  mkdir -p manifests/trainer
+  { echo "$header"
+    echo "# For clusters with Kubeflow Trainer v2: kubectl apply --server-side -f manifests/trainer/"
+    "$helm" template tac2sol charts/tac2sol --namespace "$ns" --kube-version "$kube" --skip-crds \
+      --set trainJob.runtime.create=true --show-only templates/trainingruntime.yaml
+  } >manifests/trainer/clustertrainingruntime.yaml.tmp
+  mv manifests/trainer/clustertrainingruntime.yaml.tmp manifests/trainer/clustertrainingruntime.yaml
   cat >manifests/kustomization.yaml <<EOF2
 $header
 # kubectl apply -k manifests/   (or: kubectl apply --server-side -f manifests/crds/ -f manifests/operator/)
@@ -80,7 +88,7 @@ resources:
   - operator/rbac.yaml
   - operator/operator.yaml
 EOF2
-  echo "generate: $out/{namespace,rbac,operator}.yaml, manifests/kustomization.yaml"
+  echo "generate: $out/{namespace,rbac,operator}.yaml, manifests/trainer/clustertrainingruntime.yaml, manifests/kustomization.yaml"
 }
 
 STEPS=(crd observability rbac manifests)

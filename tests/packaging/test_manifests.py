@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-GENERATED = ["manifests/kustomization.yaml", "manifests/operator"]
+GENERATED = ["manifests/kustomization.yaml", "manifests/operator", "manifests/trainer"]
 
 
 def test_manifests_match_the_chart(helm: Any, tmp_path: Path) -> None:
