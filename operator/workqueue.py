@@ -17,6 +17,7 @@ Its depth and the work in flight are exported as operator metrics (``tac2sol.ope
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -28,6 +29,10 @@ log = logging.getLogger(__name__)
 
 # A crash (a bug, not a retry the work asked for) is tried again after this long.
 ERROR_DELAY = 10.0
+# Low-priority work starts once no normal work was added for LOW_QUIET seconds, or after waiting
+# LOW_WAIT_MAX seconds: during a burst of new runs, the apiserver serves their jobs first.
+LOW_QUIET = 0.5
+LOW_WAIT_MAX = 10.0
 
 
 class TokenBucket:
@@ -63,7 +68,8 @@ class WorkQueue:
         self._work = work
         self._workers = workers
         self._ready: deque[Hashable] = deque()
-        self._later: deque[Hashable] = deque()  # low priority: taken when _ready is empty
+        self._later: deque[tuple[Hashable, float]] = deque()  # low priority: (key, when added)
+        self._last_urgent = 0.0  # when a normal-priority key was last added
         self._queued: dict[Hashable, bool] = {}  # key -> low priority
         self._active: set[Hashable] = set()
         self._again: dict[Hashable, bool] = {}  # added while in flight -> low priority
@@ -84,9 +90,10 @@ class WorkQueue:
         return not self._queued and not self._active and not self._timers
 
     def add(self, key: Hashable, after: float = 0.0, *, low: bool = False) -> None:
-        """Queue ``key`` now, or after ``after`` seconds (an earlier add wins). ``low``: only when
-        no other key waits (work that can wait, e.g. a status write after a job was created, so
-        that a burst of new runs gets its jobs first); a normal add of the key promotes it."""
+        """Queue ``key`` now, or after ``after`` seconds (an earlier add wins). ``low``: work that
+        can wait (a status write after a job was created): taken when no other key waits and none
+        was added for ``LOW_QUIET`` seconds, so that a burst of new runs gets its jobs first; a
+        normal add of the key promotes it."""
         if after > 0:
             if key not in self._timers:
                 loop = asyncio.get_running_loop()
@@ -96,7 +103,11 @@ class WorkQueue:
             self._again[key] = self._again.get(key, True) and low
         elif key not in self._queued or (self._queued[key] and not low):
             self._queued[key] = low
-            (self._later if low else self._ready).append(key)
+            if low:
+                self._later.append((key, time.monotonic()))
+            else:
+                self._ready.append(key)
+                self._last_urgent = time.monotonic()
             self._wake.set()
         self._publish()
 
@@ -128,12 +139,27 @@ class WorkQueue:
 
     async def _next(self) -> Hashable:
         while True:
-            for line, low in ((self._ready, False), (self._later, True)):
-                while line:
-                    key = line.popleft()
-                    if self._queued.get(key) is low:  # else promoted or taken already: a stale entry
-                        del self._queued[key]
-                        return key
+            while self._ready:
+                key = self._ready.popleft()
+                if self._queued.get(key) is False:  # else promoted or taken already: a stale entry
+                    del self._queued[key]
+                    return key
+            while self._later and self._queued.get(self._later[0][0]) is not True:
+                self._later.popleft()  # stale: promoted or taken already
+            if self._later:
+                # Low-priority work waits for a quiet moment (a burst of new runs is over), or
+                # at most LOW_WAIT_MAX seconds.
+                now = time.monotonic()
+                key, added = self._later[0]
+                wait = min(self._last_urgent + LOW_QUIET - now, added + LOW_WAIT_MAX - now)
+                if wait <= 0:
+                    self._later.popleft()
+                    del self._queued[key]
+                    return key
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                continue
             self._wake.clear()
             await self._wake.wait()
 

@@ -141,3 +141,29 @@ def test_low_priority_work_waits_for_the_rest_and_a_normal_add_promotes_it() -> 
         return order
 
     assert _run(main()) == ["new-1", "new-2", "status-b", "status-a"]
+
+
+def test_low_priority_work_waits_for_a_quiet_moment() -> None:
+    """While new runs keep coming (normal adds less than LOW_QUIET apart), a status write waits."""
+
+    async def main() -> tuple[float, float]:
+        done: dict[Hashable, float] = {}
+
+        async def work(key: Hashable) -> float | None:
+            done[key] = time.monotonic()
+            return None
+
+        queue = WorkQueue(work, workers=2)
+        queue.start()
+        t0 = time.monotonic()
+        queue.add("status", low=True)
+        for i in range(6):  # a burst: a new run every 0.1 s for 0.6 s
+            queue.add(f"new-{i}")
+            await asyncio.sleep(0.1)
+        while not queue.idle():
+            await asyncio.sleep(0.01)
+        await queue.stop()
+        return done["status"] - t0, done["new-5"] - t0
+
+    status, last_new = _run(main())  # type: ignore[misc]
+    assert status > last_new and status >= 0.5 + 0.5  # after the burst, and quiet for LOW_QUIET
