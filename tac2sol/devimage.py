@@ -1,7 +1,9 @@
-"""The CPU trainer image for a dev cluster's real node (the tests' `trainer_image` fixture and
-`make cluster-demo`): built from the one Dockerfile (`--target trainer`, `TRAINER_DEVICE=cpu`) by
-hack/images.sh with buildah on the offline mmdebstrap Debian base (python3 and openmpi-bin), and
-streamed into the node's containerd through a FIFO (no ~7 GB archive on disk).
+"""The images for a dev cluster's real node, built from the one Dockerfile by hack/images.sh with
+buildah on an offline mmdebstrap Debian base and streamed into the node's containerd through a FIFO
+(no ~7 GB archive on disk):
+- the CPU trainer image (`--target trainer`, `TRAINER_DEVICE=cpu`; base: python3 and openmpi-bin),
+  for the tests' `trainer_image` fixture and `make cluster-demo`;
+- the operator image (`--target operator`; base: python3), which the tests install with the chart.
 
 buildah keeps its layers in ~/.cache/tac2sol/containers (overlay, `--layers`): an unchanged tree
 rebuilds nothing, a change to the sources reuses the layer of the dependencies (requirements.lock,
@@ -25,6 +27,8 @@ from tac2sol import devtools
 
 TRAINER_IMAGE = "localhost/tac2sol/trainer:cpu"  # what the node's pods run (runs/tiny-cluster/)
 BUILT_IMAGE = "localhost/tac2sol-test/tac2sol-trainer:cpu"  # what hack/images.sh tags
+OPERATOR_IMAGE = "localhost/tac2sol/operator:e2e"  # the chart's image.repository:tag in the tests
+BUILT_OPERATOR_IMAGE = "localhost/tac2sol-test/tac2sol-operator:e2e"
 BUILD_TIMEOUT_S = 1800
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # the trust store this machine's pip uses
 
@@ -52,21 +56,27 @@ def storage_env() -> dict[str, str]:
     return {**os.environ, "CONTAINERS_STORAGE_CONF": str(conf), "PYTHONSAFEPATH": "1"}
 
 
-def _build(env: dict[str, str]) -> None:
-    """hack/images.sh with buildah: the Dockerfile's trainer target, TRAINER_DEVICE=cpu."""
-    base = devtools.debian_base_tarball(devtools.TRAINER_DEBIAN_PACKAGES)
+def _build(env: dict[str, str], target: str = "trainer") -> str:
+    """hack/images.sh with buildah: the Dockerfile's trainer target (TRAINER_DEVICE=cpu) or its
+    operator target; returns the built image's name."""
+    trainer = target == "trainer"
+    built = BUILT_IMAGE if trainer else BUILT_OPERATOR_IMAGE
+    if trainer:
+        base = devtools.debian_base_tarball(devtools.TRAINER_DEBIAN_PACKAGES)
+    else:
+        base = devtools.debian_base_tarball()
     base_image = f"localhost/tac2sol-test-base:{base.stem}"  # one import per base: the layer cache keys on it
     if subprocess.run(["podman", "image", "exists", base_image], env=env).returncode != 0:
         _run("podman", "import", str(base), base_image, env=env)
-    images = ["buildah", "images", "--quiet", BUILT_IMAGE]
+    images = ["buildah", "images", "--quiet", built]
     old = subprocess.run(images, capture_output=True, text=True, env=env)
     build_env = {
         **env,
         "IMAGE_BUILDER": "buildah",
         "BUILD_FLAGS": "--isolation chroot --layers",
-        "TARGETS": "trainer",
-        "REGISTRY": "localhost/tac2sol-test",
-        "TAG": "cpu",
+        "TARGETS": target,
+        "REGISTRY": built.rsplit("/", 1)[0],
+        "TAG": built.rsplit(":", 1)[1],
         "PYTHON_BASE": base_image,
         "CUDA_DEVEL_BASE": base_image,
         "CUDA_RUNTIME_BASE": base_image,
@@ -78,21 +88,24 @@ def _build(env: dict[str, str]) -> None:
     new = _run(*images, env=env).strip()
     if old.stdout.strip() and old.stdout.strip() != new:  # the last sources' image: drop it, keep the deps
         subprocess.run(["buildah", "rmi", old.stdout.strip()], capture_output=True, env=env)
+    return built
 
 
-def build_and_load(cluster: devtools.DevCluster, fifo_dir: Path) -> Timings:
+def build_and_load(cluster: devtools.DevCluster, fifo_dir: Path, target: str = "trainer") -> Timings:
     """Build the image (layers cached) and import it into the cluster's real node as
-    TRAINER_IMAGE; pods run it with imagePullPolicy Never/IfNotPresent. One build per machine at a time."""
+    TRAINER_IMAGE (or OPERATOR_IMAGE); pods run it with imagePullPolicy Never/IfNotPresent. One
+    build per machine at a time."""
+    name = TRAINER_IMAGE if target == "trainer" else OPERATOR_IMAGE
     env = storage_env()
     with open(devtools.cache_dir() / "containers" / "build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         start = time.monotonic()
-        _build(env)
+        image = _build(env, target)
         built = time.monotonic()
-        fifo = fifo_dir / "trainer.tar"
+        fifo = fifo_dir / f"{target}.tar"
         os.mkfifo(fifo)
         push = subprocess.Popen(
-            ["buildah", "push", "--quiet", BUILT_IMAGE, f"docker-archive:{fifo}:{TRAINER_IMAGE}"],
+            ["buildah", "push", "--quiet", image, f"docker-archive:{fifo}:{name}"],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

@@ -1,5 +1,5 @@
-"""The CPU trainer image for the real node (tac2sol/devimage.py builds it, its layers cached, and
-streams it into the test cluster's real node)."""
+"""The images for the real node: the CPU trainer image and the operator image (tac2sol/devimage.py
+builds them, their layers cached, and streams them into the test cluster's real node)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,15 @@ def trainer_image(control_plane: Any, tool_bin: Path, tmp_path_factory: pytest.T
         pytest.fail(str(exc), pytrace=False)
     print(f"\ntrainer image: build {t.build_s:.0f} s, export + import {t.load_s:.0f} s")
     return devimage.TRAINER_IMAGE
+
+
+@pytest.fixture(scope="session")
+def operator_image(control_plane: Any, tool_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The operator image in the real node's containerd, for `helm install` of the chart
+    (tests/e2e/test_tiny_cluster.py)."""
+    try:
+        t = devimage.build_and_load(control_plane.dev, tmp_path_factory.mktemp("image"), target="operator")
+    except devtools.DevToolsError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    print(f"\noperator image: build {t.build_s:.0f} s, export + import {t.load_s:.0f} s")
+    return devimage.OPERATOR_IMAGE
