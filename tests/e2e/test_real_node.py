@@ -242,7 +242,12 @@ def _replica_templates(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {role: spec["template"] for role, spec in specs.items()}
 
 
-@pytest.mark.parametrize("golden", sorted(p.name for p in GOLDEN.glob("*.yaml")))
+# TrainJob goldens hold no pod template of their own (Trainer merges the runtime's with the
+# operator's patch): test_operator.py runs those pods under `restricted` through the real Trainer.
+V1_GOLDEN = sorted(p.name for p in GOLDEN.glob("*.yaml") if not p.name.startswith("trainjob-"))
+
+
+@pytest.mark.parametrize("golden", V1_GOLDEN)
 def test_rendered_trainer_pods_pass_restricted_admission(
     control_plane: Any, namespace: str, golden: str
 ) -> None:
