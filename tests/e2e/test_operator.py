@@ -919,6 +919,9 @@ def test_a_trainjob_run_goes_through_jobset_pods_to_success(
     trainer_v2: Any, trainjob_runtime: None, namespace: str, claims: None, start_operator: Any, wait: Any
 ) -> None:
     cp, ns = trainer_v2, namespace
+    # The JobSet's pods (the chart's runtime with the operator's patch) are admitted under
+    # Pod Security `restricted`: a refused pod would never appear and the run never succeed.
+    cp.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
     op = start_operator()
     run = run_manifest("qwen32b", "tj", backend="trainjob", resources__podAnnotations=kwok(seconds=2))
     run["spec"]["resources"]["nodes"] = 2  # a JobSet of 2 trainer pods (torchrun's PET_* from Trainer)
