@@ -359,6 +359,8 @@ def test_uninstall_removes_what_install_created(control_plane: Any, system: Rele
         "ClusterRole",
         "ClusterRoleBinding",
     }
+    if control_plane.exists("crd", "clustertrainingruntimes.trainer.kubeflow.org"):
+        kinds.add("ClusterTrainingRuntime")  # trainJob.runtime.create auto: Trainer v2 is served
     assert {o["kind"] for o in created} == kinds  # dashboards were turned off by the upgrade above
     system.helm("uninstall", "tac2sol", "-n", SYSTEM_NS, "--wait", "--timeout", "120s")
     left = []

@@ -66,3 +66,8 @@ app.kubernetes.io/component: operator
 {{- define "tac2sol.namespaced" -}}
 {{- if .Values.operator.watchNamespace }}true{{ end }}
 {{- end }}
+
+{{/* The ClusterTrainingRuntime's name: cluster-scoped, so one per release unless named. */}}
+{{- define "tac2sol.trainjobRuntime" -}}
+{{- .Values.trainJob.runtime.name | default (printf "%s-torch" (include "tac2sol.fullname" .)) | trunc 253 -}}
+{{- end }}
