@@ -120,7 +120,9 @@ def test_counters_rise_during_the_run(run: Run) -> None:
         assert len(series) == 2, metric
         for s in series:
             values = [float(v) for _, v in s["values"]]
-            assert len(set(values)) > 3, f"{metric} rank {s['metric']['rank']} took only {set(values)}"
+            # At least two scrapes mid-run below the final count (a quiet machine trains the run in
+            # few scrape intervals), and never down.
+            assert len(set(values)) >= 3, f"{metric} rank {s['metric']['rank']} took only {set(values)}"
             assert values == sorted(values), f"{metric} went down: {values}"
     steps = _by_rank(run.prom.query(f'{n.TRAIN_STEPS}{{run="{RUN}"}}', at=run.end))
     samples = _by_rank(run.prom.query(f'{n.TRAIN_SAMPLES}{{run="{RUN}"}}', at=run.end))
