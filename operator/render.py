@@ -70,8 +70,10 @@ OUTPUT_DIR = "/output"
 HF_HOME = "/var/cache/huggingface"
 TRAIN_COMMAND = ["tac2sol", "train", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"]
 # torchrun reads PET_NNODES, PET_NODE_RANK, PET_NPROC_PER_NODE, PET_MASTER_ADDR/PORT, which the
-# training-operator sets on every PyTorchJob pod, and starts one process per GPU.
-TORCHRUN = ["torchrun", "--no-python"]
+# training-operator sets on every PyTorchJob pod, and starts one process per GPU. `tac2sol
+# torchrun` is torchrun exiting 143/137 (not torchrun's 1) when the ranks stopped on a signal, so
+# the restart policy re-creates the pods (tac2sol/trainer/torchrun.py).
+TORCHRUN = ["tac2sol", "torchrun", "--no-python"]
 # After the trainer's own stop time (stop_seconds), time for torchrun and the runtime to exit.
 STOP_MARGIN_SECONDS = 15
 # The trainer image's user (the Dockerfile's ARG UID); fsGroup makes the volumes writable to it.

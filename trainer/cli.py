@@ -1,4 +1,5 @@
-"""Trainer commands: ``train``, ``data preflight``, ``data sample``, ``evaluate``, ``run`` (the tour).
+"""Trainer commands: ``train``, ``torchrun``, ``data preflight``, ``data sample``, ``evaluate``,
+``run`` (the tour).
 
 Heavy libraries are imported inside the commands; ``tac2sol --help`` stays fast.
 """
@@ -222,8 +223,21 @@ def evaluate_command(
             typer.echo(f"report: {report}")
 
 
+def torchrun_command(ctx: typer.Context) -> None:
+    """torchrun (same arguments), exiting 128+N when the ranks stopped on signal N (the pod is
+    re-created and resumes) instead of torchrun's 1 (the job fails): the trainer pods' command."""
+    from tac2sol.trainer.torchrun import run
+
+    raise typer.Exit(run(ctx.args))
+
+
 def register(app: typer.Typer) -> None:
     app.command("train")(train_command)
+    app.command(
+        "torchrun",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+        add_help_option=False,
+    )(torchrun_command)
     data_app.command("preflight")(preflight_command)
     app.add_typer(data_app, name="data")
     app.command("evaluate")(evaluate_command)
