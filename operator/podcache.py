@@ -26,12 +26,19 @@ WATCH_SECONDS = 270
 RETRY_SECONDS = (1.0, 60.0)  # first and longest wait before listing again after a failure
 
 
-def _slim(pod: dict[str, Any]) -> dict[str, Any]:
-    """What is read of a pod: name, labels, node, status (no spec, no managedFields)."""
+def slim(pod: dict[str, Any]) -> dict[str, Any]:
+    """What is read of a pod: name, labels, node, each container's memory limit (what an OOMKilled
+    message names), status (no other spec, no managedFields)."""
     meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    containers = []
+    for c in spec.get("containers") or []:
+        memory = ((c.get("resources") or {}).get("limits") or {}).get("memory")
+        limits = {"resources": {"limits": {"memory": memory}}} if memory else {}
+        containers.append({"name": c.get("name"), **limits})
     return {
         "metadata": {k: meta[k] for k in ("name", "namespace", "labels", "deletionTimestamp") if k in meta},
-        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+        "spec": {"nodeName": spec.get("nodeName"), "containers": containers},
         "status": pod.get("status") or {},
     }
 
@@ -69,7 +76,7 @@ class PodCache:
                 if not pods:
                     del self._by_job[key]
         else:
-            self._by_job.setdefault(key, {})[meta["name"]] = _slim(pod)
+            self._by_job.setdefault(key, {})[meta["name"]] = slim(pod)
 
     async def run(self) -> None:
         wait = RETRY_SECONDS[0]

@@ -189,6 +189,26 @@ def oom_advice(pod: dict[str, Any], container: str | None) -> str:
     )
 
 
+def keep_oom(
+    previous: dict[str, Any] | None, diagnosis: PodsDiagnosis, generation: int | None
+) -> PodsDiagnosis:
+    """``diagnosis``, or the stored ``previous`` condition while it says OOMKilled for this
+    generation of the spec and the pods merely run, start or fail again.
+
+    Under the ExitCode restart policy the training-operator re-creates an OOMKilled pod (exit 137),
+    which runs until the kernel kills it again: "all pods running" in between would hide the one
+    thing to change. Another stuck reason replaces it; a new generation (the memory raised) starts
+    afresh."""
+    if (
+        previous is not None
+        and (previous.get("status"), previous.get("reason")) == ("False", OOM_KILLED)
+        and previous.get("observedGeneration") == generation
+        and not diagnosis.stuck
+    ):
+        return PodsDiagnosis("False", OOM_KILLED, str(previous.get("message") or ""))
+    return diagnosis
+
+
 def _kubelet_rank(reason: str) -> int:
     reason = SAME_REASON.get(reason, reason)
     return KUBELET_REASONS.index(reason) if reason in KUBELET_REASONS else len(KUBELET_REASONS)

@@ -693,16 +693,17 @@ async def record_pods(op: Operator, body: dict[str, Any]) -> None:
 
     Writes only when the condition changes. While the pods are stuck, ``status.message`` says
     why and each new reason posts one Warning Event; the phase stays (a node added or a Secret
-    created lets the pods start by themselves: the condition turns True with a Normal Event)."""
+    created lets the pods start by themselves: the condition turns True with a Normal Event). An
+    OOMKilled condition stays while the re-created pod runs again (``pods.keep_oom``)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     status = body.get("status") or {}
     ref = status.get("jobRef") or {}
     if not ref.get("name"):
         return
-    found = await job_pods(op, ns, pod_selector(ref.get("kind"), ref["name"]))
+    listed = await job_pods(op, ns, pod_selector(ref.get("kind"), ref["name"]))
     diagnosis = pods.diagnose(
-        found, pods.expected_pods(ref.get("kind"), (status.get("plan") or {}).get("nodes"))
+        listed, pods.expected_pods(ref.get("kind"), (status.get("plan") or {}).get("nodes"))
     )
 
     def change(run: dict[str, Any]) -> dict[str, Any] | None:
@@ -712,15 +713,13 @@ async def record_pods(op: Operator, body: dict[str, Any]) -> None:
         if (st.get("jobRef") or {}).get("uid") != ref.get("uid"):
             return None  # a newer job: its own pods will be looked at next time
         old = pods.pods_condition(st) or {}
+        gen = st.get("observedGeneration")
+        effective = pods.keep_oom(old, diagnosis, gen)
         # The message is the diagnosis while stuck, and follows it while it is still ours.
         ours = bool(old.get("message")) and st.get("message") == old.get("message")
-        message = diagnosis.message if diagnosis.stuck or ours else None
+        message = effective.message if effective.stuck or ours else None
         new = condition(
-            pods.PODS_READY,
-            diagnosis.status,
-            diagnosis.reason,
-            diagnosis.message,
-            generation=st.get("observedGeneration"),
+            pods.PODS_READY, effective.status, effective.reason, effective.message, generation=gen
         )
         return _with(run, message=message, conditions=[new])
 
@@ -728,13 +727,15 @@ async def record_pods(op: Operator, body: dict[str, Any]) -> None:
     if written is None:
         return
     before, stored = written
-    old = pods.pods_condition(before.get("status") or {}) or {}
-    if diagnosis.stuck and (old.get("status"), old.get("reason")) != ("False", diagnosis.reason):
-        op.kube.post_event(stored, type_="Warning", reason=diagnosis.reason, message=diagnosis.message)
-        log.info("%s/%s: pods not running (%s): %s", ns, name, diagnosis.reason, diagnosis.message)
-    elif diagnosis.status == "True" and old.get("status") == "False":
-        op.kube.post_event(stored, type_="Normal", reason=diagnosis.reason, message=diagnosis.message)
-        log.info("%s/%s: %s", ns, name, diagnosis.message)
+    st = before.get("status") or {}
+    old = pods.pods_condition(st) or {}
+    effective = pods.keep_oom(old, diagnosis, st.get("observedGeneration"))
+    if effective.stuck and (old.get("status"), old.get("reason")) != ("False", effective.reason):
+        op.kube.post_event(stored, type_="Warning", reason=effective.reason, message=effective.message)
+        log.info("%s/%s: pods not running (%s): %s", ns, name, effective.reason, effective.message)
+    elif effective.status == "True" and old.get("status") == "False":
+        op.kube.post_event(stored, type_="Normal", reason=effective.reason, message=effective.message)
+        log.info("%s/%s: %s", ns, name, effective.message)
 
 
 def forget(body: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ import yaml
 
 from tac2sol.operator import lifecycle, pods
 from tac2sol.operator.planner import make_plan
+from tac2sol.operator.podcache import slim
 from tac2sol.operator.render import RenderOptions, render_children
 from tac2sol.operator.resolve import resolve
 from tac2sol.operator.specfile import parse_training_run
@@ -137,8 +138,8 @@ def with_memory_limit(pod: dict[str, Any], limit: str = "3Gi") -> dict[str, Any]
 
 
 def oom_failed(name: str) -> dict[str, Any]:
-    """The kernel killed a process of the container at its limit (torchrun's child: torchrun exits 1)."""
-    done = {"terminated": {"exitCode": 1, "reason": "OOMKilled", "startedAt": T, "finishedAt": T}}
+    """The kernel killed the container at its limit (`tac2sol torchrun` exits 137 for a killed rank)."""
+    done = {"terminated": {"exitCode": 137, "reason": "OOMKilled", "startedAt": T, "finishedAt": T}}
     return with_memory_limit(_scheduled(name, "Failed", [_cs(done)]))
 
 
@@ -267,8 +268,9 @@ CASES = [
         (
             "False",
             "OOMKilled",
-            "1 of 2 pods ran out of memory; pod oom-master-0 container pytorch was OOMKilled (exit code 1): "
-            "it ran out of memory at its memory limit of 3Gi: raise the TrainingRun's spec.resources.memory",
+            "1 of 2 pods ran out of memory; pod oom-master-0 container pytorch was OOMKilled "
+            "(exit code 137): it ran out of memory at its memory limit of 3Gi: raise the TrainingRun's "
+            "spec.resources.memory",
         ),
         id="oom-killed-pod",
     ),
@@ -395,3 +397,43 @@ def test_which_runs_have_their_pods_watched(
     spec: dict[str, Any], status: dict[str, Any], watch: bool
 ) -> None:
     assert lifecycle.pods_to_watch(spec, status) is watch
+
+
+def test_the_pod_cache_keeps_what_an_oom_message_names() -> None:
+    """The pod watch keeps each container's memory limit (and no other spec): the OOMKilled
+    message names the limit as it does for a pod read whole."""
+    pod = oom_failed("oom-master-0")
+    cached = slim(pod)
+    assert cached["spec"]["containers"] == [{"name": "pytorch", "resources": {"limits": {"memory": "3Gi"}}}]
+    assert pods.diagnose([cached], 1) == pods.diagnose([pod], 1)
+    assert "at its memory limit of 3Gi" in pods.diagnose([cached], 1).message
+    assert slim(running("a-master-0"))["spec"]["containers"] == [{"name": "pytorch"}]
+
+
+def _stored(d: pods.PodsDiagnosis, generation: int = 1) -> dict[str, Any]:
+    return lifecycle.condition(pods.PODS_READY, d.status, d.reason, d.message, generation=generation)
+
+
+def test_oomkilled_stays_while_the_re_created_pod_runs_or_starts() -> None:
+    """The training-operator re-creates the OOMKilled pod (exit 137); until the kernel kills it
+    again it runs: the condition keeps saying OOMKilled, which pod and what to change."""
+    oom = pods.diagnose([oom_failed("oom-master-0"), running("oom-worker-0")], 2)
+    assert oom.reason == pods.OOM_KILLED and oom.stuck
+    previous = _stored(oom)
+    for again in (
+        [running("oom-master-0"), running("oom-worker-0")],
+        [waiting("oom-master-0", "ContainerCreating"), running("oom-worker-0")],
+        [running("oom-worker-0")],
+        [failed("oom-master-0", 143), running("oom-worker-0")],
+    ):
+        assert pods.keep_oom(previous, pods.diagnose(again, 2), 1) == oom
+
+
+def test_oomkilled_gives_way_to_another_stuck_reason_or_a_new_spec() -> None:
+    previous = _stored(pods.diagnose([oom_failed("oom-master-0")], 1))
+    pull = pods.diagnose([waiting("oom-master-0", "ImagePullBackOff", PULL_BACKOFF)], 1)
+    assert pods.keep_oom(previous, pull, 1) == pull
+    runs = pods.diagnose([running("oom-master-0")], 1)
+    assert pods.keep_oom(previous, runs, 2) == runs  # spec generation 2: the memory was raised
+    assert pods.keep_oom(_stored(pull), runs, 1) == runs  # only OOMKilled sticks
+    assert pods.keep_oom(None, runs, 1) == runs
