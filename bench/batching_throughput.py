@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))  # children run with -P (PYTHONSAFEPATH)
 from bare_qlora import bare_qlora_model
+from child_run import run_child
 
 REPO = Path(__file__).resolve().parents[1]
 ROWS = REPO.parent / "shared" / "datasets" / "tac2sol-500.jsonl"
@@ -163,11 +163,7 @@ def run_bare(work: Path, a: argparse.Namespace, out: Path) -> dict[str, Any]:
 def _child(mode: str, work: Path, a: argparse.Namespace, index: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", mode, "--work", str(work), "--index", str(index)]
     cmd += ["--epochs", str(a.epochs), "--batch", str(a.batch), "--max-length", str(a.max_length)]
-    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        sys.exit(f"{mode} run failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_child(cmd, mode)
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))  # children run with -P (PYTHONSAFEPATH)
 from bare_qlora import bare_qlora_model
+from child_run import run_child
 
 BATCH = 4
 SEQ = 512
@@ -138,11 +138,7 @@ def _child(mode: str, work: Path, steps: int, index: int) -> dict[str, Any]:
         "--index",
         str(index),
     ]
-    env = {**os.environ, "PYTHONSAFEPATH": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if done.returncode != 0:
-        sys.exit(f"{mode} run failed:\n{done.stderr[-3000:]}")
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    return run_child(cmd, mode)
 
 
 def main() -> None:
