@@ -271,7 +271,9 @@ def _app(healthy: Callable[[], bool]) -> Callable[..., Iterable[bytes]]:
     return app
 
 
-def serve(port: int, host: str = "0.0.0.0", healthy: Callable[[], bool] | None = None) -> ThreadingWSGIServer:
+def serve(
+    port: int, host: str = "127.0.0.1", healthy: Callable[[], bool] | None = None
+) -> ThreadingWSGIServer:
     """Serve ``/metrics`` and ``/healthz`` on ``host:port`` from a daemon thread.
 
     ``healthy`` decides the liveness answer (200 or 503); default: always healthy. Port 0 binds a

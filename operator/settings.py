@@ -32,7 +32,10 @@ class OperatorSettings(BaseSettings):
         pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
         description="Watch this namespace only; unset: all namespaces (needs the ClusterRole).",
     )
-    metrics_host: str = Field("0.0.0.0", description="Address of the /metrics and /healthz server.")
+    metrics_host: str = Field(
+        "127.0.0.1",
+        description="Address of /metrics and /healthz (the chart and manifests set 0.0.0.0 in the pod).",
+    )
     metrics_port: int = Field(
         8080, ge=0, le=65535, description="Port of /metrics and /healthz; 0: a free one."
     )

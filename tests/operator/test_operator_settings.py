@@ -26,6 +26,15 @@ def test_settings_come_from_the_environment_and_flags_win(monkeypatch: pytest.Mo
     assert load_settings(metrics_port=7070).metrics_port == 7070
 
 
+def test_metrics_bind_loopback_unless_the_pod_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Out of a cluster (a laptop, the tests) nothing listens beyond loopback; in a pod the chart
+    and manifests set 0.0.0.0 so Prometheus can scrape the pod's IP."""
+    monkeypatch.delenv("TAC2SOL_METRICS_HOST", raising=False)
+    assert load_settings().metrics_host == "127.0.0.1"
+    monkeypatch.setenv("TAC2SOL_METRICS_HOST", "0.0.0.0")
+    assert load_settings().metrics_host == "0.0.0.0"
+
+
 def test_an_empty_namespace_means_all(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TAC2SOL_NAMESPACE", "")
     assert OperatorSettings().namespace is None
