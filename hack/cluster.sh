@@ -203,6 +203,19 @@ wait_for() {  # wait_for WHAT COMPONENT CMD...: poll CMD until it succeeds; on t
     done
 }
 
+wait_readyz() {  # wait_readyz COMPONENT PORT WHAT: until its /readyz on 127.0.0.1:PORT answers
+    wait_for "$1 /readyz ($3)" "$1" curl -sf "http://127.0.0.1:$2/readyz"
+}
+
+bind_cluster_admin() {  # bind_cluster_admin NAME...: user tac2sol:NAME (a client certificate) is cluster-admin
+    local user
+    for user in "$@"; do
+        kubectl create clusterrolebinding "tac2sol:$user" --clusterrole=cluster-admin \
+            --user="tac2sol:$user" --dry-run=client -o yaml | kubectl apply --server-side \
+            --field-manager=tac2sol-cluster -f - >/dev/null
+    done
+}
+
 # --- certificates and kubeconfigs ----------------------------------------------------------------
 
 issue() {  # issue NAME CN [O] [SANS]: an EC key and a certificate signed by the cluster CA
@@ -363,12 +376,7 @@ install_crds_and_rbac() {
     kubectl apply --server-side --field-manager=tac2sol-cluster -f "$CRDS/kubeflow.org_pytorchjobs.yaml" \
         -f "$CRDS/kubeflow.org_mpijobs.yaml" >/dev/null
     # training-operator and kwok run out of cluster as users of their own, bound to cluster-admin.
-    local user
-    for user in training-operator kwok; do
-        kubectl create clusterrolebinding "tac2sol:$user" --clusterrole=cluster-admin \
-            --user="tac2sol:$user" --dry-run=client -o yaml | kubectl apply --server-side \
-            --field-manager=tac2sol-cluster -f - >/dev/null
-    done
+    bind_cluster_admin training-operator kwok
     # The operator's cert rotator updates this Secret but never creates it.
     kubectl create namespace kubeflow --dry-run=client -o yaml \
         | kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null
@@ -452,7 +460,7 @@ internalCertManagement: {enable: false}
 EOF
     KUBECONFIG=$STATE/jobset.kubeconfig start jobset --config="$dir/config.yaml" \
         --metrics-bind-address=0 --leader-elect=false --zap-devel=false
-    wait_for "jobset /readyz (webhook server)" jobset curl -sf "http://127.0.0.1:$TAC2SOL_JOBSET_HEALTH_PORT/readyz"
+    wait_readyz jobset "$TAC2SOL_JOBSET_HEALTH_PORT" "webhook server"
     # As JobSet's own manifests (config/components/webhook): pods only when a JobSet made them.
     local jobsets='{apiGroups: [jobset.x-k8s.io], apiVersions: [v1alpha2], resources: [jobsets]'
     local pods='{apiGroups: [""], apiVersions: [v1], resources: [pods], operations: [CREATE]}'
@@ -491,8 +499,7 @@ certManagement: {enable: false}
 EOF
     TMPDIR=$dir/tmp KUBECONFIG=$STATE/trainer-controller-manager.kubeconfig \
         start trainer-controller-manager --config="$dir/config.yaml"
-    wait_for "trainer-controller-manager /readyz (webhook server)" trainer-controller-manager \
-        curl -sf "http://127.0.0.1:$TAC2SOL_TRAINER_HEALTH_PORT/readyz"
+    wait_readyz trainer-controller-manager "$TAC2SOL_TRAINER_HEALTH_PORT" "webhook server"
     # As Trainer's own manifests (manifests/base/webhook); the label lets a runtime opt out.
     local group='apiGroups: [trainer.kubeflow.org], apiVersions: [v1alpha1], operations: [CREATE, UPDATE]'
     local opt_out='{matchExpressions: [{key: trainer.kubeflow.org/webhook-validation, operator: NotIn, values: [disabled]}]}'
@@ -528,11 +535,7 @@ trainer_up() {  # JobSet, then Trainer v2, with their CRDs and webhooks; nothing
         -f "$TRAINER_CRDS/trainer.kubeflow.org_trainjobs.yaml" \
         -f "$TRAINER_CRDS/trainer.kubeflow.org_trainingruntimes.yaml" \
         -f "$TRAINER_CRDS/trainer.kubeflow.org_clustertrainingruntimes.yaml" >/dev/null
-    for c in "${TRAINER_COMPONENTS[@]}"; do
-        kubectl create clusterrolebinding "tac2sol:$c" --clusterrole=cluster-admin \
-            --user="tac2sol:$c" --dry-run=client -o yaml | kubectl apply --server-side \
-            --field-manager=tac2sol-cluster -f - >/dev/null
-    done
+    bind_cluster_admin "${TRAINER_COMPONENTS[@]}"
     kubectl wait --for=condition=Established --timeout="${TIMEOUT}s" crd/jobsets.jobset.x-k8s.io \
         crd/trainjobs.trainer.kubeflow.org crd/trainingruntimes.trainer.kubeflow.org \
         crd/clustertrainingruntimes.trainer.kubeflow.org >/dev/null
@@ -713,8 +716,7 @@ cmd_up() {
     wait_for "the default ServiceAccount (service-account controller)" kube-controller-manager \
         kubectl -n default get serviceaccount default
     wait_for "2 Ready kwok nodes" kwok nodes_ready
-    wait_for "training-operator /readyz (webhook certs, controllers)" training-operator \
-        curl -sf "http://127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT/readyz"
+    wait_readyz training-operator "$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT" "webhook certs, controllers"
     if [[ $REAL_NODE != 0 ]]; then
         local t_node=$SECONDS
         say "starting the real node $NODE_NAME (containerd, kubelet, kube-proxy, CoreDNS; its own namespaces)"
