@@ -27,9 +27,22 @@
 # serve on 127.0.0.1 with a certificate from the cluster CA, and Mutating/ValidatingWebhook-
 # Configurations (tac2sol-trainer, tac2sol-jobset) point the apiserver at them by URL. JobSet's Jobs
 # are run by kube-controller-manager, their pods by kwok like any other (the same annotations steer
-# them). TrainJobStatus (trainer status pushed by pods) stays off: its server binds all interfaces.
-# Started on a running cluster they take 27 s (load 9-14 on 2 cores) and ~90 MiB of memory (JobSet
-# 48, trainer 40 MiB resident), which the tests and the tour that do not use them never pay.
+# them). Started on a running cluster they take 27 s (load 9-14 on 2 cores) and ~90 MiB of memory
+# (JobSet 48, trainer 40 MiB resident), which the tests and the tour that do not use them never pay.
+# Trainer's TrainJobStatus gate (progress the trainer pods push into a TrainJob's status.trainerStatus)
+# is off unless TAC2SOL_TRAINER_STATUS=1 at `trainer-up` (real node only; `trainer-up` without it
+# turns it off again, restarting only the trainer). Its status server binds ":10443", all interfaces,
+# so the trainer-controller-manager then runs in the real node's network namespace (10443 exists only
+# there, on 127.0.0.1 and the node IP), with a private mount namespace giving it what it reads from
+# fixed paths: /tmp/k8s-webhook-server/serving-certs (the serving certificate, which also names the
+# status Service), /var/run/secrets/kubernetes.io/serviceaccount (a token of ServiceAccount
+# kubeflow-system/kubeflow-trainer-controller-manager: its issuer is where it finds the keys that
+# verify the pods' tokens) and a resolv.conf naming CoreDNS. A socat on 127.0.0.1 in the host's
+# namespace forwards the apiserver's webhook calls into the node's. The pods reach the server as
+# Trainer tells them: Service kubeflow-trainer-controller-manager.kubeflow-system.svc:10443 (no
+# selector; its EndpointSlice is the node IP), CA from Secret kubeflow-trainer-webhook-cert (the
+# cluster CA). Switching the gate takes ~15 s: Trainer v2.3's status server never returns from its
+# shutdown (pkg/statusserver waits on a channel nobody closes), so `stop` kills it after 10 s.
 #
 # Environment (all optional):
 #   TAC2SOL_CLUSTER_DIR       state: certs, kubeconfigs, etcd data, pids, logs (~/.cache/tac2sol/cluster)
@@ -44,6 +57,7 @@
 #                             test fixture passes pytest's pid, so a killed test run leaves nothing)
 #   TAC2SOL_REAL_NODE         0: no real node (kwok only)
 #   TAC2SOL_TRAINER_V2        1: `up` also starts Kubeflow Trainer v2 and JobSet (as `trainer-up`)
+#   TAC2SOL_TRAINER_STATUS    1: Trainer's TrainJobStatus gate on, its status server in the node
 #   TAC2SOL_TRAINER_CRDS_DIR  Trainer v2's and JobSet's CRDs (~/.cache/tac2sol/crds/trainer)
 # `bash hack/cluster.sh node-exec CMD...` runs CMD in the real node's network namespace (to reach
 # pod addresses, CoreDNS on the node IP, ...).
@@ -76,6 +90,7 @@ SERVICE_CIDR=10.96.0.0/16
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
 REAL_NODE=${TAC2SOL_REAL_NODE:-1}
 TRAINER_V2=${TAC2SOL_TRAINER_V2:-0}
+TRAINER_STATUS=${TAC2SOL_TRAINER_STATUS:-0}
 # The real node: its addresses exist only in its own network namespace (hack/node.sh).
 NODE_DIR=$STATE/node
 NODE_NAME=tac2sol-node
@@ -91,6 +106,15 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler training-
 [[ $REAL_NODE == 0 ]] || COMPONENTS+=(apiserver-socket node)
 # Started by `trainer-up` only; `down` stops them first. JobSet first: Trainer creates JobSets.
 TRAINER_COMPONENTS=(jobset trainer-controller-manager)
+# With TAC2SOL_TRAINER_STATUS=1: the host's end of Trainer's webhooks, then in the node.
+STATUS_FORWARDER=trainer-webhook-forwarder
+# Trainer's TrainJobStatus plugin gives the pods https://<its webhook Service>.<its namespace>.svc:<port>
+# and the ca.crt of its webhook Secret: its defaults (certManagement.webhookServiceName/SecretName,
+# the namespace of its ServiceAccount), so nothing in its configuration differs from an install's.
+STATUS_NS=kubeflow-system
+STATUS_SERVICE=kubeflow-trainer-controller-manager
+STATUS_SECRET=kubeflow-trainer-webhook-cert
+STATUS_PORT=10443
 
 say() { echo "cluster: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -134,6 +158,7 @@ cmdline_of() {  # what the command line of a component contains
     case $1 in
     node) echo "$HACK/node.sh inside" ;;
     apiserver-socket) echo "UNIX-LISTEN:$NODE_DIR/apiserver.sock" ;;
+    "$STATUS_FORWARDER") echo "TCP-LISTEN:$TAC2SOL_TRAINER_WEBHOOK_PORT,bind=127.0.0.1" ;;
     *) echo "$BIN/$1" ;;
     esac
 }
@@ -203,8 +228,10 @@ wait_for() {  # wait_for WHAT COMPONENT CMD...: poll CMD until it succeeds; on t
     done
 }
 
-wait_readyz() {  # wait_readyz COMPONENT PORT WHAT: until its /readyz on 127.0.0.1:PORT answers
-    wait_for "$1 /readyz ($3)" "$1" curl -sf "http://127.0.0.1:$2/readyz"
+wait_readyz() {  # wait_readyz COMPONENT PORT WHAT [node]: until its /readyz on 127.0.0.1:PORT (in the node's namespace) answers
+    local in=()
+    [[ ${4:-} != node ]] || in=(node_exec)
+    wait_for "$1 /readyz ($3)" "$1" "${in[@]}" curl -sf "http://127.0.0.1:$2/readyz"
 }
 
 bind_cluster_admin() {  # bind_cluster_admin NAME...: user tac2sol:NAME (a client certificate) is cluster-admin
@@ -247,9 +274,9 @@ make_pki() {
     issue kube-proxy system:kube-proxy  # bound to system:node-proxier by the default RBAC
     issue trainer-controller-manager tac2sol:trainer-controller-manager
     issue jobset tac2sol:jobset
-    # The serving certificate of Trainer v2's and JobSet's webhooks on 127.0.0.1 (trainer-up);
-    # their webhook configurations trust the cluster CA.
-    issue webhook-serving tac2sol-webhooks "" "IP:127.0.0.1"
+    # The serving certificate of Trainer v2's and JobSet's webhooks on 127.0.0.1 (trainer-up) and of
+    # Trainer's status server (TAC2SOL_TRAINER_STATUS=1); webhook configurations and pods trust the cluster CA.
+    issue webhook-serving tac2sol-webhooks "" "IP:127.0.0.1,DNS:$STATUS_SERVICE.$STATUS_NS.svc"
     # Service-account tokens: the apiserver signs with sa.key (ES256), everyone verifies with sa.pub.
     openssl ecparam -name prime256v1 -genkey -noout -out "$PKI/sa.key" 2>/dev/null
     openssl ec -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub" 2>/dev/null
@@ -423,6 +450,8 @@ need_trainer() {
         || die "no Trainer v2 / JobSet CRDs in $TRAINER_CRDS: run \`bash hack/install-tools.sh\` (or set TAC2SOL_TRAINER_CRDS_DIR)"
     [[ -f $PKI/webhook-serving.crt ]] \
         || die "$STATE was started by an older hack/cluster.sh (no webhook-serving certificate): \`down\`, then \`up\` again"
+    [[ $TRAINER_STATUS == 0 || $(openssl x509 -in "$PKI/webhook-serving.crt" -noout -ext subjectAltName) == *"$STATUS_SERVICE"* ]] \
+        || die "$STATE was started by an older hack/cluster.sh (its serving certificate does not name $STATUS_SERVICE): \`down\`, then \`up\` again"
 }
 
 serving_certs() {  # serving_certs DIR: the webhook certificate where controller-runtime reads it
@@ -497,9 +526,28 @@ metrics: {bindAddress: "0", secureServing: false}
 leaderElection: {leaderElect: false}
 certManagement: {enable: false}
 EOF
-    TMPDIR=$dir/tmp KUBECONFIG=$STATE/trainer-controller-manager.kubeconfig \
-        start trainer-controller-manager --config="$dir/config.yaml"
-    wait_readyz trainer-controller-manager "$TAC2SOL_TRAINER_HEALTH_PORT" "webhook server"
+    if [[ $TRAINER_STATUS == 0 ]]; then
+        rm -f "$dir/status-server"
+        TMPDIR=$dir/tmp KUBECONFIG=$STATE/trainer-controller-manager.kubeconfig \
+            start trainer-controller-manager --config="$dir/config.yaml"
+        wait_readyz trainer-controller-manager "$TAC2SOL_TRAINER_HEALTH_PORT" "webhook server"
+    else
+        printf 'featureGates: {TrainJobStatus: true}\nstatusServer: {port: %s}\n' "$STATUS_PORT" >>"$dir/config.yaml"
+        start_trainer_in_node "$dir"
+        wait_readyz trainer-controller-manager "$TAC2SOL_TRAINER_HEALTH_PORT" "webhook server" node
+        wait_for "the status server on $NODE_IP:$STATUS_PORT" trainer-controller-manager \
+            node_exec curl -s -o /dev/null --cacert "$PKI/ca.crt" --resolve "$STATUS_SERVICE.$STATUS_NS.svc:$STATUS_PORT:$NODE_IP" \
+            "https://$STATUS_SERVICE.$STATUS_NS.svc:$STATUS_PORT/"
+        # The apiserver calls the webhooks on 127.0.0.1 of the host's namespace: one nsenter + socat
+        # per connection carries them to 127.0.0.1 of the node's.
+        setsid socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" \
+            "EXEC:nsenter --target $(pid_of node) --net socat STDIO TCP\:127.0.0.1\:$port" \
+            >"$STATE/logs/$STATUS_FORWARDER.log" 2>&1 </dev/null &
+        echo $! >"$STATE/pids/$STATUS_FORWARDER.pid"
+        wait_for "the webhook forwarder on 127.0.0.1:$port" "$STATUS_FORWARDER" \
+            curl -sk -o /dev/null "https://127.0.0.1:$port/"
+        : >"$dir/status-server"
+    fi
     # As Trainer's own manifests (manifests/base/webhook); the label lets a runtime opt out.
     local group='apiGroups: [trainer.kubeflow.org], apiVersions: [v1alpha1], operations: [CREATE, UPDATE]'
     local opt_out='{matchExpressions: [{key: trainer.kubeflow.org/webhook-validation, operator: NotIn, values: [disabled]}]}'
@@ -523,13 +571,91 @@ $(webhook validator.trainjob.trainer.kubeflow.org "$port" \
 EOF
 }
 
-trainer_up() {  # JobSet, then Trainer v2, with their CRDs and webhooks; nothing when both run
-    local running=0 c
-    for c in "${TRAINER_COMPONENTS[@]}"; do [[ -n $(pid_of "$c") ]] && running=$((running + 1)); done
-    ((running < ${#TRAINER_COMPONENTS[@]})) || return 0
+status_server_objects() {  # what Trainer's status plugin and its pods look up, as an install has them
+    kubectl apply --server-side --field-manager=tac2sol-cluster -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Namespace
+metadata: {name: $STATUS_NS}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: $STATUS_SERVICE, namespace: $STATUS_NS}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: $STATUS_SECRET, namespace: $STATUS_NS}
+data: {ca.crt: $(base64 -w0 "$PKI/ca.crt")}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: $STATUS_SERVICE, namespace: $STATUS_NS}
+spec:
+  ports: [{name: status, port: $STATUS_PORT, targetPort: $STATUS_PORT, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: $STATUS_SERVICE-node
+  namespace: $STATUS_NS
+  labels: {kubernetes.io/service-name: $STATUS_SERVICE, endpointslice.kubernetes.io/managed-by: tac2sol-cluster}
+addressType: IPv4
+ports: [{name: status, port: $STATUS_PORT, protocol: TCP}]
+endpoints: [{addresses: [$NODE_IP], conditions: {ready: true}}]
+EOF
+}
+
+start_trainer_in_node() {  # start_trainer_in_node DIR: trainer-controller-manager in the node's network namespace
+    local dir=$1 sa=$1/run/secrets/kubernetes.io/serviceaccount resolv target
+    status_server_objects
+    mkdir -p "$sa"
+    kubectl -n "$STATUS_NS" create token "$STATUS_SERVICE" --duration=24h >"$sa/token"
+    echo "$STATUS_NS" >"$sa/namespace"
+    cp "$PKI/ca.crt" "$sa/ca.crt"
+    # Its private /run is $dir/run: where /etc/resolv.conf points into /run, the file goes there.
+    resolv=$dir/resolv.conf
+    target=$(readlink -f /etc/resolv.conf)
+    if [[ $target == /run/* ]]; then resolv=$dir/run/${target#/run/} && mkdir -p "$(dirname "$resolv")"; fi
+    printf 'nameserver %s\nsearch %s.svc.cluster.local svc.cluster.local cluster.local\noptions ndots:5\n' \
+        "$NODE_IP" "$STATUS_NS" >"$resolv"
+    mkdir -p /tmp/k8s-webhook-server/serving-certs  # the mount point (training-operator's path)
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    KUBECONFIG=$STATE/trainer-controller-manager.kubeconfig TMPDIR=$dir/tmp setsid \
+        nsenter --target "$(pid_of node)" --net -- unshare --mount --propagation private -- bash -c '
+            dir=$1 && shift
+            [[ $(readlink -f /etc/resolv.conf) == /run/* ]] || mount --bind "$dir/resolv.conf" /etc/resolv.conf
+            mount --bind "$dir/tmp/k8s-webhook-server/serving-certs" /tmp/k8s-webhook-server/serving-certs
+            mount --bind "$dir/run" /run
+            exec "$@"' trainer "$dir" "$BIN/trainer-controller-manager" --config="$dir/config.yaml" \
+        >"$STATE/logs/trainer-controller-manager.log" 2>&1 </dev/null &
+    echo $! >"$STATE/pids/trainer-controller-manager.pid"
+}
+
+trainer_mode() {  # what runs: none, plain or status (the gate)
+    if [[ -z $(pid_of trainer-controller-manager) || -z $(pid_of jobset) ]]; then
+        echo none
+    elif [[ -f $STATE/trainer/status-server ]]; then
+        echo status
+    else
+        echo plain
+    fi
+}
+
+trainer_up() {  # JobSet, then Trainer v2, with their CRDs and webhooks; nothing when both run as asked
+    local want=plain mode c
+    [[ $TRAINER_STATUS == 0 ]] || want=status
+    [[ $want == plain || $REAL_NODE != 0 ]] || die "TAC2SOL_TRAINER_STATUS=1 needs the real node (TAC2SOL_REAL_NODE=0 here)"
+    mode=$(trainer_mode)
+    [[ $mode != "$want" ]] || return 0
     need_trainer
     local t0=$SECONDS
-    stop "${TRAINER_COMPONENTS[@]}"  # a half-started pair: start over
+    if [[ $mode != none ]]; then  # the gate changes: only the trainer restarts
+        say "restarting trainer-controller-manager with the TrainJobStatus gate $([[ $want == status ]] && echo on || echo off)"
+        stop "$STATUS_FORWARDER" trainer-controller-manager
+        start_trainer
+        say "trainer-controller-manager ready in $((SECONDS - t0)) s"
+        return
+    fi
+    stop "$STATUS_FORWARDER" "${TRAINER_COMPONENTS[@]}"  # a half-started pair: start over
     say "installing the Trainer v2 and JobSet CRDs; starting JobSet and trainer-controller-manager"
     kubectl apply --server-side --field-manager=tac2sol-cluster -f "$TRAINER_CRDS/jobset.x-k8s.io_jobsets.yaml" \
         -f "$TRAINER_CRDS/trainer.kubeflow.org_trainjobs.yaml" \
@@ -609,7 +735,7 @@ EOF
         >"$STATE/logs/apiserver-socket.log" 2>&1 </dev/null &
     echo $! >"$STATE/pids/apiserver-socket.pid"
     setsid unshare --net --mount --pid --fork --propagation private \
-        env NODE_DIR="$NODE_DIR" NODE_NAME="$NODE_NAME" NODE_IP="$NODE_IP" POD_CIDR="$POD_CIDR" \
+        env NODE_DIR="$NODE_DIR" NODE_NAME="$NODE_NAME" NODE_IP="$NODE_IP" POD_CIDR="$POD_CIDR" SERVICE_CIDR="$SERVICE_CIDR" \
         CGROUP_ROOT="$CGROUP_ROOT" APISERVER_PORT="$TAC2SOL_APISERVER_PORT" CACHE="$CACHE" BIN="$BIN" \
         PYTHON="$PYTHON" PAUSE_IMAGE="$PAUSE_IMAGE" PAUSE_TARBALL="$PAUSE_TARBALL" \
         KUBECTL_DELIVERY_TARBALL="$KUBECTL_DELIVERY_TARBALL" \
@@ -762,7 +888,7 @@ cmd_down() {
     local quiet=${1:-}
     stop_watchdog
     # Clients first, all at once; etcd last, so that the apiserver can shut down cleanly.
-    stop "${TRAINER_COMPONENTS[@]}" "${COMPONENTS[@]:1}"
+    stop "$STATUS_FORWARDER" "${TRAINER_COMPONENTS[@]}" "${COMPONENTS[@]:1}"
     stop etcd
     # The node's pid 1 is gone, so are its namespaces and what ran in them: its cgroups and files last.
     remove_cgroups
@@ -792,6 +918,8 @@ cmd_status() {
             [[ $TRAINER_V2 == 0 ]] || missing=1
         fi
     done
+    pid=$(pid_of "$STATUS_FORWARDER")
+    [[ -z $pid ]] || printf '%-26s running (pid %s; TrainJobStatus gate on)\n' "$STATUS_FORWARDER" "$pid"
     if [[ $missing == 0 ]]; then
         echo "KUBECONFIG=$KUBECONFIG_PATH"
     fi
@@ -803,7 +931,7 @@ cmd_trainer_up() {
     [[ $(running_count) == "${#COMPONENTS[@]}" ]] \
         || die "the cluster in $STATE is not (fully) up: \`bash hack/cluster.sh up\` first (or TAC2SOL_TRAINER_V2=1 at up)"
     # A failed start leaves neither running (the cluster itself stays up).
-    trap 'if [[ $? != 0 ]]; then say "trainer-up failed (logs in $STATE/logs)"; stop "${TRAINER_COMPONENTS[@]}"; fi' EXIT
+    trap 'if [[ $? != 0 ]]; then say "trainer-up failed (logs in $STATE/logs)"; stop "$STATUS_FORWARDER" "${TRAINER_COMPONENTS[@]}"; fi' EXIT
     trainer_up
     trap - EXIT
 }

@@ -21,7 +21,7 @@
 #   bash hack/node.sh inside      (only as hack/cluster.sh starts it; settings come from the environment)
 set -euo pipefail
 
-: "${NODE_DIR:?}" "${NODE_NAME:?}" "${NODE_IP:?}" "${POD_CIDR:?}" "${CGROUP_ROOT:?}" "${APISERVER_PORT:?}"
+: "${NODE_DIR:?}" "${NODE_NAME:?}" "${NODE_IP:?}" "${POD_CIDR:?}" "${SERVICE_CIDR:?}" "${CGROUP_ROOT:?}" "${APISERVER_PORT:?}"
 : "${CACHE:?}" "${BIN:?}" "${PYTHON:?}" "${PAUSE_IMAGE:?}" "${PAUSE_TARBALL:?}"
 : "${KUBECTL_DELIVERY_TARBALL:?}"
 HACK=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -70,6 +70,10 @@ ip link set lo up
 ip link add cni0 type bridge
 ip addr add "$NODE_IP/${POD_CIDR#*/}" dev cni0
 ip link set cni0 up
+# Service addresses from the node itself (what runs in its namespace: the operator in the tests,
+# Trainer's controller with its status server): routed to the bridge, where kube-proxy's rules
+# rewrite them; pods have their default route for that.
+ip route add "$SERVICE_CIDR" dev cni0 src "$NODE_IP"
 
 mount -t proc proc /proc  # this pid namespace's view (unshare --mount-proc without its ordering)
 for dir in run var/lib var/log; do

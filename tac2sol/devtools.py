@@ -234,14 +234,16 @@ class DevCluster:
         )
 
 
-def start_trainer_v2(cluster: DevCluster, timeout: float = 180) -> None:
+def start_trainer_v2(cluster: DevCluster, timeout: float = 180, *, status: bool = False) -> None:
     """`hack/cluster.sh trainer-up`: add Kubeflow Trainer v2 and JobSet (CRDs, controllers and
-    webhooks) to a running cluster; returns at once when they already run."""
+    webhooks) to a running cluster; returns at once when they already run as asked. `status`:
+    Trainer's TrainJobStatus gate on (its status server in the real node's network namespace);
+    without it, off. Switching restarts only the trainer-controller-manager."""
     proc = subprocess.run(
         ["bash", str(HACK / "cluster.sh"), "trainer-up"],
         capture_output=True,
         text=True,
-        env=cluster.env,
+        env={**cluster.env, "TAC2SOL_TRAINER_STATUS": "1" if status else "0"},
         timeout=timeout,
     )
     if proc.returncode != 0:
