@@ -5,8 +5,9 @@
 #   k8s.io/kubernetes (version pinned in hack/k8s/go.mod), etcd: built from go.etcd.io/etcd/server/v3
 #   (hack/k8s/etcd/go.mod), kwok, training-operator, helm, CoreDNS and Kubeflow Trainer v2's
 #   trainer-controller-manager: `go install <module>@<version>`; the JobSet controller (the version
-#   trainer's go.mod requires): `go build` in its module's folder (see go_build_module);
-# - Debian packages: prometheus and promtool, openssl and curl (used by hack/cluster.sh), mpirun
+#   trainer's go.mod requires): `go build` in its module's folder (see go_build_module); prometheus
+#   and promtool (github.com/prometheus/prometheus, with Kubernetes discovery: build_prometheus);
+# - Debian packages: openssl and curl (used by hack/cluster.sh), mpirun
 #   (the MPI launcher test), buildah, podman, runc and mmdebstrap (the image test), containerd,
 #   the CNI plugins, socat and iptables (the real node, hack/node.sh);
 # - the real node's pause image: hack/node/pause.c built static, in a docker-archive tarball
@@ -41,6 +42,8 @@ JOBSET_VERSION=v0.12.0  # checked against trainer's go.mod when its CRDs are cop
 HELM_VERSION=v3.22.0
 COREDNS_VERSION=v1.15.0
 CHECKOV_VERSION=3.3.30
+# Prometheus 3.16.0 and its promtool; the Go module numbers Prometheus 3.X.Y as v0.3XX.Y.
+PROMETHEUS_VERSION=3.16.0 PROMETHEUS_MODULE_VERSION=v0.316.0
 required_version() {  # required_version GO.MOD MODULE: the version GO.MOD requires of MODULE
     local v
     v=$(awk -v m="$2" '$1 == "require" && $2 == m {print $3; exit} $1 == m && $2 ~ /^v/ {print $2; exit}' "$1")
@@ -52,9 +55,9 @@ ETCD_VERSION=$(required_version "$HACK/k8s/etcd/go.mod" go.etcd.io/etcd/server/v
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
 # apt package per command below, same order; mpirun: the 2-rank MPI launcher test; buildah to
 # mmdebstrap: the image test (tests/packaging/test_image.py); containerd to gcc: the real node.
-APT_PACKAGES=(prometheus openssl curl openmpi-bin buildah podman runc mmdebstrap containerd
+APT_PACKAGES=(openssl curl openmpi-bin buildah podman runc mmdebstrap containerd
     containernetworking-plugins socat iproute2 util-linux iptables gcc libc6-dev)
-APT_COMMANDS=(promtool openssl curl mpirun buildah podman runc mmdebstrap containerd
+APT_COMMANDS=(openssl curl mpirun buildah podman runc mmdebstrap containerd
     /usr/lib/cni/bridge socat ip nsenter iptables-restore gcc /usr/lib/x86_64-linux-gnu/libc.a)
 
 say() { echo "install-tools: $*" >&2; }
@@ -165,7 +168,7 @@ install_apt() {
         [[ $(id -u) == 0 ]] || sudo=(sudo)
         command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get here: install them with your package manager"
         say "installing Debian packages: ${missing[*]}"
-        # Keep the package's service from starting: the tests start their own Prometheus.
+        # Keep a package's service (containerd) from starting: the tests start their own.
         local policy=/usr/sbin/policy-rc.d added_policy=0
         if [[ ! -e $policy ]]; then
             printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
@@ -180,11 +183,31 @@ install_apt() {
         fi
         if [[ $added_policy == 1 ]]; then "${sudo[@]}" rm -f "$policy"; fi
     fi
-    # Stable names beside the built tools, so that one directory holds everything.
-    local tool
-    for tool in prometheus promtool; do
-        [[ -L "$BIN/$tool" && -x "$BIN/$tool" ]] || ln -sfn "$(command -v "$tool")" "$BIN/$tool"
+}
+
+build_prometheus() {  # prometheus and promtool, with only the Kubernetes (and file, HTTP) discovery
+    # Debian's prometheus is built without Kubernetes discovery; the e2e tests discover the
+    # trainer pods with it. remove_all_sd + enable_kubernetes_sd leave out the cloud SDKs (the
+    # build is shorter); the web UI's assets are left out too (no builtinassets): the API is all
+    # the tests use.
+    local key=$PROMETHEUS_VERSION-k8s-sd dir out flags=-s\ -w pkg=github.com/prometheus/common/version
+    cached prometheus "$key" && cached promtool "$key" && return
+    go_env
+    say "building prometheus and promtool $PROMETHEUS_VERSION (github.com/prometheus/prometheus $PROMETHEUS_MODULE_VERSION)"
+    dir=$(module_dir "github.com/prometheus/prometheus@$PROMETHEUS_MODULE_VERSION")
+    out=$CACHE/build/prometheus-$key
+    rm -rf "$out" && mkdir -p "$out"
+    flags+=" -X $pkg.Version=$PROMETHEUS_VERSION -X $pkg.Revision=$PROMETHEUS_MODULE_VERSION -X $pkg.Branch=HEAD"
+    # GOWORK=off: the module ships a go.work that names folders its module zip leaves out.
+    (cd "$dir" && run_logged "$LOGS/prometheus-$key.log" env GOWORK=off GOFLAGS="-mod=readonly -buildvcs=false" \
+        go build -trimpath -tags=netgo,remove_all_sd,enable_kubernetes_sd -ldflags="$flags" \
+        -o "$out/" ./cmd/prometheus ./cmd/promtool)
+    local name
+    for name in prometheus promtool; do
+        mv -f "$out/$name" "$BIN/$name-$key"
+        cached "$name" "$key"
     done
+    rm -rf "$out"
 }
 
 module_dir() {  # module_dir MODULE@VERSION: the module's (read-only) folder in the Go module cache
@@ -312,6 +335,7 @@ go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm \
      -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$HELM_KUBE_MINOR" \
     "$HELM_VERSION-kube$HELM_KUBE_MAJOR.$HELM_KUBE_MINOR"
 go_install coredns "$COREDNS_VERSION" github.com/coredns/coredns
+build_prometheus
 build_k8s
 build_pause_image
 build_kubectl_delivery_image

@@ -1,6 +1,6 @@
 """A real Prometheus for the observability tests (mark them `prom`).
 
-`start_prometheus(targets)` runs Debian's `prometheus` (installed by hack/install-tools.sh) on a
+`start_prometheus(targets)` runs the `prometheus` hack/install-tools.sh builds (Prometheus 3) on a
 free 127.0.0.1 port with its own config and storage, scraping every second and loading the
 generated alert rules; it is stopped when the test (or module) that started it ends.
 """
