@@ -2,7 +2,8 @@
 the real node: the operator image (tac2sol/devimage.py, imported, never pulled), the chart's
 ServiceAccount and RBAC, a namespace enforcing Pod Security `restricted`, in-cluster config (the
 `kubernetes` Service through kube-proxy). The operator watches that namespace only; a run whose
-image the node does not have is named in PodsReady and the operator pod keeps running.
+image the node does not have is named in PodsReady and the operator pod keeps running. A real
+Prometheus finds the operator pod through the chart's ServiceMonitor (kubernetes_sd_configs).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tac2sol import devprometheus
 
 # The first test waits for the operator image (another session may hold the build lock for minutes).
 pytestmark = [pytest.mark.k8s, pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(3600)]
@@ -58,6 +61,7 @@ class Cluster:
     ns: str
     wait: Callable[..., Any]
     timings: dict[str, float]
+    values: Path  # the values file of the release
 
     def run(self, name: str) -> dict[str, Any]:
         return dict(self.cp.get_json("-n", self.ns, "trainingrun", name))
@@ -157,7 +161,7 @@ def release(
         data = yaml.safe_load_all((REPO / "runs" / "tiny-cluster" / "data.yaml").read_text())
         claims = [d for d in data if d and d["kind"] == "PersistentVolumeClaim"]
         cp.kubectl("-n", ns, "apply", "-f", "-", input=yaml.safe_dump_all(claims))
-        yield Cluster(cp, ns, wait, timings)
+        yield Cluster(cp, ns, wait, timings, tmp / "values.yaml")
     finally:
         print(f"\ntiny-cluster timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
         try:
@@ -197,3 +201,25 @@ def test_missing_image_is_named_in_pods_ready(release: Cluster) -> None:
     status = operator["status"]["containerStatuses"][0]
     assert status["ready"] and status["restartCount"] == 0, release.operator_log()
     release.delete_run(name)
+
+
+def test_prometheus_discovers_the_operator_through_the_chart_servicemonitor(
+    release: Cluster, node_prometheus: Callable[..., devprometheus.NodePrometheus]
+) -> None:
+    """Prometheus in the node's network namespace, with the chart's ServiceMonitor as its scrape
+    config (kubernetes_sd_configs, role endpointslice, against the test apiserver as a
+    ServiceAccount that may only list and watch in the namespace), scrapes the operator pod."""
+    (pod,) = release.operator_pods()
+    name, ip = pod["metadata"]["name"], pod["status"]["podIP"]
+    prom = node_prometheus(release.ns, RELEASE, release.values)
+    found = release.wait(
+        "Prometheus to scrape the operator pod",
+        lambda: prom.query(f'tac2sol_build_info{{pod="{name}", namespace="{release.ns}"}}'),
+        timeout=90,
+        interval=1,
+    )
+    assert found[0]["metric"]["component"] == "operator", found
+    (target,) = [t for t in prom.active_targets() if t["labels"].get("pod") == name]
+    assert target["health"] == "up", target
+    assert target["scrapeUrl"].startswith(f"http://{ip}:"), target
+    assert target["scrapePool"] == f"serviceMonitor/{release.ns}/{RELEASE}-tac2sol/0", target
