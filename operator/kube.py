@@ -192,6 +192,12 @@ class Kube:
         pods = self._client.list(Pod, namespace=namespace, labels=selector)
         return [_plain(p) async for p in pods]
 
+    async def list_events(self, namespace: str, kind: str, name: str, reason: str) -> list[dict[str, Any]]:
+        """The Events with ``reason`` about the ``kind`` object ``name`` (both Event APIs' writers)."""
+        metrics.api_request("list", "events")
+        fields: dict[str, Any] = {"involvedObject.kind": kind, "involvedObject.name": name, "reason": reason}
+        return [_plain(e) async for e in self._client.list(Event, namespace=namespace, fields=fields)]
+
     async def list_pods_with_version(
         self, namespace: str | None, labels: dict[str, str]
     ) -> tuple[list[dict[str, Any]], str]:

@@ -83,7 +83,13 @@ RULES: tuple[Rule, ...] = (
         ("list", "watch"),
         "one watch of the job pods it made (labelled by it): progress, why pods do not run, failure reasons",
     ),
-    Rule(("",), ("events",), ("create",), "an Event per phase transition; kopf's own warnings"),
+    Rule(
+        ("",),
+        ("events",),
+        ("create", "list"),
+        "an Event per phase transition; kopf's own warnings; list: Trainer's TrainJobResourcesCreationFailed "
+        "Events on a TrainJob that has no pods",
+    ),
     Rule(
         ("apiextensions.k8s.io",),
         ("customresourcedefinitions",),

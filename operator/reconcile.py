@@ -51,7 +51,7 @@ from tac2sol.operator.settings import OperatorSettings
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import parse_training_run
 from tac2sol.operator.status import Phase
-from tac2sol.operator.trainjob_status import trainer_status_progress
+from tac2sol.operator.trainjob_status import CREATION_FAILED, creation_failure, trainer_status_progress
 
 log = logging.getLogger(__name__)
 
@@ -705,6 +705,11 @@ async def record_pods(op: Operator, body: dict[str, Any]) -> None:
     diagnosis = pods.diagnose(
         listed, pods.expected_pods(ref.get("kind"), (status.get("plan") or {}).get("nodes"))
     )
+    if ref.get("kind") == TRAINJOB and diagnosis.reason == pods.NO_PODS:
+        # No pods: Trainer v2.3 tells a JobSet it could not create only in Events on the TrainJob.
+        events = await op.kube.list_events(ns, TRAINJOB, ref["name"], CREATION_FAILED)
+        runtime = f"ClusterTrainingRuntime {op.options.trainjob_runtime}"
+        diagnosis = creation_failure(ref, events, runtime) or diagnosis
 
     def change(run: dict[str, Any]) -> dict[str, Any] | None:
         st = run.get("status") or {}

@@ -12,6 +12,12 @@ Running is read from ``status.jobsStatus``: the trainer's replicated job (``node
 once all its pods are ready or done. Before that the run waits for its pods (Planning), as it does
 after a v1 job's Created.
 
+A TrainJob whose JobSet Trainer could not create (JobSet's webhook refused it, a runtime it
+cannot use) gets no condition at all in v2.3: only a Warning Event, reason
+:data:`CREATION_FAILED`, at each retry. :func:`creation_failure` turns those Events into the run's
+``PodsReady`` diagnosis (stuck: ``status.message`` says why and what to do; the phase stays,
+since Trainer retries by itself and a fixed runtime lets the run go on).
+
 ``status.trainerStatus`` (the TrainJobStatus feature gate, alpha, off by default) carries progress
 the pods push to the controller; :func:`trainer_status_progress` turns it into ``status.progress``
 with ``source: trainerStatus``. The operator's own /metrics reading (``source: metrics``) has more
@@ -24,7 +30,13 @@ from typing import Any
 
 from tac2sol.operator.lifecycle import JobState
 from tac2sol.operator.names import TRAINER_REPLICATED_JOB
+from tac2sol.operator.pods import PodsDiagnosis
 from tac2sol.operator.status import Phase
+
+# The Event reason of Trainer v2.3's TrainJob controller when it could not make the JobSet.
+CREATION_FAILED = "TrainJobResourcesCreationFailed"
+# The prefix of that Event's message ("TrainJob resources reconciliation failed: <error>").
+_CREATION_PREFIX = "TrainJob resources reconciliation failed: "
 
 # trainerStatus.metrics names (transformers' Kubeflow callback) -> status.progress fields.
 _METRIC_FIELDS = {"loss": "loss", "train_loss": "loss", "epoch": "epoch"}
@@ -102,3 +114,49 @@ def trainer_status_progress(job: dict[str, Any], current: dict[str, Any] | None)
     if set(progress) == {"source", "updatedAt"} or progress == current:
         return None
     return progress
+
+
+def _event_time(event: dict[str, Any]) -> str:
+    series = event.get("series") or {}
+    return str(
+        series.get("lastObservedTime")
+        or event.get("lastTimestamp")
+        or event.get("eventTime")
+        or event.get("metadata", {}).get("creationTimestamp")
+        or ""
+    )
+
+
+def creation_failure(job: dict[str, Any], events: list[dict[str, Any]], runtime: str) -> PodsDiagnosis | None:
+    """The ``PodsReady`` diagnosis for a TrainJob (``job``: its reference: name, namespace, uid) whose
+    JobSet Trainer could not create, from its :data:`CREATION_FAILED` Events; None when there are
+    none. ``runtime`` names the runtime the TrainJob refers to, for what to do.
+
+    Trainer retries with its controller's back-off (doubling up to ~17 min between tries) and does
+    not watch runtimes: after a fix, a change to the TrainJob makes it try at once, so the message
+    gives the command. A runtime's immutable fields (failurePolicy) cannot be fixed in place, and
+    Trainer's resource-in-use finalizer keeps a runtime a TrainJob uses: then the run must go first.
+    (Trainer's Events API batches its repeat counts, so no count is quoted.)"""
+    name, uid = job.get("name"), job.get("uid")
+    mine = [
+        e
+        for e in events
+        if e.get("reason") == CREATION_FAILED
+        and (e.get("involvedObject") or {}).get("name") == name
+        and (not uid or (e.get("involvedObject") or {}).get("uid") in (None, uid))
+    ]
+    if not mine:
+        return None
+    latest = max(mine, key=_event_time)
+    said = " ".join(str(latest.get("message") or latest.get("note") or "no message").split())
+    said = said.removeprefix(_CREATION_PREFIX).rstrip(".")
+    ns = f" -n {job['namespace']}" if job.get("namespace") else ""
+    message = (
+        f"Kubeflow Trainer could not create the JobSet of TrainJob {name}: {said}. Fix what this "
+        f"names: usually the training runtime ({runtime}), else the TrainingRun field it quotes; "
+        f"then `kubectl annotate trainjob {name}{ns} tac2sol.dev/retry=$(date +%s) --overwrite` "
+        "makes Trainer try again at once (by itself it backs off up to ~17 min between tries). A "
+        "runtime field that cannot change (failurePolicy; the runtime cannot be deleted while a "
+        "TrainJob uses it): delete the TrainingRun, fix the runtime, apply the run again"
+    )
+    return PodsDiagnosis("False", CREATION_FAILED, message)

@@ -885,10 +885,8 @@ def test_a_container_the_kubelet_cannot_create_is_named_with_its_reason(
 RUNTIME = "tac2sol-torch"
 
 
-@pytest.fixture(scope="module")
-def trainjob_runtime(trainer_v2: Any) -> Iterator[None]:
+def chart_runtime(cp: Any) -> dict[str, Any]:
     """The chart's ClusterTrainingRuntime, rendered by helm as on a cluster serving Trainer v2."""
-    cp = trainer_v2
     out = subprocess.run(
         [
             str(cp.bin_dir / "helm"),
@@ -904,7 +902,14 @@ def trainjob_runtime(trainer_v2: Any) -> Iterator[None]:
         text=True,
         check=True,
     ).stdout
-    runtime = yaml.safe_load(out)
+    return dict(yaml.safe_load(out))
+
+
+@pytest.fixture(scope="module")
+def trainjob_runtime(trainer_v2: Any) -> Iterator[None]:
+    """The chart's ClusterTrainingRuntime, installed for the module's tests."""
+    cp = trainer_v2
+    runtime = chart_runtime(cp)
     assert runtime["metadata"]["name"] == RUNTIME
     cp.apply(runtime)
     yield
@@ -1087,3 +1092,64 @@ def test_a_trainjob_only_install_picks_trainjob_for_auto_without_v1_rights(
     assert chosen["reason"] == "TrainJobServed" and "trainjob-only install" in chosen["message"]
     assert not children(cp, ns, "pytorchjobs")
     assert "403" not in op.log() and "Forbidden" not in op.log(), op.tail()
+
+
+def test_a_jobset_trainer_cannot_create_is_named_in_the_run_until_the_runtime_is_fixed(
+    trainer_v2: Any, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """A runtime whose JobSet the JobSet webhook refuses (a failure-policy rule name with `-`):
+    Trainer v2.3 says so only in Events on the TrainJob; the run's PodsReady condition and message
+    quote the refusal and what to do, with a Warning Event; done as it says (the run deleted, the
+    runtime fixed, the run applied again), the run succeeds."""
+    cp, ns = trainer_v2, namespace
+    runtime = chart_runtime(cp)
+    name = runtime["metadata"]["name"] = f"refused-{ns}"[:63]  # cluster-scoped: this test's own
+    rule = runtime["spec"]["template"]["spec"]["failurePolicy"]["rules"][0]
+    rule["name"] = "trainer-verdict"  # JobSet takes a letter, then letters, digits or _,: only
+    cp.apply(runtime)
+    try:
+        op = start_operator(env={"TAC2SOL_TRAINJOB_RUNTIME": name})
+        cp.apply(
+            run_manifest("qwen32b", "tjrefused", backend="trainjob", resources__podAnnotations=kwok()), ns
+        )
+
+        def named() -> dict[str, Any] | None:
+            st = status(cp, ns, "tjrefused")
+            return st if cond(st, "PodsReady").get("reason") == "TrainJobResourcesCreationFailed" else None
+
+        try:
+            st = wait("PodsReady to name the refused JobSet", named, timeout=90)
+        except AssertionError as exc:
+            trainjob_events = cp.kubectl("get", "events", "-n", ns, check=False).stdout
+            raise AssertionError(f"{exc}\n{trainjob_events}\n{op.tail()}") from None
+        assert st["phase"] == "Planning" and cond(st, "PodsReady")["status"] == "False"
+        message = st["message"]
+        assert message == cond(st, "PodsReady")["message"]
+        assert message.startswith("Kubeflow Trainer could not create the JobSet of TrainJob tjrefused"), (
+            message
+        )
+        assert "denied the request" in message and "trainer-verdict" in message, message
+        assert f"ClusterTrainingRuntime {name}" in message
+        assert f"kubectl annotate trainjob tjrefused -n {ns} tac2sol.dev/retry=$(date +%s)" in message
+        assert "TrainJobResourcesCreationFailed" in events(cp, ns, "tjrefused")
+        assert not cp.get_json("-n", ns, "jobsets")["items"]
+        assert op.metric("tac2sol_trainingruns_stuck", reason="TrainJobResourcesCreationFailed") == 1
+
+        # failurePolicy is immutable and the runtime in use cannot be deleted (Trainer's finalizer):
+        # as the message says, the run goes, the runtime is fixed, the run is applied again.
+        cp.kubectl("delete", "-n", ns, "trainingrun", "tjrefused", "--wait=true", "--timeout=30s")
+        cp.kubectl("delete", "clustertrainingruntime", name, "--wait=true", "--timeout=60s", timeout=70)
+        rule["name"] = "trainerVerdict"
+        cp.apply(runtime)
+        cp.apply(
+            run_manifest("qwen32b", "tjrefused", backend="trainjob", resources__podAnnotations=kwok()), ns
+        )
+        try:
+            st = wait_phase(cp, ns, "tjrefused", "Succeeded", wait, op, timeout=120)
+        except AssertionError as exc:
+            seen = cp.kubectl("get", "trainjobs,jobsets,jobs,pods,events", "-n", ns, check=False).stdout
+            raise AssertionError(f"{exc}\n{seen}") from None
+        assert cond(st, "PodsReady").get("reason") != "TrainJobResourcesCreationFailed"
+        assert "could not create" not in st["message"]
+    finally:
+        cp.kubectl("delete", "clustertrainingruntime", name, "--ignore-not-found", check=False)

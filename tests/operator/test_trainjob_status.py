@@ -8,8 +8,13 @@ from typing import Any
 
 import pytest
 
-from tac2sol.operator import lifecycle
-from tac2sol.operator.trainjob_status import trainer_status_progress, trainjob_state
+from tac2sol.operator import lifecycle, pods
+from tac2sol.operator.trainjob_status import (
+    CREATION_FAILED,
+    creation_failure,
+    trainer_status_progress,
+    trainjob_state,
+)
 
 T0, T1, T2 = "2026-11-30T08:00:00Z", "2026-11-30T08:05:00Z", "2026-11-30T09:00:00Z"
 
@@ -128,3 +133,58 @@ def test_a_fresher_metrics_reading_wins_over_trainer_status() -> None:
     # No trainerStatus (the gate is off by default), or nothing in it: nothing to write.
     assert trainer_status_progress(_job(jobs=[_node(ready=1)]), None) is None
     assert trainer_status_progress(_trainer_status(), None) is None
+
+
+# --- a JobSet Trainer could not create: only Events on the TrainJob say so ---------------------------
+REFUSED = (
+    'TrainJob resources reconciliation failed: admission webhook "vjobset.kb.io" denied the request: '
+    'spec.failurePolicy.rules[0].name: Invalid value: "trainer-verdict": must match regex.\n'
+)
+
+
+def _event(uid: str = "u1", at: str = T1, message: str = REFUSED, **extra: Any) -> dict[str, Any]:
+    """As the apiserver shows Trainer's events.k8s.io Event in the core v1 view (note -> message)."""
+    return {
+        "reason": CREATION_FAILED,
+        "type": "Warning",
+        "message": message,
+        "involvedObject": {"kind": "TrainJob", "name": "r", "uid": uid},
+        "eventTime": at,
+        **extra,
+    }
+
+
+def test_a_jobset_trainer_could_not_create_is_a_stuck_pods_diagnosis_naming_the_refusal() -> None:
+    ref = {"name": "r", "namespace": "team", "uid": "u1"}
+    got = creation_failure(ref, [_event()], "ClusterTrainingRuntime tac2sol-torch")
+    assert got is not None and got.stuck
+    assert got.status == "False" and got.reason == CREATION_FAILED
+    assert got.message.startswith(
+        'Kubeflow Trainer could not create the JobSet of TrainJob r: admission webhook "vjobset.kb.io" '
+        "denied the request: spec.failurePolicy.rules[0].name: Invalid value"
+    ), got.message
+    assert "reconciliation failed" not in got.message and "\n" not in got.message
+    assert "usually the training runtime (ClusterTrainingRuntime tac2sol-torch)" in got.message
+    assert "`kubectl annotate trainjob r -n team tac2sol.dev/retry=$(date +%s) --overwrite`" in got.message
+    assert got.message.endswith("delete the TrainingRun, fix the runtime, apply the run again")
+
+
+def test_the_latest_try_is_quoted() -> None:
+    events = [
+        _event(
+            at=T2,
+            message="TrainJob resources reconciliation failed: second",
+            series={"count": 4, "lastObservedTime": T2},
+        ),
+        _event(at=T0, message="TrainJob resources reconciliation failed: first"),
+    ]
+    got = creation_failure({"name": "r", "uid": "u1"}, events, "ClusterTrainingRuntime x")
+    assert got is not None and "TrainJob r: second. Fix" in got.message
+
+
+def test_events_of_an_older_trainjob_of_the_same_name_or_another_reason_do_not_count() -> None:
+    ref = {"name": "r", "uid": "u2"}
+    assert creation_failure(ref, [_event(uid="u1")], "x") is None
+    assert creation_failure(ref, [{**_event(uid="u2"), "reason": "Created"}], "x") is None
+    assert creation_failure(ref, [], "x") is None
+    assert pods.diagnose([]).reason == pods.NO_PODS  # what record_pods replaces with the diagnosis
