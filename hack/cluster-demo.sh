@@ -68,7 +68,13 @@ show kubectl get nodes -L nvidia.com/gpu.product -o custom-columns='NODE:.metada
 
 step "2. The TrainingRun CRD and a namespace with the data and output claims"
 show kubectl apply --server-side -f manifests/crds/trainingruns.tac2sol.dev.yaml
-kubectl wait --for=condition=Established crd/trainingruns.tac2sol.dev --timeout=30s >/dev/null
+# Not `kubectl wait`: on a CRD made a moment ago it fails at once ("accessor error") until the
+# apiserver has written its first condition.
+for _ in $(seq 60); do
+    [[ $(kubectl get crd trainingruns.tac2sol.dev \
+        -o jsonpath='{.status.conditions[?(@.type=="Established")].status}') == True ]] && break
+    sleep 0.5
+done
 kubectl delete namespace "$NS" --ignore-not-found --wait=true --timeout=60s >/dev/null
 # A PV keeps the claim it was bound to: start from fresh ones.
 kubectl delete pv "$NS-tac2sol-data" "$NS-tac2sol-output" --ignore-not-found >/dev/null
