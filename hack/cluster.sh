@@ -168,7 +168,7 @@ pid_of() {  # the pid of a running component, or nothing
     [[ -f $file ]] || return 0
     pid=$(<"$file")
     # The pid must still be that component (pids get reused after a reboot or a crash).
-    if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q -- "$(cmdline_of "$1")"; then
+    if [[ -r /proc/$pid/cmdline && $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) == *"$(cmdline_of "$1")"* ]]; then
         echo "$pid"
     fi
 }
@@ -178,6 +178,17 @@ start() {  # start NAME ARGS...: run $BIN/NAME in the background in its own sess
     shift
     setsid "$BIN/$name" "$@" >"$STATE/logs/$name.log" 2>&1 </dev/null &
     echo $! >"$STATE/pids/$name.pid"
+    await_exec $! "$BIN/$name"
+}
+
+await_exec() {  # await_exec PID EXE: until PID runs EXE, or is gone
+    # While a process execs its cmdline reads empty, which pid_of would take for an exit.
+    local exe i
+    exe=$(readlink -f "$2")
+    for ((i = 0; i < 100; i++)); do
+        [[ $(readlink "/proc/$1/exe" 2>/dev/null) != "$exe" ]] && kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.05
+    done
 }
 
 stop() {  # stop NAME...: SIGTERM to all of them at once, SIGKILL to those left after 10 s
@@ -186,7 +197,9 @@ stop() {  # stop NAME...: SIGTERM to all of them at once, SIGKILL to those left 
         pid=$(pid_of "$name")
         if [[ -n $pid ]]; then
             pids+=("$pid")
-            kill -TERM "$pid" 2>/dev/null || true
+            # Its process group when it leads one (setsid): what it forked goes too (socat's
+            # per-connection children hold their ports).
+            kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
         fi
         rm -f "$STATE/pids/$name.pid"
     done
@@ -544,6 +557,7 @@ EOF
             "EXEC:nsenter --target $(pid_of node) --net socat STDIO TCP\:127.0.0.1\:$port" \
             >"$STATE/logs/$STATUS_FORWARDER.log" 2>&1 </dev/null &
         echo $! >"$STATE/pids/$STATUS_FORWARDER.pid"
+        await_exec $! "$(command -v socat)"
         wait_for "the webhook forwarder on 127.0.0.1:$port" "$STATUS_FORWARDER" \
             curl -sk -o /dev/null "https://127.0.0.1:$port/"
         : >"$dir/status-server"
@@ -628,6 +642,7 @@ start_trainer_in_node() {  # start_trainer_in_node DIR: trainer-controller-manag
             exec "$@"' trainer "$dir" "$BIN/trainer-controller-manager" --config="$dir/config.yaml" \
         >"$STATE/logs/trainer-controller-manager.log" 2>&1 </dev/null &
     echo $! >"$STATE/pids/trainer-controller-manager.pid"
+    await_exec $! "$BIN/trainer-controller-manager"  # four execs to get there
 }
 
 trainer_mode() {  # what runs: none, plain or status (the gate)
@@ -734,6 +749,7 @@ EOF
     setsid socat "UNIX-LISTEN:$NODE_DIR/apiserver.sock,fork,mode=600" "TCP:127.0.0.1:$TAC2SOL_APISERVER_PORT" \
         >"$STATE/logs/apiserver-socket.log" 2>&1 </dev/null &
     echo $! >"$STATE/pids/apiserver-socket.pid"
+    await_exec $! "$(command -v socat)"
     setsid unshare --net --mount --pid --fork --propagation private \
         env NODE_DIR="$NODE_DIR" NODE_NAME="$NODE_NAME" NODE_IP="$NODE_IP" POD_CIDR="$POD_CIDR" SERVICE_CIDR="$SERVICE_CIDR" \
         CGROUP_ROOT="$CGROUP_ROOT" APISERVER_PORT="$TAC2SOL_APISERVER_PORT" CACHE="$CACHE" BIN="$BIN" \
