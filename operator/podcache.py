@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
+from tac2sol.operator import pods as pod_status
 from tac2sol.operator.kube import Kube
 from tac2sol.operator.names import JOB_NAME_LABEL, JOBSET_NAME_LABEL, MANAGED_BY
 
@@ -24,6 +26,10 @@ JOB_LABELS = (JOB_NAME_LABEL, JOBSET_NAME_LABEL)
 # A watch the apiserver ends after this long is started again from where it was (not re-listed).
 WATCH_SECONDS = 270
 RETRY_SECONDS = (1.0, 60.0)  # first and longest wait before listing again after a failure
+# An OOMKilled pod is Failed only until its job's controller deletes it to re-create it (under a
+# second with the training-operator): the watch sees it, a poll seldom does. The last one of each
+# job is kept until ``take_oom_killed`` reads it, or this long (a run deleted before that).
+OOM_KEEP_SECONDS = 600.0
 
 
 def slim(pod: dict[str, Any]) -> dict[str, Any]:
@@ -50,17 +56,32 @@ class PodCache:
         self._kube = kube
         self._namespace = namespace
         self._by_job: dict[tuple[str, str, str], dict[str, dict[str, Any]]] = {}
+        self._oom: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}
         self.ready = asyncio.Event()
 
     def of_job(self, namespace: str, selector: dict[str, str]) -> list[dict[str, Any]] | None:
         """The pods ``selector`` (one of ``JOB_LABELS``: its job's name) picks, as last seen; None
         before the first listing, or for a selector this cache does not index."""
-        if not self.ready.is_set() or len(selector) != 1:
+        key = self._key(namespace, selector)
+        if not self.ready.is_set() or key is None:
+            return None
+        return list(self._by_job.get(key, {}).values())
+
+    def take_oom_killed(self, namespace: str, selector: dict[str, str]) -> dict[str, Any] | None:
+        """The job's last OOMKilled pod the watch saw since the last call (None: none), as
+        ``of_job`` would have listed it then."""
+        key = self._key(namespace, selector)
+        found = self._oom.pop(key, None) if key is not None else None
+        if found is None or time.monotonic() - found[0] > OOM_KEEP_SECONDS:
+            return None
+        return found[1]
+
+    @staticmethod
+    def _key(namespace: str, selector: dict[str, str]) -> tuple[str, str, str] | None:
+        if len(selector) != 1:
             return None
         ((label, job),) = selector.items()
-        if label not in JOB_LABELS:
-            return None
-        return list(self._by_job.get((namespace, label, job), {}).values())
+        return (namespace, label, job) if label in JOB_LABELS else None
 
     def _put(self, event: str, pod: dict[str, Any]) -> None:
         meta = pod.get("metadata") or {}
@@ -76,7 +97,13 @@ class PodCache:
                 if not pods:
                     del self._by_job[key]
         else:
-            self._by_job.setdefault(key, {})[meta["name"]] = slim(pod)
+            kept = self._by_job.setdefault(key, {})[meta["name"]] = slim(pod)
+            if pod_status.oom_killed(kept):
+                now = time.monotonic()
+                self._oom = {k: v for k, v in self._oom.items() if now - v[0] <= OOM_KEEP_SECONDS}
+                # As it was before its deletion began (diagnose leaves pods being deleted out).
+                before = {k: v for k, v in kept["metadata"].items() if k != "deletionTimestamp"}
+                self._oom[key] = (now, {**kept, "metadata": before})
 
     async def run(self) -> None:
         wait = RETRY_SECONDS[0]

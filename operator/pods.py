@@ -189,6 +189,25 @@ def oom_advice(pod: dict[str, Any], container: str | None) -> str:
     )
 
 
+def oom_killed(pod: dict[str, Any]) -> bool:
+    """Whether the pod failed because a container was OOMKilled (what ``diagnose`` reports as such)."""
+    status = pod.get("status") or {}
+    return status.get("phase") == "Failed" and any(
+        ((cs.get("state") or {}).get("terminated") or {}).get("reason") == OOM_KILLED
+        for cs in status.get("containerStatuses") or []
+    )
+
+
+def with_oom_killed(listed: list[dict[str, Any]], oom: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The job's pods as listed, with ``oom`` (an OOMKilled pod the watch saw, gone since: the
+    training-operator deletes it within a second, before a poll lists it) in place of its
+    re-created namesake."""
+    if oom is None:
+        return listed
+    name = oom["metadata"]["name"]
+    return [oom, *(p for p in listed if p["metadata"]["name"] != name)]
+
+
 def keep_oom(
     previous: dict[str, Any] | None, diagnosis: PodsDiagnosis, generation: int | None
 ) -> PodsDiagnosis:

@@ -694,16 +694,20 @@ async def record_pods(op: Operator, body: dict[str, Any]) -> None:
     Writes only when the condition changes. While the pods are stuck, ``status.message`` says
     why and each new reason posts one Warning Event; the phase stays (a node added or a Secret
     created lets the pods start by themselves: the condition turns True with a Normal Event). An
-    OOMKilled condition stays while the re-created pod runs again (``pods.keep_oom``)."""
+    OOMKilled pod the pod watch saw counts though it is gone, and the OOMKilled condition stays
+    while the re-created pod runs again (``pods.keep_oom``)."""
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
     status = body.get("status") or {}
     ref = status.get("jobRef") or {}
     if not ref.get("name"):
         return
-    listed = await job_pods(op, ns, pod_selector(ref.get("kind"), ref["name"]))
+    selector = pod_selector(ref.get("kind"), ref["name"])
+    listed = await job_pods(op, ns, selector)
+    oom = op.pods.take_oom_killed(ns, selector) if op.pods is not None else None
     diagnosis = pods.diagnose(
-        listed, pods.expected_pods(ref.get("kind"), (status.get("plan") or {}).get("nodes"))
+        pods.with_oom_killed(listed, oom),
+        pods.expected_pods(ref.get("kind"), (status.get("plan") or {}).get("nodes")),
     )
     if ref.get("kind") == TRAINJOB and diagnosis.reason == pods.NO_PODS:
         # No pods: Trainer v2.3 tells a JobSet it could not create only in Events on the TrainJob.
