@@ -93,6 +93,21 @@ def job_state(job: dict[str, Any]) -> JobState | None:
     return None
 
 
+# How much of a container's termination message a failure quotes.
+MESSAGE_CHARS = 300
+
+
+def last_line(message: str | None) -> str:
+    """The last non-empty line of a termination message, at most MESSAGE_CHARS long: with
+    ``terminationMessagePolicy: FallbackToLogsOnError`` (the chart's TrainJob runtime) the kubelet
+    puts the tail of the log there, whose last line is the error."""
+    lines = [line.strip() for line in (message or "").splitlines() if line.strip()]
+    if not lines:
+        return ""
+    line = lines[-1]
+    return line if len(line) <= MESSAGE_CHARS else "..." + line[-(MESSAGE_CHARS - 3) :]
+
+
 def pod_failures(pods: list[dict[str, Any]]) -> list[str]:
     """One phrase per container that ended with a non-zero exit code, e.g.
     ``pod r-master-0 container pytorch exited with code 1 (Error)``."""
@@ -105,7 +120,8 @@ def pod_failures(pods: list[dict[str, Any]]) -> list[str]:
             )
             if terminated and terminated.get("exitCode", 0) != 0:
                 why = terminated.get("reason") or "no reason given"
-                extra = f": {terminated['message'].strip()}" if terminated.get("message") else ""
+                said = last_line(terminated.get("message"))
+                extra = f": {said}" if said else ""
                 if why == pod_status.OOM_KILLED:
                     extra += f"; {pod_status.oom_advice(pod, cs.get('name'))}"
                 out.append(

@@ -119,6 +119,22 @@ def test_pod_failures_name_pod_container_and_exit_code() -> None:
     ]
 
 
+def test_pod_failures_quote_the_last_line_of_a_log_tail_termination_message() -> None:
+    """FallbackToLogsOnError (the TrainJob runtime) puts up to 80 log lines in the message."""
+    tail = "step 3 loss 2.1\nTraceback (most recent call last):\n  ...\n" + "E" * 400 + "\n\n"
+    pod = {
+        "metadata": {"name": "r-node-0-1-abcde"},
+        "status": {
+            "containerStatuses": [
+                {"name": "node", "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": tail}}}
+            ]
+        },
+    }
+    (said,) = lifecycle.pod_failures([pod])
+    assert said.startswith("pod r-node-0-1-abcde container node exited with code 1 (Error: ...EEE")
+    assert len(said) < 400 and "Traceback" not in said and said.endswith("E)")
+
+
 def test_pod_failures_say_what_to_change_after_an_oom_kill() -> None:
     pod = {
         "metadata": {"name": "r-worker-0"},
