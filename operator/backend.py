@@ -135,9 +135,9 @@ def pod_selector(kind: str | None, job_name: str) -> dict[str, str]:
 
 def missing_kind_message(kind: str) -> str:
     """What to install when applying a job of ``kind`` finds no such resource."""
-    if kind == TRAINJOB:
+    if kind in (TRAINJOB, "TrainingRuntime"):
         return (
-            f"the TrainJob kind is not installed ({TRAINER_API_VERSION}); install Kubeflow Trainer v2 "
+            f"the {kind} kind is not installed ({TRAINER_API_VERSION}); install Kubeflow Trainer v2 "
             "(and JobSet), or use backend pytorchjob; retrying"
         )
     return (

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 import httpx2
 from lightkube import ALL_NS, ApiError, AsyncClient, KubeConfig
-from lightkube.generic_resource import create_namespaced_resource
+from lightkube.generic_resource import create_global_resource, create_namespaced_resource
 from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.types import PatchType
 
@@ -39,12 +39,21 @@ TrainingRunResource = create_namespaced_resource(API_GROUP, API_VERSION, KIND, P
 PyTorchJobResource = create_namespaced_resource("kubeflow.org", "v1", "PyTorchJob", "pytorchjobs")
 MPIJobResource = create_namespaced_resource("kubeflow.org", "v1", "MPIJob", "mpijobs")
 TrainJobResource = create_namespaced_resource("trainer.kubeflow.org", "v1alpha1", "TrainJob", "trainjobs")
+# A run with a priority class: its own TrainingRuntime, a copy of the ClusterTrainingRuntime.
+TrainingRuntimeResource = create_namespaced_resource(
+    "trainer.kubeflow.org", "v1alpha1", "TrainingRuntime", "trainingruntimes"
+)
+ClusterTrainingRuntimeResource = create_global_resource(
+    "trainer.kubeflow.org", "v1alpha1", "ClusterTrainingRuntime", "clustertrainingruntimes"
+)
 
 _RESOURCES: dict[tuple[str, str], Any] = {
     ("v1", "ConfigMap"): ConfigMap,
     ("kubeflow.org/v1", "PyTorchJob"): PyTorchJobResource,
     ("kubeflow.org/v1", "MPIJob"): MPIJobResource,
     ("trainer.kubeflow.org/v1alpha1", "TrainJob"): TrainJobResource,
+    ("trainer.kubeflow.org/v1alpha1", "TrainingRuntime"): TrainingRuntimeResource,
+    ("trainer.kubeflow.org/v1alpha1", "ClusterTrainingRuntime"): ClusterTrainingRuntimeResource,
     (f"{API_GROUP}/{API_VERSION}", KIND): TrainingRunResource,
 }
 _PLURALS = {
@@ -52,6 +61,8 @@ _PLURALS = {
     "PyTorchJob": "pytorchjobs",
     "MPIJob": "mpijobs",
     "TrainJob": "trainjobs",
+    "TrainingRuntime": "trainingruntimes",
+    "ClusterTrainingRuntime": "clustertrainingruntimes",
     KIND: PLURAL,
 }
 # How long an answer of ``serves`` is reused: kinds come and go with CRD installs, not per run,
@@ -155,8 +166,10 @@ class Kube:
         stored = await self._client.create(res.from_dict(obj), field_manager=FIELD_MANAGER)
         return _plain(stored)
 
-    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """The object, or None when it does not exist."""
+    async def get(
+        self, api_version: str, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
+        """The object, or None when it does not exist (``namespace`` None: a cluster-scoped kind)."""
         metrics.api_request("get", _PLURALS[kind])
         try:
             return _plain(await self._client.get(resource_for(api_version, kind), name, namespace=namespace))

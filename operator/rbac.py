@@ -5,8 +5,9 @@ end-to-end tests run the operator as a ServiceAccount bound to exactly these rul
 manifest test compares its ClusterRole with :func:`cluster_role`.
 
 Namespaced mode (``tac2sol operator --namespace NS``): bind the ClusterRole with a RoleBinding in
-NS. The cluster-scoped rule (CRD discovery) is then not granted, so the operator turns kopf's CRD
-scanning off in that mode and reads the API's resources once at start.
+NS. The cluster-scoped rules are then not granted: the operator turns kopf's CRD scanning off in that
+mode and reads the API's resources once at start, and the chart grants the trainjob backend's read of
+its ClusterTrainingRuntime by a ClusterRole limited to that runtime's name.
 
 Backends (``TAC2SOL_BACKENDS``, chart value ``backends``): the job kinds' rules are granted only for
 the backends the operator may use, so a trainjob-only install has no rule on ``kubeflow.org``.
@@ -76,6 +77,22 @@ RULES: tuple[Rule, ...] = (
         "list: whether the cluster serves the kind (backend auto)",
         backend=TRAINJOB_BACKEND,
     ),
+    Rule(
+        (TRAINER_API_VERSION.split("/")[0],),
+        ("trainingruntimes",),
+        ("create", "patch"),
+        "server-side apply of a run's own TrainingRuntime (a TrainJob run with a priority class)",
+        backend=TRAINJOB_BACKEND,
+    ),
+    Rule(
+        (TRAINER_API_VERSION.split("/")[0],),
+        ("clustertrainingruntimes",),
+        ("get",),
+        "read the ClusterTrainingRuntime a run's own TrainingRuntime copies (namespaced mode: the "
+        "chart grants it by a ClusterRole limited to its runtime's name)",
+        cluster_scoped=True,
+        backend=TRAINJOB_BACKEND,
+    ),
     Rule(("",), ("configmaps",), ("get", "create", "patch"), "server-side apply of the trainer config"),
     Rule(
         ("",),
@@ -105,12 +122,16 @@ def rules(*, namespaced: bool = False, backends: Iterable[str] = BACKENDS) -> li
     concatenates them in this order); ``namespaced`` leaves out the cluster-scoped ones."""
     common = [r.to_api() for r in RULES if r.backend is None and not (namespaced and r.cluster_scoped)]
     wanted = set(backends)
-    return common + [rule for b in BACKENDS if b in wanted for rule in backend_rules(b)]
+    out = common + [rule for b in BACKENDS if b in wanted for rule in backend_rules(b)]
+    if not namespaced:
+        out += [rule for b in BACKENDS if b in wanted for rule in backend_rules(b, cluster_scoped=True)]
+    return out
 
 
-def backend_rules(backend: str) -> list[dict[str, Any]]:
-    """The (namespaced) rules only a backend needs: its job kinds."""
-    return [r.to_api() for r in RULES if r.backend == backend]
+def backend_rules(backend: str, *, cluster_scoped: bool = False) -> list[dict[str, Any]]:
+    """The rules only a backend needs: its (namespaced) job kinds, or with ``cluster_scoped`` its
+    cluster-scoped reads (a namespaced install's chart grants these limited by resource name)."""
+    return [r.to_api() for r in RULES if r.backend == backend and r.cluster_scoped == cluster_scoped]
 
 
 def cluster_role(name: str = CLUSTER_ROLE_NAME, labels: dict[str, str] | None = None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from tac2sol.operator.backend import (
 )
 from tac2sol.operator.kube import Kube, StatusError, TransientError, namespace_going_away, status_code
 from tac2sol.operator.lifecycle import JOB_CREATED, PLANNED, SPEC_CHANGE_REJECTED, condition
-from tac2sol.operator.names import RUN_LABEL, SPEC_ANNOTATION, TRAINJOB
+from tac2sol.operator.names import RUN_LABEL, SPEC_ANNOTATION, TRAINER_API_VERSION, TRAINJOB
 from tac2sol.operator.plan import Plan
 from tac2sol.operator.planner import format_bytes, make_plan
 from tac2sol.operator.podcache import PodCache
@@ -51,6 +51,8 @@ from tac2sol.operator.settings import OperatorSettings
 from tac2sol.operator.spec import TrainingRun
 from tac2sol.operator.specfile import parse_training_run
 from tac2sol.operator.status import Phase
+from tac2sol.operator.trainjob import RUNTIME_KIND as CLUSTER_RUNTIME_KIND
+from tac2sol.operator.trainjob import needs_own_runtime
 from tac2sol.operator.trainjob_status import CREATION_FAILED, creation_failure, trainer_status_progress
 
 log = logging.getLogger(__name__)
@@ -369,8 +371,11 @@ async def _reconcile(
             raise kopf.PermanentError(message) from None
     kind = job["kind"] if job is not None else choice.kind  # type: ignore[union-attr]
 
+    cluster_runtime = None
+    if kind == TRAINJOB and needs_own_runtime(effective):
+        cluster_runtime = await _cluster_runtime(op, body)
     try:
-        children = await asyncio.to_thread(render_children, resolved, plan, op.options, kind)
+        children = await asyncio.to_thread(render_children, resolved, plan, op.options, kind, cluster_runtime)
     except InvalidInput as exc:
         await _condition_only(op, body, JOB_CREATED, "RenderFailed", f"could not render the job: {exc}")
         raise kopf.PermanentError(f"could not render the children of {source}: {exc}") from None
@@ -450,6 +455,38 @@ async def _reconcile(
         # Not an error of the operator: the condition says what to do; no retry would help.
         log.warning("%s: spec change rejected (%s)", source, rejected)
     return written
+
+
+async def _cluster_runtime(op: Operator, body: dict[str, Any]) -> dict[str, Any]:
+    """The ClusterTrainingRuntime a run with a priority class copies into its own TrainingRuntime;
+    missing or unreadable: the run says so (Pending) and the operator retries."""
+    name = op.options.trainjob_runtime
+    why = "a TrainJob run with resources.priorityClassName runs on a copy of it"
+    try:
+        runtime = await op.kube.get(TRAINER_API_VERSION, CLUSTER_RUNTIME_KIND, None, name)
+    except TransientError as exc:
+        raise kopf.TemporaryError(f"reading ClusterTrainingRuntime {name}: {exc}", delay=RETRY_SOON) from exc
+    except StatusError as exc:
+        if status_code(exc) != 403:
+            reading = f"reading ClusterTrainingRuntime {name}: {exc}"
+            raise kopf.TemporaryError(reading, delay=RETRY_SOON) from exc
+        message = (
+            f"the operator may not read ClusterTrainingRuntime {name} ({why}): grant its ServiceAccount "
+            "get on clustertrainingruntimes (the chart does, limited to its runtime's name, also for "
+            "operator.watchNamespace), or remove resources.priorityClassName; retrying"
+        )
+        reason = "RuntimeForbidden"
+    else:
+        if runtime is not None:
+            return runtime
+        message = (
+            f"ClusterTrainingRuntime {name} does not exist ({why}): install it (chart value "
+            "trainJob.runtime.create, or manifests/trainer/), or point the operator setting "
+            "TAC2SOL_TRAINJOB_RUNTIME at the cluster's runtime; retrying"
+        )
+        reason = "RuntimeMissing"
+    await _condition_only(op, body, JOB_CREATED, reason, message, phase=Phase.PENDING.value)
+    raise kopf.TemporaryError(message, delay=RETRY_LATER)
 
 
 async def _existing_job(

@@ -588,21 +588,26 @@ def render_job(rr: ResolvedRun, plan: Plan, opts: RenderOptions, config: str | N
 
 
 def render_children(
-    rr: ResolvedRun, plan: Plan, opts: RenderOptions, kind: str | None = None
+    rr: ResolvedRun,
+    plan: Plan,
+    opts: RenderOptions,
+    kind: str | None = None,
+    cluster_runtime: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Everything the run owns, in apply order: the ConfigMap first (the pods mount it), then the job:
-    a ``kind`` TrainJob (``tac2sol.operator.trainjob``), else the run's v1 kind (:func:`job_kind`)."""
+    a ``kind`` TrainJob (``tac2sol.operator.trainjob``; after the run's own TrainingRuntime when it
+    has a priority class, made from ``cluster_runtime``), else the run's v1 kind (:func:`job_kind`)."""
     if not plan.fits:
         raise ValueError(f"the plan for {rr.name} does not fit; nothing to render")
     data = config_data(rr, plan, opts)
     config = config_hash(data)
     if kind == TRAINJOB:
-        from tac2sol.operator.trainjob import render_trainjob  # it builds on this module
+        from tac2sol.operator.trainjob import render_trainjob_children  # it builds on this module
 
-        job = render_trainjob(rr, plan, opts, config)
+        jobs = render_trainjob_children(rr, plan, opts, config, cluster_runtime)
     else:
-        job = render_job(rr, plan, opts, config)
-    return [render_config_map(rr, plan, opts, data), job]
+        jobs = [render_job(rr, plan, opts, config)]
+    return [render_config_map(rr, plan, opts, data), *jobs]
 
 
 class _BlockDumper(yaml.SafeDumper):

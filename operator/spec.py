@@ -358,10 +358,6 @@ _STAGE_SET = "has(self.deepspeed) && string(self.deepspeed.stage) != 'auto'"
 TRAINJOB_MPIJOB = (
     "launcher mpijob is a Kubeflow v1 MPIJob: use backend pytorchjob (or auto), or launcher pytorchjob"
 )
-TRAINJOB_PRIORITY_CLASS = (
-    "resources.priorityClassName cannot be set on a TrainJob (Trainer v2.3 runtimePatches do not carry "
-    "it): use backend pytorchjob, or Kueue priorities (a WorkloadPriorityClass)"
-)
 TRAINJOB_PULL_POLICY = (
     "imagePullPolicy of a TrainJob is its ClusterTrainingRuntime's (chart value trainer.image.pullPolicy): "
     "remove it or use backend pytorchjob"
@@ -421,11 +417,6 @@ class TrainingRunSpec(ApiModel):
             "self.backend != 'trainjob' || self.launcher != 'mpijob'",
             TRAINJOB_MPIJOB,
             ".launcher",
-        ),
-        _cel(
-            "self.backend != 'trainjob' || !has(self.resources.priorityClassName)",
-            TRAINJOB_PRIORITY_CLASS,
-            ".resources.priorityClassName",
         ),
         _cel(
             "self.backend != 'trainjob' || !has(self.imagePullPolicy)",

@@ -15,8 +15,13 @@ The ClusterTrainingRuntime (the chart's ``tac2sol-torch``, :data:`TRAINER_CONTAI
 the rest: image pull policy, the metrics ports, restarts (JobSet ``failurePolicy``; exit codes
 1-127 fail the run at once, as ``restartPolicy: ExitCode`` does for a PyTorchJob).
 
+A run with ``resources.priorityClassName`` gets its own namespaced ``TrainingRuntime`` (named and
+owned like the TrainJob): the ClusterTrainingRuntime's spec, as read from the cluster, with the
+priority class on its pod templates, since Trainer v2.3's runtimePatches have no field for it. The
+TrainJob then refers to that runtime. Runs without one refer to the ClusterTrainingRuntime itself.
+
 What a TrainJob cannot carry per run (``validation.trainjob_problems``) is refused here, never
-dropped: ``priorityClassName``, ``imagePullPolicy``, v1 ``runPolicy`` settings, ``launcher: mpijob``.
+dropped: ``imagePullPolicy``, v1 ``runPolicy`` settings, ``launcher: mpijob``.
 The dataset's credentials Secret, ``envFrom`` on a PyTorchJob, becomes one optional ``secretKeyRef``
 variable per documented key (:data:`DATASET_CREDENTIAL_KEYS`): a TrainJob has no ``envFrom``.
 
@@ -40,10 +45,12 @@ from tac2sol.operator.render import (
     TORCHRUN,
     TRAIN_COMMAND,
     RenderOptions,
+    common_labels,
     config_data,
     config_hash,
     job_metadata,
     job_suspend,
+    owner_reference,
     pod_template,
     stop_seconds,
     train_config,
@@ -55,6 +62,9 @@ from tac2sol.operator.validation import trainjob_problems
 
 RUNTIME_API_GROUP = TRAINER_API_VERSION.split("/")[0]
 RUNTIME_KIND = "ClusterTrainingRuntime"
+RUN_RUNTIME_KIND = "TrainingRuntime"  # a run's own runtime (a run with a priority class)
+# Labels of the ClusterTrainingRuntime its per-run copy keeps (Trainer reads the framework from them).
+RUNTIME_LABEL_PREFIX = "trainer.kubeflow.org/"
 # spec.dataset.credentialsSecret keys the trainer's download reads (spec.py documents them).
 DATASET_CREDENTIAL_KEYS = (
     "AWS_ACCESS_KEY_ID",
@@ -67,6 +77,7 @@ DATASET_CREDENTIAL_KEYS = (
 )
 # The pod and container fields render.py sets, and where each goes in a TrainJob (None: the runtime's).
 _POD_FIELDS = {
+    "priorityClassName",  # into the run's own TrainingRuntime
     "containers",
     "volumes",
     "securityContext",
@@ -99,11 +110,66 @@ def credential_env(run: TrainingRun) -> list[dict[str, Any]]:
     ]
 
 
+def needs_own_runtime(run: TrainingRun) -> bool:
+    """Whether the run's TrainJob needs a TrainingRuntime of its own (and so the cluster's runtime)."""
+    return run.spec.resources.priority_class_name is not None
+
+
+def render_trainjob_children(
+    rr: ResolvedRun,
+    plan: Plan,
+    opts: RenderOptions,
+    config: str | None = None,
+    cluster_runtime: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The TrainJob, preceded by the run's own TrainingRuntime when it needs one
+    (:func:`needs_own_runtime`); ``cluster_runtime`` is then ``opts.trainjob_runtime`` as read
+    from the cluster."""
+    job = render_trainjob(rr, plan, opts, config)
+    if not needs_own_runtime(rr.run):
+        return [job]
+    if cluster_runtime is None:
+        raise ValueError(f"{rr.name} has a priority class: its runtime copies the ClusterTrainingRuntime")
+    priority = rr.spec.resources.priority_class_name
+    assert priority is not None
+    runtime = render_run_runtime(rr.run, cluster_runtime, priority)
+    job["spec"]["runtimeRef"] = {
+        "name": runtime["metadata"]["name"],
+        "apiGroup": RUNTIME_API_GROUP,
+        "kind": RUN_RUNTIME_KIND,
+    }
+    return [runtime, job]
+
+
+def render_run_runtime(
+    run: TrainingRun, cluster_runtime: dict[str, Any], priority_class: str
+) -> dict[str, Any]:
+    """The run's TrainingRuntime: ``cluster_runtime``'s spec with ``priority_class`` on the pod
+    template of every replicated job (the chart's runtime has one, the trainer nodes)."""
+    spec = copy.deepcopy(cluster_runtime["spec"])
+    for rjob in spec["template"]["spec"]["replicatedJobs"]:
+        pod = rjob.setdefault("template", {}).setdefault("spec", {}).setdefault("template", {})
+        pod.setdefault("spec", {})["priorityClassName"] = priority_class
+    kept = {
+        k: v
+        for k, v in (cluster_runtime["metadata"].get("labels") or {}).items()
+        if k.startswith(RUNTIME_LABEL_PREFIX)
+    }
+    name = run.metadata.name
+    meta: dict[str, Any] = {"name": name}
+    if run.metadata.namespace:
+        meta["namespace"] = run.metadata.namespace
+    meta["labels"] = {**common_labels(name), "app.kubernetes.io/component": "trainer", **kept}
+    meta["ownerReferences"] = [owner_reference(run)]
+    return {"apiVersion": TRAINER_API_VERSION, "kind": RUN_RUNTIME_KIND, "metadata": meta, "spec": spec}
+
+
 def render_trainjob(
     rr: ResolvedRun, plan: Plan, opts: RenderOptions, config: str | None = None
 ) -> dict[str, Any]:
     """The TrainJob: ``nodes`` trainer pods with ``gpusPerNode`` torchrun processes each, on
     ``opts.trainjob_runtime``; ``config`` is the ConfigMap data's hash (computed when not given).
+    The pod's ``priorityClassName`` goes into the run's own runtime (:func:`render_trainjob_children`).
     Raises SpecProblem for what a TrainJob cannot carry."""
     problems = trainjob_problems(rr.spec)
     if problems:

@@ -13,7 +13,6 @@ from tac2sol.operator.catalog import GPUS, MODELS, find_model
 from tac2sol.operator.resolve import resolve_model
 from tac2sol.operator.spec import (
     TRAINJOB_MPIJOB,
-    TRAINJOB_PRIORITY_CLASS,
     TRAINJOB_PULL_POLICY,
     TRAINJOB_RUN_POLICY,
     RunPolicy,
@@ -145,8 +144,6 @@ def trainjob_problems(s: TrainingRunSpec) -> list[SpecProblem]:
                 TRAINJOB_MPIJOB,
             )
         )
-    if s.resources.priority_class_name is not None:
-        out.append(SpecProblem(("spec", "resources", "priorityClassName"), TRAINJOB_PRIORITY_CLASS))
     if s.image_pull_policy is not None:
         out.append(SpecProblem(("spec", "imagePullPolicy"), TRAINJOB_PULL_POLICY))
     p, default = s.run_policy, RunPolicy()

@@ -1038,6 +1038,97 @@ def test_deleting_a_trainjob_run_collects_its_children(
     wait("the JobSet's pods to go", lambda: not _jobset_pods(cp, ns, "tjdoomed"), timeout=60)
 
 
+def test_a_trainjob_run_with_a_priority_class_runs_on_its_own_runtime(
+    trainer_v2: Any, trainjob_runtime: None, namespace: str, claims: None, start_operator: Any, wait: Any
+) -> None:
+    """Trainer v2.3's runtimePatches have no priorityClassName: the run gets a TrainingRuntime of its
+    own (the chart's runtime with the class), owned by it, and its pods the class and its priority.
+    The operator watching one namespace reads the ClusterTrainingRuntime only through a cluster grant
+    limited to that name (the chart's namespaced install makes the same); without it the run says so."""
+    cp, ns = trainer_v2, namespace
+    priority, grant = f"{ns}-high", f"{SA}-{ns}-runtime"
+    cp.apply(
+        {
+            "apiVersion": "scheduling.k8s.io/v1",
+            "kind": "PriorityClass",
+            "metadata": {"name": priority},
+            "value": 100000,
+        }
+    )
+    try:
+        op = start_operator()
+        cp.apply(
+            run_manifest(
+                "qwen32b",
+                "tjprio",
+                backend="trainjob",
+                resources__priorityClassName=priority,
+                resources__podAnnotations=kwok("run-forever"),
+            ),
+            ns,
+        )
+
+        def forbidden() -> dict[str, Any] | None:
+            created = cond(status(cp, ns, "tjprio"), "JobCreated")
+            return created if created and created["reason"] == "RuntimeForbidden" else None
+
+        refused = wait("the run to say it may not read the runtime", forbidden, timeout=60)
+        assert f"ClusterTrainingRuntime {RUNTIME}" in refused["message"]
+        assert status(cp, ns, "tjprio")["phase"] == "Pending"
+        assert not children(cp, ns, "trainjobs")
+
+        cp.apply(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": grant},
+                "rules": [
+                    {**rule, "resourceNames": [RUNTIME]}
+                    for rule in rbac.backend_rules("trainjob", cluster_scoped=True)
+                ],
+            }
+        )
+        cp.apply(
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": grant},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": grant},
+                "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": SYSTEM_NS}],
+            }
+        )
+        wait_phase(cp, ns, "tjprio", "Running", wait, op, timeout=120)  # the operator retries in 30 s
+        run_uid = get_run(cp, ns, "tjprio")["metadata"]["uid"]
+        runtime = cp.get_json("-n", ns, "trainingruntime", "tjprio")
+        (owner,) = runtime["metadata"]["ownerReferences"]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("TrainingRun", run_uid, True)
+        job = cp.get_json("-n", ns, "trainjob", "tjprio")
+        assert job["spec"]["runtimeRef"] == {
+            "name": "tjprio",
+            "apiGroup": "trainer.kubeflow.org",
+            "kind": "TrainingRuntime",
+        }
+        pods = _jobset_pods(cp, ns, "tjprio")
+        assert pods
+        for pod in pods:
+            assert (pod["spec"]["priorityClassName"], pod["spec"]["priority"]) == (priority, 100000)
+            assert pod["metadata"]["labels"]["tac2sol.dev/run"] == "tjprio"  # the run's patch still applies
+
+        op.stop()
+        cp.kubectl("delete", "-n", ns, "trainingrun", "tjprio", "--wait=true", "--timeout=30s")
+        wait(
+            "the garbage collector to delete the TrainingRuntime and the TrainJob",
+            lambda: (
+                not cp.get_json("-n", ns, "trainingruntimes")["items"] and not children(cp, ns, "trainjobs")
+            ),
+            timeout=60,
+        )
+    finally:
+        for kind in ("clusterrolebinding", "clusterrole"):
+            cp.kubectl("delete", kind, grant, "--ignore-not-found", check=False)
+        cp.kubectl("delete", "priorityclass", priority, "--ignore-not-found", check=False)
+
+
 def test_an_impossible_trainjob_plan_creates_nothing(
     trainer_v2: Any, trainjob_runtime: None, namespace: str, start_operator: Any, wait: Any
 ) -> None:

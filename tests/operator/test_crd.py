@@ -284,11 +284,6 @@ CEL_REJECTS = [
         "launcher mpijob is a Kubeflow v1 MPIJob",
     ),
     (
-        "trainjob-priority-class",
-        {"spec.backend": "trainjob", "spec.resources.priorityClassName": "high"},
-        "priorityClassName cannot be set on a TrainJob",
-    ),
-    (
         "trainjob-pull-policy",
         {"spec.backend": "trainjob", "spec.imagePullPolicy": "Always"},
         "imagePullPolicy of a TrainJob",
@@ -328,3 +323,11 @@ def test_cel_rules_and_python_checks_agree(
 
     with pytest.raises(InvalidInput):
         parse_training_run(make_run(**changes))
+
+
+def test_a_trainjob_may_have_a_priority_class(schema: dict[str, Any], make_run: MakeRun) -> None:
+    """It runs on a TrainingRuntime of its own (operator/trainjob.py), so nothing refuses it."""
+    errors, failures = _check(
+        schema, make_run(**{"spec.backend": "trainjob", "spec.resources.priorityClassName": "high"})
+    )
+    assert (errors, failures) == ([], [])

@@ -94,12 +94,14 @@ CASES = {
 
 
 # The same runs as Kubeflow Trainer v2 TrainJobs (backend trainjob), minus what a TrainJob cannot
-# carry (priorityClassName, imagePullPolicy, v1 runPolicy settings, launcher mpijob).
+# carry (imagePullPolicy, v1 runPolicy settings, launcher mpijob); the priority class has its own case.
 TRAINJOB_EVERYTHING = {
     k: v
     for k, v in EVERYTHING.items()
     if k not in ("resources__priorityClassName", "imagePullPolicy", "runPolicy")
 }
+# The chart's ClusterTrainingRuntime with its default values, as the operator reads it from a cluster.
+CLUSTER_RUNTIME = yaml.safe_load((REPO / "manifests" / "trainer" / "clustertrainingruntime.yaml").read_text())
 TRAINJOB_CASES = {
     # DDP on one node x 4 GPUs.
     "trainjob-qwen32b": _load("qwen32b", backend="trainjob"),
@@ -112,6 +114,10 @@ TRAINJOB_CASES = {
     ),
     # DeepSpeed on 2 nodes (the v1 case above runs it as an MPIJob).
     "trainjob-qwen72b-2nodes": _load("qwen2.5-72b", backend="trainjob", resources__nodes=2),
+    # A priority class: the run's own TrainingRuntime (the chart's runtime with it), then the TrainJob.
+    "trainjob-qwen32b-priority": _load(
+        "qwen32b", backend="trainjob", resources__priorityClassName="training-high"
+    ),
     # CPU: no GPUs, emptyDirs.
     "trainjob-tiny-cpu": _load("tiny-local", backend="trainjob"),
     # An S3 URI: the credentials Secret's known keys as optional secretKeyRef variables.
@@ -127,7 +133,7 @@ ALL_CASES = {**CASES, **TRAINJOB_CASES}
 def _render(data: dict[str, Any]) -> list[dict[str, Any]]:
     run = _run(data)
     kind = "TrainJob" if run.spec.backend == "trainjob" else None
-    return render_children(resolve(run), make_plan(resolve(run)), OPTIONS, kind)
+    return render_children(resolve(run), make_plan(resolve(run)), OPTIONS, kind, CLUSTER_RUNTIME)
 
 
 @pytest.mark.parametrize("case", sorted(ALL_CASES))
@@ -188,9 +194,39 @@ def _trainer_crd_schema(crds: Path, plural: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("case", sorted(TRAINJOB_CASES))
 def test_trainjobs_match_the_trainer_crd_schema(case: str, trainer_crds: Path) -> None:
-    job = _render(TRAINJOB_CASES[case])[1]
+    """The TrainJob, and the run's own TrainingRuntime when it has one."""
+    *runtimes, job = _render(TRAINJOB_CASES[case])[1:]
     assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
     jsonschema.validate({**job, "metadata": {}}, _trainer_crd_schema(trainer_crds, "trainjobs"))
+    for runtime in runtimes:
+        assert runtime["kind"] == "TrainingRuntime"
+        schema = _trainer_crd_schema(trainer_crds, "trainingruntimes")
+        jsonschema.validate({**runtime, "metadata": {}}, schema)
+
+
+def test_a_priority_class_gets_the_run_its_own_runtime() -> None:
+    """The chart's runtime with the priority class on its pods, owned by the run; the TrainJob refers
+    to it. Without a priority class: the ClusterTrainingRuntime, and nothing more."""
+    _, runtime, job = _render(TRAINJOB_CASES["trainjob-qwen32b-priority"])
+    assert job["spec"]["runtimeRef"] == {
+        "name": "qwen32b",
+        "apiGroup": "trainer.kubeflow.org",
+        "kind": "TrainingRuntime",
+    }
+    assert (runtime["kind"], runtime["metadata"]["name"]) == ("TrainingRuntime", "qwen32b")
+    assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
+    (rjob,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    pod_spec = rjob["template"]["spec"]["template"]["spec"]
+    assert pod_spec.pop("priorityClassName") == "training-high"
+    (cluster_rjob,) = CLUSTER_RUNTIME["spec"]["template"]["spec"]["replicatedJobs"]
+    assert rjob == cluster_rjob  # otherwise the chart's runtime, untouched (and not mutated)
+    assert "priorityClassName" not in str(job["spec"])
+    plain = _render(TRAINJOB_CASES["trainjob-qwen32b"])
+    assert [o["kind"] for o in plain] == ["ConfigMap", "TrainJob"]
+    assert plain[1]["spec"]["runtimeRef"]["kind"] == "ClusterTrainingRuntime"
+    run = _run(TRAINJOB_CASES["trainjob-qwen32b-priority"])
+    with pytest.raises(ValueError, match="ClusterTrainingRuntime"):
+        render_children(resolve(run), make_plan(resolve(run)), OPTIONS, "TrainJob")
 
 
 @pytest.mark.parametrize("case", sorted(ALL_CASES))
@@ -515,7 +551,6 @@ def test_trainjob_dataset_credentials_are_optional_secret_keys() -> None:
 @pytest.mark.parametrize(
     ("changes", "field"),
     [
-        ({"resources__priorityClassName": "high"}, "spec.resources.priorityClassName"),
         ({"imagePullPolicy": "Always"}, "spec.imagePullPolicy"),
         ({"runPolicy": {"backoffLimit": 7}}, "spec.runPolicy"),
     ],

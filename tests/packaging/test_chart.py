@@ -205,9 +205,17 @@ def test_clusterwide_rbac_is_operator_rbac(render: Render) -> None:
 
 
 def test_namespaced_rbac_grants_nothing_cluster_wide(render: Render) -> None:
+    """...but get on the chart's own ClusterTrainingRuntime (a priority-class TrainJob copies it)."""
     objects = render(NAMESPACED)
-    kinds = {o["kind"] for o in objects}
-    assert not kinds & {"ClusterRole", "ClusterRoleBinding"}
+    (cluster_role,) = [o for o in objects if o["kind"] == "ClusterRole"]
+    assert cluster_role["rules"] == [
+        {**rule, "resourceNames": ["tac2sol-torch"]}
+        for rule in rbac.backend_rules("trainjob", cluster_scoped=True)
+    ]
+    (cluster_binding,) = [o for o in objects if o["kind"] == "ClusterRoleBinding"]
+    assert cluster_binding["roleRef"]["name"] == cluster_role["metadata"]["name"] == "tac2sol-runtime"
+    without_trainjob = render({**NAMESPACED, "backends": ["pytorchjob"]})
+    assert not {o["kind"] for o in without_trainjob} & {"ClusterRole", "ClusterRoleBinding"}
     role = _one(objects, "Role")
     assert role["metadata"]["namespace"] == "team-a"
     assert role["rules"] == rbac.rules(namespaced=True)
@@ -232,6 +240,7 @@ def test_generated_rbac_file_matches_operator_rbac() -> None:
         "clusterwide": rbac.rules(backends=()),
         "namespaced": rbac.rules(namespaced=True, backends=()),
         "backends": {b: rbac.backend_rules(b) for b in rbac.BACKENDS},
+        "clusterBackends": {b: rbac.backend_rules(b, cluster_scoped=True) for b in rbac.BACKENDS},
     }, "files/rbac/operator-rules.yaml drifted from operator/rbac.py: run `make generate`"
 
 
