@@ -77,21 +77,36 @@ def _install(helm: Any, cp: Any, tmp: Path, name: str, namespace: str, values: d
 
 
 def _can(cp: Any, release: Release, verb: str, resource: str, namespace: str | None = None) -> bool:
-    """`kubectl auth can-i` as the release's ServiceAccount (RESOURCE may be resource.group/subresource)."""
+    """What the apiserver's authorizer answers for the release's ServiceAccount (RESOURCE may be
+    resource.group/subresource). A SubjectAccessReview, not `kubectl auth can-i`: can-i looks the
+    resource up in discovery first and answers "no" for a kind the cluster does not serve yet
+    (Trainer v2's, before its CRDs are installed), whatever the RBAC says."""
     resource, _, sub = resource.partition("/")
-    args = [
-        "auth",
-        "can-i",
-        verb,
-        resource,
-        f"--as=system:serviceaccount:{release.namespace}:{release.service_account}",
-    ]
-    if sub:
-        args.append(f"--subresource={sub}")
-    args += ["-n", namespace] if namespace else ["--all-namespaces"]
-    proc = cp.kubectl(*args, check=False)
-    assert proc.stdout.strip() in ("yes", "no"), proc.stderr
-    return proc.stdout.strip() == "yes"
+    plural, _, group = resource.partition(".")
+    sa = f"system:serviceaccount:{release.namespace}:{release.service_account}"
+    attributes = {
+        "verb": verb,
+        "group": group,
+        "resource": plural,
+        "subresource": sub,
+        "namespace": namespace or "",
+    }
+    review = {
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": sa,
+            "groups": [
+                "system:serviceaccounts",
+                f"system:serviceaccounts:{release.namespace}",
+                "system:authenticated",
+            ],
+            "resourceAttributes": attributes,
+        },
+    }
+    proc = cp.kubectl("create", "-o", "json", "-f", "-", input=json.dumps(review), check=False)
+    assert proc.returncode == 0, proc.stderr
+    return bool(json.loads(proc.stdout)["status"].get("allowed"))
 
 
 Check = tuple[str, str, str | None]  # verb, resource, namespace (None: all namespaces)
