@@ -4,7 +4,10 @@
 pods' /metrics as it would in a pod) makes the PyTorchJob; the training-operator makes 2 pods that
 the kubelet runs from the CPU trainer image; torchrun starts one rank each, DDP over gloo, the
 master found through CoreDNS; progress comes from the pods' real /metrics; the job and the run
-succeed; the adapter, run.json and the evaluation report are on the output claim's local volume."""
+succeed; the adapter, run.json and the evaluation report are on the output claim's local volume.
+A real Prometheus (tests/e2e/conftest.py's `node_prometheus`) discovers both trainer pods through
+kubernetes_sd_configs as the chart's PodMonitor selects them and scrapes
+tac2sol_train_steps_total from both ranks."""
 
 from __future__ import annotations
 
@@ -14,13 +17,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tac2sol.devprometheus import NodePrometheus
 
 pytestmark = [pytest.mark.k8s, pytest.mark.image, pytest.mark.slow]
 
@@ -77,9 +82,15 @@ def node_operator(control_plane: Any, namespace: str, tmp_path: Path) -> Iterato
 
 
 def test_tiny_cluster_trains_on_the_real_node(
-    control_plane: Any, namespace: str, trainer_image: str, node_operator: NodeOperator, wait: Any
+    control_plane: Any,
+    namespace: str,
+    trainer_image: str,
+    node_operator: NodeOperator,
+    node_prometheus: Callable[..., NodePrometheus],
+    wait: Any,
 ) -> None:
     cp, ns = control_plane, namespace
+    prom = node_prometheus(ns)
     timings: dict[str, float] = {}
     start = time.monotonic()
     cp.kubectl("-n", ns, "apply", "-f", str(REPO / "runs" / "tiny-cluster" / "data.yaml"))
@@ -143,6 +154,10 @@ def test_tiny_cluster_trains_on_the_real_node(
     )
     assert _condition(cp.get_json("-n", ns, "pytorchjob", job_name), "Succeeded")
     assert progress["step"] <= status["progress"]["step"] == 40, status["progress"]
+    # Prometheus found both trainer pods as the chart's PodMonitor selects them and scraped each rank.
+    scraped = prom.train_steps(ns, RUN)
+    assert set(scraped) == {p["metadata"]["name"] for p in placed}, scraped
+    assert sorted(scraped.values()) == [("0", 40.0), ("1", 40.0)], scraped
     assert "step" in logs and "loss" in logs, logs[-3000:]
 
     claim = cp.get_json("-n", ns, "pvc", "tiny-cluster-output")
