@@ -12,8 +12,10 @@ without a securityContext, so `restricted` rejects the launcher pod whatever the
 the run's namespace enforces `baseline` (and warns at `restricted`), and a test pins exactly
 that: the workers and the launcher's own container pass `restricted`, only that init container fails.
 
-Both ranks serve /metrics on their worker pod's address (scraped here from the node's network
-namespace, where pod addresses exist) with tac2sol_train_steps_total.
+Both ranks serve /metrics on their worker pod's address: a real Prometheus in the node's network
+namespace (tests/e2e/conftest.py's `node_prometheus`) discovers both worker pods through
+kubernetes_sd_configs as the chart's PodMonitor selects them and scrapes tac2sol_train_steps_total
+from each rank.
 """
 
 from __future__ import annotations
@@ -24,12 +26,14 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from tac2sol.devprometheus import NodePrometheus
 
 pytestmark = [pytest.mark.k8s, pytest.mark.image, pytest.mark.slow]
 
@@ -109,10 +113,12 @@ def test_tiny_mpijob_trains_on_the_real_node(
     mpi_namespace: str,
     trainer_image: str,
     mpi_operator: Path,
+    node_prometheus: Callable[..., NodePrometheus],
     wait: Any,
 ) -> None:
     cp, ns = control_plane, mpi_namespace
     timings: dict[str, float] = {}
+    prom = node_prometheus(ns)
     cp.kubectl("-n", ns, "apply", "-f", str(REPO / "runs" / "tiny-cluster" / "data.yaml"))
     done = cp.kubectl(
         "-n", ns, "wait", "--for=condition=Complete", "job/tiny-cluster-data", "--timeout=600s",
@@ -148,26 +154,14 @@ def test_tiny_mpijob_trains_on_the_real_node(
     assert len(workers) == 2 and all(w["spec"]["nodeName"] == NODE for w in workers)
     assert all(w["spec"]["containers"][0]["image"] == trainer_image for w in workers)
 
-    # Both ranks, each on its worker pod's address (metricsPort + local rank 0).
-    def scrape(pod: dict[str, Any]) -> str:
-        url = f"http://{pod['status']['podIP']}:9400/metrics"
-        out = subprocess.run(_node_exec("curl", "-sf", url), capture_output=True, text=True, env=cp.env)
-        return out.stdout if out.returncode == 0 else ""
+    # Both ranks, found by Prometheus as the chart's PodMonitor selects them, each on its worker pod.
+    def both_ranks() -> dict[str, tuple[str, float]] | None:
+        scraped = prom.train_steps(ns, RUN)
+        return scraped if sorted(rank for rank, _ in scraped.values()) == ["0", "1"] else None
 
-    def both_ranks_count_steps() -> dict[str, str] | None:
-        texts = {p["metadata"]["name"]: scrape(p) for p in pods("worker")}
-        ok = all("tac2sol_train_steps_total" in t for t in texts.values()) and len(texts) == 2
-        return texts if ok else None
-
-    texts = wait("both ranks' /metrics", both_ranks_count_steps, timeout=600, interval=2)
+    scraped = wait("Prometheus to scrape both ranks", both_ranks, timeout=600, interval=2)
     timings["both_ranks_metrics_s"] = time.monotonic() - start
-    ranks = {
-        line.split('rank="')[1].split('"')[0]
-        for t in texts.values()
-        for line in t.splitlines()
-        if line.startswith("tac2sol_train_steps_total{") and 'rank="' in line
-    }
-    assert ranks == {"0", "1"}, texts
+    assert set(scraped) == {w["metadata"]["name"] for w in workers}, scraped
 
     def finished() -> dict[str, Any] | None:
         status = run().get("status") or {}
