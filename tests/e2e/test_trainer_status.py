@@ -1,26 +1,49 @@
-"""Trainer's status server in the test cluster, with Trainer v2's TrainJobStatus gate on
+"""Progress pushed by the trainer, end to end with Trainer v2's TrainJobStatus gate on
 (`TAC2SOL_TRAINER_STATUS=1 hack/cluster.sh trainer-up`: the trainer-controller-manager and its
-status server in the real node's network namespace): a TrainJob's pod on kwok gets the server's
-address and credentials from Trainer; a POST from the node's network namespace with a token the
-apiserver issues for that pod and audience (as the kubelet does for the pod's projected volume)
-lands in the TrainJob's status.trainerStatus; a token for another TrainJob is refused; nothing
-listens on the status port in the host's network namespace. The one stand-in: kwok runs no
-container, so curl pushes what the pod's trainer would."""
+status server in the real node's network namespace).
+
+The status server alone: a TrainJob's pod on kwok gets the server's address and credentials from
+Trainer; a POST from the node's network namespace with a token the apiserver issues for that pod
+and audience (as the kubelet does for the pod's projected volume) lands in the TrainJob's
+status.trainerStatus; a token for another TrainJob is refused; nothing listens on the status port
+in the host's network namespace. The one stand-in: kwok runs no container, so curl pushes what the
+pod's trainer would.
+
+The whole path, with the CPU trainer image: a TrainingRun with `backend: trainjob` (the tiny model,
+one pod on the real node) -> the operator makes the TrainJob on the chart's ClusterTrainingRuntime
+-> Trainer v2.3 injects KUBEFLOW_TRAINER_SERVER_URL/_CA_CERT/_TOKEN and the projected token -> the
+kubelet runs tac2sol's trainer -> transformers' Kubeflow callback POSTs progress to the status
+server (through the Service, CoreDNS and kube-proxy) -> Trainer verifies the token and writes
+status.trainerStatus -> the operator shows it in the run's status.progress, `source:
+trainerStatus`. The operator runs out of cluster in the host's network namespace, where the pods'
+addresses do not exist: it cannot read their /metrics, so all the progress it shows comes from
+trainerStatus. Nothing is simulated."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from tac2sol import devtools
 
 pytestmark = pytest.mark.k8s
 
+REPO = Path(__file__).resolve().parents[2]
+TAC2SOL = Path(sys.executable).with_name("tac2sol")
+NODE = "tac2sol-node"
+RUN = "tiny-status"
+RELEASE = "tac2sol-status"  # its runtime is <release>-torch: cluster-scoped, so unique to this test
+STEPS = 30
 STATUS_SERVICE = "kubeflow-trainer-controller-manager.kubeflow-system.svc"
 STATUS_PORT = 10443
 
@@ -131,3 +154,141 @@ def test_the_status_server_takes_a_pods_push_into_the_trainjob(
     assert host.stdout.strip() == "", host.stdout
     node = cp.dev.node_exec("ss", "-Hltn", f"sport = :{STATUS_PORT}")
     assert f":{STATUS_PORT}" in node.stdout, node
+
+
+@pytest.fixture
+def runtime(trainer_status: Any) -> Iterator[str]:
+    """The chart's ClusterTrainingRuntime, rendered by the real helm; the node has the image."""
+    cp = trainer_status
+    rendered = subprocess.run(
+        [str(cp.bin_dir / "helm"), "template", RELEASE, str(REPO / "charts" / "tac2sol"),
+         "--show-only", "templates/trainingruntime.yaml",
+         "--api-versions", "trainer.kubeflow.org/v1alpha1/ClusterTrainingRuntime",
+         "--set", "trainer.image.pullPolicy=Never"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    doc = yaml.safe_load(rendered)
+    cp.apply(doc)
+    yield doc["metadata"]["name"]
+    cp.kubectl("delete", "clustertrainingruntime", doc["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def operator_log(
+    trainer_status: Any, namespace: str, runtime: str, trainer_image: str, tmp_path: Path
+) -> Iterator[Path]:
+    """`tac2sol operator --namespace NS`, out of cluster in the host's network namespace."""
+    cp, ns = trainer_status, namespace
+    crd = REPO / "manifests" / "crds" / "trainingruns.tac2sol.dev.yaml"
+    cp.kubectl("apply", "--server-side", "-f", str(crd))
+    cp.kubectl("wait", "--for=condition=Established", "crd/trainingruns.tac2sol.dev", "--timeout=30s")
+    log_path = tmp_path / "operator.log"
+    command = [str(TAC2SOL), "operator", "--namespace", ns, "--metrics-port", "0"]
+    command += ["--trainer-image", trainer_image, "--progress-interval", "2"]
+    env = {**cp.env, "PYTHONSAFEPATH": "1", "TAC2SOL_TRAINJOB_RUNTIME": runtime}
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield log_path
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.mark.image
+@pytest.mark.slow
+def test_progress_pushed_by_the_trainer_reaches_the_run_through_trainer_status(
+    trainer_status: Any, namespace: str, operator_log: Path, wait: Any
+) -> None:
+    cp, ns = trainer_status, namespace
+    cp.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
+    start = time.monotonic()
+    cp.kubectl("-n", ns, "apply", "-f", str(REPO / "runs" / "tiny-cluster" / "data.yaml"))
+    done = cp.kubectl("-n", ns, "wait", "--for=condition=Complete", "job/tiny-cluster-data",
+                      "--timeout=600s", check=False, timeout=620)  # fmt: skip
+    data_logs = cp.kubectl("-n", ns, "logs", "job/tiny-cluster-data", check=False).stdout
+    assert done.returncode == 0, f"the data Job did not complete: {done.stderr}\n{data_logs[-3000:]}"
+    data_s = time.monotonic() - start
+
+    run = yaml.safe_load((REPO / "runs" / "tiny-cluster.yaml").read_text())
+    run["metadata"]["name"] = RUN
+    spec = run["spec"]
+    spec["backend"] = "trainjob"
+    spec["resources"]["nodes"] = 1
+    spec["training"].update(maxSteps=STEPS, saveSteps=STEPS, loggingSteps=5)
+    spec["evaluation"] = {"enabled": False}
+    start = time.monotonic()
+    cp.apply(run, ns)
+
+    def trainjob() -> dict[str, Any]:
+        got = cp.kubectl("-n", ns, "get", "trainjob", RUN, "-o", "json", "--show-managed-fields", check=False)
+        return json.loads(got.stdout) if got.returncode == 0 else {}
+
+    def diagnosis() -> str:
+        pods = cp.kubectl("-n", ns, "get", "pods", "-o", "wide", check=False).stdout
+        logs = cp.kubectl(
+            "-n", ns, "logs", "-l", f"jobset.sigs.k8s.io/jobset-name={RUN}", "--tail=40", check=False
+        )
+        trainer_log = (cp.state_dir / "logs" / "trainer-controller-manager.log").read_text(errors="replace")
+        return (
+            f"trainjob status: {json.dumps(trainjob().get('status'))[:3000]}\npods:\n{pods}\n"
+            f"trainer pod logs:\n{logs.stdout}{logs.stderr}\n"
+            f"trainer-controller-manager log:\n{trainer_log[-3000:]}\n"
+            f"operator log:\n{operator_log.read_text(errors='replace')[-3000:]}"
+        )
+
+    # Trainer's TrainJobStatus plugin put the status server's address and credentials in the pod.
+    def trainer_pods() -> list[dict[str, Any]]:
+        return list(cp.get_json("-n", ns, "pods", "-l", f"jobset.sigs.k8s.io/jobset-name={RUN}")["items"])
+
+    (pod,) = wait(
+        "the trainer pod on a node", lambda: [p for p in trainer_pods() if p["spec"].get("nodeName")]
+    )
+    assert pod["spec"]["nodeName"] == NODE
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0].get("env") or []}
+    assert env.get("KUBEFLOW_TRAINER_SERVER_URL") == _status_url(ns, RUN), env
+
+    seen: list[dict[str, Any]] = []
+
+    def finished() -> dict[str, Any] | None:
+        status = cp.get_json("-n", ns, "trainingrun", RUN).get("status") or {}
+        if status.get("progress") and status["progress"] not in seen:
+            seen.append(status["progress"])
+        return status if status.get("phase") in ("Succeeded", "Failed") else None
+
+    try:
+        status = wait("the run to finish", finished, timeout=900, interval=1)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnosis()}") from None
+    took = time.monotonic() - start
+    assert status["phase"] == "Succeeded", f"{status}\n{diagnosis()}"
+
+    # The TrainJob's trainerStatus was written by the status server (its field manager), from
+    # the trainer's pushes: 100 % at the end of training.
+    job = trainjob()
+    pushed = job["status"]["trainerStatus"]
+    managers = [
+        m for m in job["metadata"]["managedFields"] if "f:trainerStatus" in json.dumps(m.get("fieldsV1"))
+    ]
+    assert "trainer-status" in [m["manager"] for m in managers], managers
+    assert pushed["progressPercentage"] == 100 and pushed.get("estimatedRemainingSeconds", 0) == 0, pushed
+    metrics = {m["name"]: m["value"] for m in pushed["metrics"]}
+    assert float(metrics["train_loss"]) > 0, metrics
+
+    # The run shows it as its progress, saying where it came from; nothing else filled progress.
+    assert seen and all(p["source"] == "trainerStatus" for p in seen), seen
+    assert status["progress"]["source"] == "trainerStatus", (status["progress"], pushed)
+    assert status["progress"]["percent"] == 100, status["progress"]
+    assert status["progress"]["updatedAt"] == pushed["lastUpdatedTime"], (status["progress"], pushed)
+    losses = [round(float(metrics[k]), 6) for k in ("loss", "train_loss") if k in metrics]
+    assert status["progress"]["loss"] in losses, (status["progress"], metrics)
+    print(
+        f"\ntrainer status: data Job {data_s:.0f} s, apply -> Succeeded {took:.0f} s, "
+        f"progress seen: {[p.get('percent') for p in seen]}"
+    )
