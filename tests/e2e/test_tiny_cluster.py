@@ -1,24 +1,29 @@
-"""runs/tiny-cluster.yaml end to end on the real node: `kubectl apply` of the data claims and Job
-(runs/tiny-cluster/data.yaml) and of the TrainingRun, in a namespace enforcing Pod Security
-`restricted`; the operator (out of cluster, in the node's network namespace so that it reads the
-pods' /metrics as it would in a pod) makes the PyTorchJob; the training-operator makes 2 pods that
-the kubelet runs from the CPU trainer image; torchrun starts one rank each, DDP over gloo, the
-master found through CoreDNS; progress comes from the pods' real /metrics; the job and the run
-succeed; the adapter, run.json and the evaluation report are on the output claim's local volume.
-A real Prometheus (tests/e2e/conftest.py's `node_prometheus`) discovers both trainer pods through
-kubernetes_sd_configs as the chart's PodMonitor selects them and scrapes
-tac2sol_train_steps_total from both ranks."""
+"""runs/tiny-cluster.yaml end to end on the real node, with the operator as a pod: `helm install` of
+charts/tac2sol (tests/e2e/conftest.py's `chart_release`: the operator pod on the real node, in a
+namespace enforcing Pod Security `restricted`); `kubectl apply` of the data claims and Job
+(runs/tiny-cluster/data.yaml) and of the TrainingRun; the operator makes the PyTorchJob; the
+training-operator makes 2 pods that the kubelet runs from the CPU trainer image; `tac2sol torchrun`
+starts one rank each, DDP over gloo, the master found through CoreDNS; progress comes from the
+pods' real /metrics; the job and the run succeed; the adapter, run.json and the evaluation report
+are on the output claim's local volume. A real Prometheus (tests/e2e/conftest.py's
+`node_prometheus`) discovers both trainer pods through kubernetes_sd_configs as the chart's
+PodMonitor selects them and scrapes tac2sol_train_steps_total from both ranks.
+
+Then the faults, on the same release, data and node, one run at a time (the node has 2 CPUs):
+- a worker pod and the operator pod deleted mid-run (one run: the training-operator re-creates the
+  trainer pods, which resume from the last checkpoint; the Deployment re-creates the operator, which
+  adopts the run: one job, exactly the planned steps, one adapter);
+- a memory limit too small: OOMKilled, which pod, the limit and what to change, in the run's
+  status, and it stays while the training-operator re-creates the pod.
+The missing-image fault is tests/e2e/test_helm_operator.py's (it needs no trainer image).
+"""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,172 +32,178 @@ import yaml
 
 from tac2sol.devprometheus import NodePrometheus
 
-pytestmark = [pytest.mark.k8s, pytest.mark.image, pytest.mark.slow]
+# The first test waits for both images (a cold trainer build is ~20 min) and each run takes minutes.
+pytestmark = [pytest.mark.k8s, pytest.mark.image, pytest.mark.slow, pytest.mark.timeout(3600)]
 
 REPO = Path(__file__).resolve().parents[2]
-TAC2SOL = Path(sys.executable).with_name("tac2sol")
-NODE = "tac2sol-node"
+NODE = "tac2sol-node"  # hack/cluster.sh's NODE_NAME
 RUN = "tiny-cluster"
-TRAINER_IMAGE = "localhost/tac2sol/trainer:cpu"  # tests/e2e/conftest.py imports it as this
+
+# The fault runs: shorter than tiny-cluster (minutes each on 2 busy cores), a checkpoint every 4 steps.
+FAULT_STEPS = 16
+FAULT_RUN = {
+    "spec.training.maxSteps": FAULT_STEPS,
+    "spec.training.saveSteps": 4,
+    "spec.evaluation.maxSamples": 2,
+    "spec.evaluation.maxNewTokens": 16,
+}
+OOM_LIMIT = "300Mi"  # below what one rank needs to import torch and load the model
 
 
-def _condition(obj: dict[str, Any], kind: str) -> bool:
-    return any(
-        c["type"] == kind and c["status"] == "True" for c in obj.get("status", {}).get("conditions") or []
-    )
+@pytest.fixture(scope="module")
+def release(chart_release: Any, trainer_image: str) -> Iterator[Any]:
+    """The chart's release with the CPU trainer image on the node and the tiny-cluster data on its
+    claim (the data Job done); the timings are printed at the end of the module."""
+    chart_release.make_data()
+    yield chart_release
 
 
-@dataclass
-class NodeOperator:
-    """`tac2sol operator --namespace NS` run in the real node's network namespace, where the pods'
-    /metrics are (as the operator's pod would be); its output goes to a log file."""
-
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+def _adapters(out: Path) -> list[Path]:
+    """The adapters a run wrote, checkpoints left out."""
+    found = out.rglob("adapter_config.json")
+    return [p for p in found if not any(s.startswith("checkpoint-") for s in p.relative_to(out).parts)]
 
 
-@pytest.fixture
-def node_operator(control_plane: Any, namespace: str, tmp_path: Path) -> Iterator[NodeOperator]:
-    cp, ns = control_plane, namespace
-    cp.kubectl("label", "namespace", ns, "pod-security.kubernetes.io/enforce=restricted")
-    crd = REPO / "manifests" / "crds" / "trainingruns.tac2sol.dev.yaml"
-    cp.kubectl("apply", "--server-side", "-f", str(crd))
-    cp.kubectl("wait", "--for=condition=Established", "crd/trainingruns.tac2sol.dev", "--timeout=30s")
-    log_path = tmp_path / "operator.log"
-    command = ["bash", str(REPO / "hack" / "cluster.sh"), "node-exec", str(TAC2SOL), "operator"]
-    command += ["--namespace", ns, "--metrics-port", "0", "--trainer-image", TRAINER_IMAGE]
-    command += ["--progress-interval", "2"]
-    env = {**cp.env, "PYTHONSAFEPATH": "1"}
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        yield NodeOperator(proc, log_path)
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-
-
-def test_tiny_cluster_trains_on_the_real_node(
-    control_plane: Any,
-    namespace: str,
-    trainer_image: str,
-    node_operator: NodeOperator,
-    node_prometheus: Callable[..., NodePrometheus],
-    wait: Any,
+def test_tiny_cluster_trains_with_the_operator_pod(
+    release: Any, trainer_image: str, node_prometheus: Callable[..., NodePrometheus]
 ) -> None:
-    cp, ns = control_plane, namespace
-    prom = node_prometheus(ns)
-    timings: dict[str, float] = {}
+    cp, ns = release.cp, release.ns
+    prom = node_prometheus(ns, "e2e", release.values)  # conftest's chart_release is release "e2e"
     start = time.monotonic()
-    cp.kubectl("-n", ns, "apply", "-f", str(REPO / "runs" / "tiny-cluster" / "data.yaml"))
-    done = cp.kubectl(
-        "-n",
-        ns,
-        "wait",
-        "--for=condition=Complete",
-        "job/tiny-cluster-data",
-        "--timeout=600s",
-        check=False,
-        timeout=620,
-    )
-    data_logs = cp.kubectl("-n", ns, "logs", "job/tiny-cluster-data", check=False)
-    assert done.returncode == 0, f"the data Job did not complete: {done.stderr}\n{data_logs.stdout[-3000:]}"
-    timings["data_job_s"] = time.monotonic() - start
-
-    start = time.monotonic()
-    cp.kubectl("-n", ns, "apply", "-f", str(REPO / "runs" / "tiny-cluster.yaml"))
-
-    def run() -> dict[str, Any]:
-        return dict(cp.get_json("-n", ns, "trainingrun", RUN))
-
-    job_name = wait("the PyTorchJob", lambda: (run().get("status") or {}).get("jobRef", {}).get("name"), 120)
+    cp.kubectl("-n", ns, "apply", "-f", str(REPO / "runs" / f"{RUN}.yaml"))
+    job_name = release.job_of(RUN)
     job = cp.get_json("-n", ns, "pytorchjob", job_name)
     assert job["metadata"]["ownerReferences"][0]["name"] == RUN
 
-    def pods() -> list[dict[str, Any]]:
-        selector = f"training.kubeflow.org/job-name={job_name}"
-        return list(cp.get_json("-n", ns, "pods", "-l", selector)["items"])
-
     def two_running() -> list[dict[str, Any]] | None:
-        got = pods()
+        got = release.pods(job_name)
         running = [p for p in got if p["status"].get("phase") in ("Running", "Succeeded")]
         return got if len(got) == 2 and len(running) == 2 else None
 
-    placed = wait("2 trainer pods running", two_running, timeout=300)
+    placed = release.wait("2 trainer pods running", two_running, timeout=300)
     for pod in placed:
         assert pod["spec"]["nodeName"] == NODE
         (container,) = pod["spec"]["containers"]
         assert container["image"] == trainer_image
+        assert container["command"][:2] == ["tac2sol", "torchrun"], container["command"]
         assert pod["status"]["containerStatuses"][0]["imageID"], pod["status"]
 
     def progressed() -> dict[str, Any] | None:
-        progress = (run().get("status") or {}).get("progress") or {}
+        progress = release.status(RUN).get("progress") or {}
         return progress if progress.get("step", 0) > 0 else None
 
-    progress = wait("status.progress from the pods' /metrics", progressed, timeout=600)
-    timings["first_progress_s"] = time.monotonic() - start
-
-    def finished() -> dict[str, Any] | None:
-        status = run().get("status") or {}
-        return status if status.get("phase") in ("Succeeded", "Failed") else None
-
-    status = wait("the run to finish", finished, timeout=1200, interval=2)
-    timings["apply_to_succeeded_s"] = time.monotonic() - start
-    master = next(p["metadata"]["name"] for p in pods() if "master" in p["metadata"]["name"])
-    logs = cp.kubectl("-n", ns, "logs", master, check=False).stdout
-    assert status["phase"] == "Succeeded", (
-        f"{status}\n{logs[-4000:]}\noperator:\n{node_operator.log()[-3000:]}"
-    )
-    assert _condition(cp.get_json("-n", ns, "pytorchjob", job_name), "Succeeded")
-    assert progress["step"] <= status["progress"]["step"] == 40, status["progress"]
+    progress = release.wait("status.progress from the pods' /metrics", progressed, timeout=600)
+    release.timings["first_progress_s"] = time.monotonic() - start
+    status = release.finished(RUN)
+    release.timings["apply_to_succeeded_s"] = time.monotonic() - start
+    logs = release.logs(f"{job_name}-master-0")
+    assert status["phase"] == "Succeeded", release.diagnose(RUN)
+    job = cp.get_json("-n", ns, "pytorchjob", job_name)
+    assert any(c["type"] == "Succeeded" and c["status"] == "True" for c in job["status"]["conditions"])
+    planned = yaml.safe_load((REPO / "runs" / f"{RUN}.yaml").read_text())["spec"]["training"]["maxSteps"]
+    assert progress["step"] <= status["progress"]["step"] == planned, status["progress"]
     # Prometheus found both trainer pods as the chart's PodMonitor selects them and scraped each rank.
     scraped = prom.train_steps(ns, RUN)
     assert set(scraped) == {p["metadata"]["name"] for p in placed}, scraped
-    assert sorted(scraped.values()) == [("0", 40.0), ("1", 40.0)], scraped
+    assert sorted(scraped.values()) == [("0", float(planned)), ("1", float(planned))], scraped
     assert "step" in logs and "loss" in logs, logs[-3000:]
 
-    claim = cp.get_json("-n", ns, "pvc", "tiny-cluster-output")
-    volume = Path(cp.get_json("pv", claim["spec"]["volumeName"])["spec"]["local"]["path"])
-    out = volume / yaml.safe_load((REPO / "runs" / f"{RUN}.yaml").read_text())["spec"]["output"]["path"]
+    out = release.output_dir(RUN)
     assert (out / "adapter" / "adapter_config.json").is_file(), sorted(os.listdir(out))
-    manifest = json.loads((out / "run.json").read_text())
-    assert manifest, "run.json is empty"
+    assert json.loads((out / "run.json").read_text()), "run.json is empty"
     assert (out / "eval" / "eval.md").is_file(), sorted(os.listdir(out))
-    print(f"\ntiny-cluster timings: {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
+    assert release.operator_restarts() == 0, release.operator_log()
+    release.delete_run(RUN)
 
 
-def test_missing_image_is_named_in_pods_ready(
-    control_plane: Any, namespace: str, node_operator: NodeOperator, wait: Any
+# --- faults ---------------------------------------------------------------------------------------
+
+
+def test_worker_and_operator_pods_deleted_mid_run(
+    release: Any, tiny_run: Callable[..., dict[str, Any]]
 ) -> None:
-    """An image the node does not have (and may not pull): the kubelet says ErrImageNeverPull, the
-    run's PodsReady condition names it and the pod, and the operator keeps running."""
-    cp, ns = control_plane, namespace
-    claims = [d for d in yaml.safe_load_all((REPO / "runs" / "tiny-cluster" / "data.yaml").read_text())]
-    for claim in (d for d in claims if d["kind"] == "PersistentVolumeClaim"):
-        cp.apply(claim, ns)
-    run = yaml.safe_load((REPO / "runs" / f"{RUN}.yaml").read_text())
-    run["metadata"]["name"] = "absent-image"
-    run["spec"]["image"] = "localhost/tac2sol/absent:none"
-    run["spec"]["imagePullPolicy"] = "Never"
-    cp.apply(run, ns)
+    """Mid-run, `kubectl delete pod` of the operator, then of the trainer's worker after a checkpoint.
 
-    def pods_ready() -> dict[str, Any] | None:
-        status = cp.get_json("-n", ns, "trainingrun", "absent-image").get("status") or {}
-        cond = next((c for c in status.get("conditions") or [] if c["type"] == "PodsReady"), None)
-        return cond if cond and "ErrImageNeverPull" in cond.get("message", "") else None
+    The Deployment starts another operator pod, which adopts the run (no second job) and reads its
+    progress again. The deleted worker's ranks and the master's (told by the all-reduce) checkpoint
+    on SIGTERM and exit 143; `tac2sol torchrun` exits 143 (torchrun said 1, which the ExitCode
+    policy treats as permanent); the training-operator re-creates the pods and training resumes
+    from the volume's last checkpoint. The run finishes once: exactly the planned steps, one job,
+    one adapter."""
+    cp, ns, name = release.cp, release.ns, "tiny-pods-deleted"
+    release.apply(tiny_run(name, FAULT_RUN))
+    job = release.job_of(name)
+    (job_uid,) = (j["metadata"]["uid"] for j in release.jobs_of(name))
+    out = release.output_dir(name)
 
-    cond = wait("PodsReady to name ErrImageNeverPull", pods_ready, timeout=180)
-    assert cond["status"] == "False"
-    assert "absent-image-master-0" in cond["message"] or "absent-image-worker-0" in cond["message"], cond
-    pods = cp.get_json("-n", ns, "pods", "-l", "training.kubeflow.org/job-name=absent-image")["items"]
-    assert pods and all(p["spec"]["nodeName"] == NODE for p in pods)
-    assert node_operator.proc.poll() is None, node_operator.log()[-3000:]
+    release.wait("progress", lambda: release.step(name) > 0, timeout=600)
+    (old,) = release.operator_pods()
+    cp.kubectl("-n", ns, "delete", "pod", old["metadata"]["name"], "--wait=false")
+
+    def new_operator() -> bool:
+        got = [p for p in release.operator_pods() if p["metadata"]["uid"] != old["metadata"]["uid"]]
+        statuses = got[0]["status"].get("containerStatuses") or [] if len(got) == 1 else []
+        return bool(statuses) and all(c["ready"] for c in statuses)
+
+    release.wait("a new operator pod, ready", new_operator, timeout=180)
+
+    release.wait(
+        "a checkpoint on the volume, and 2 steps past it",
+        lambda: release.step(name) >= 6 and list(out.glob("checkpoint-*")),
+        timeout=900,
+        interval=1,
+    )
+    worker = f"{job}-worker-0"
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in release.pods(job)}
+    cp.kubectl("-n", ns, "delete", "pod", worker, "--wait=false")
+
+    def replaced() -> bool:
+        now = {p["metadata"]["name"]: p["metadata"]["uid"] for p in release.pods(job)}
+        return now.get(worker, before[worker]) != before[worker]
+
+    release.wait("the worker pod re-created", replaced, timeout=300)
+    status = release.finished(name)
+    assert status["phase"] == "Succeeded", release.diagnose(name)
+    assert status["progress"]["step"] == FAULT_STEPS, status["progress"]
+    assert [j["metadata"]["uid"] for j in release.jobs_of(name)] == [job_uid]
+    assert len(_adapters(out)) == 1, sorted(map(str, out.rglob("*")))
+    (master,) = release.pods(job, "master")
+    assert master["metadata"]["uid"] != before[f"{job}-master-0"], "the master pod was not re-created"
+    logs = "".join(release.logs(p["metadata"]["name"]) for p in release.pods(job))
+    assert "resume: from" in logs, logs[-4000:]
+    assert len(release.operator_pods()) == 1
+    release.delete_run(name)
+
+
+def test_memory_limit_too_small_says_oomkilled(release: Any, tiny_run: Callable[..., dict[str, Any]]) -> None:
+    """spec.resources.memory too small: the kernel kills the trainer at its limit; the run's
+    PodsReady condition and message say OOMKilled, which pod, the limit and what to change, and
+    keep saying it while the training-operator re-creates the pod (exit 137)."""
+    name = "tiny-oom"
+    release.apply(tiny_run(name, {"spec.resources.memory": OOM_LIMIT}))
+    job = release.job_of(name)
+
+    def oom() -> dict[str, Any] | None:
+        cond = release.condition(name, "PodsReady")
+        return cond if cond and cond.get("reason") == "OOMKilled" else None
+
+    cond = release.wait("PodsReady to say OOMKilled", oom, timeout=600, interval=0.5)
+    message = cond["message"]
+    assert cond["status"] == "False", cond
+    assert f"pod {job}-" in message and "OOMKilled" in message, message
+    assert f"memory limit of {OOM_LIMIT}" in message and "spec.resources.memory" in message, message
+    assert release.status(name).get("message") == message
+
+    # The killed pod comes back (a new uid) and runs: the condition stays.
+    killed = {p["metadata"]["name"]: p["metadata"]["uid"] for p in release.pods(job)}
+
+    def recreated() -> list[dict[str, Any]] | None:
+        got = release.pods(job)
+        return got if any(killed.get(p["metadata"]["name"]) != p["metadata"]["uid"] for p in got) else None
+
+    release.wait("the OOMKilled pod re-created", recreated, timeout=300)
+    for _ in range(5):
+        time.sleep(2)  # the operator looks every 2 s (progressIntervalSeconds)
+        assert (release.condition(name, "PodsReady") or {}).get("reason") == "OOMKilled", release.status(name)
+    assert release.operator_restarts() == 0, release.operator_log()
+    release.delete_run(name)
