@@ -3,9 +3,10 @@
 # the cluster tour:
 #   etcd, kube-apiserver (TLS from a CA made here, RBAC + Node authorization, service-account
 #   tokens), kube-controller-manager, kube-scheduler, the Kubeflow CRDs (server-side apply),
-#   training-operator v1.9.0 out of cluster, kwok running 2 fake nodes x 4 nvidia.com/gpu, and one
-#   real node (hack/node.sh: containerd, runc, the kubelet, kube-proxy and CoreDNS in network, mount
-#   and pid namespaces of its own; tainted tac2sol.dev/real-node=true:NoSchedule, labelled
+#   training-operator v1.9.0 out of cluster (in network, mount and pid namespaces of its own: its
+#   webhook server binds all interfaces; see start_training_operator), kwok running 2 fake nodes
+#   x 4 nvidia.com/gpu, and one real node (hack/node.sh: containerd, runc, the kubelet, kube-proxy
+#   and CoreDNS in network, mount and pid namespaces of its own; tainted tac2sol.dev/real-node=true:NoSchedule, labelled
 #   tac2sol.dev/node=real, no GPU; StorageClass tac2sol-local: 8 local PersistentVolumes on it).
 #   The host's network namespace gets nothing: the node reaches
 #   the apiserver through a Unix socket (socat on both sides), the apiserver reaches the kubelet
@@ -84,7 +85,8 @@ KUBECTL_DELIVERY_IMAGE=localhost/tac2sol/kubectl-delivery:1
 # PyTorchJob workers' init container runs from it too (hack/training-operator/init-pytorch.yaml).
 TRAINER_CPU_IMAGE=localhost/tac2sol/trainer:cpu
 KUBECONFIG_PATH=$STATE/kubeconfig
-# training-operator v1.9.0 reads its webhook certificates from this fixed path (pkg/cert/cert.go).
+# training-operator v1.9.0 reads its webhook certificates from this fixed path (pkg/cert/cert.go);
+# each cluster's gets its own folder bind-mounted there, in a private mount namespace.
 WEBHOOK_CERT_DIR=/tmp/k8s-webhook-server/serving-certs
 SERVICE_CIDR=10.96.0.0/16
 SA_ISSUER=https://kubernetes.default.svc.cluster.local
@@ -102,7 +104,7 @@ LOCAL_VOLUMES=8
 # Its cgroups (cgroupfs), under a root named after this state dir: two clusters never share one.
 CGROUP_ROOT=/tac2sol-$(echo -n "$STATE" | sha256sum | cut -c1-10)
 # Start order; `down` stops them in reverse.
-COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler training-operator kwok)
+COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler training-operator-socket training-operator kwok)
 [[ $REAL_NODE == 0 ]] || COMPONENTS+=(apiserver-socket node)
 # Started by `trainer-up` only; `down` stops them first. JobSet first: Trainer creates JobSets.
 TRAINER_COMPONENTS=(jobset trainer-controller-manager)
@@ -137,13 +139,16 @@ need_binaries() {
     for name in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl training-operator kwok; do
         [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
     done
+    for name in socat unshare nsenter ip; do  # the training-operator's namespaces
+        command -v "$name" >/dev/null || die "$name is missing: run \`bash hack/install-tools.sh\` (Debian: socat util-linux iproute2)"
+    done
     if [[ $REAL_NODE != 0 ]]; then
         for name in kubelet kube-proxy coredns; do
             [[ -x $BIN/$name ]] || die "$BIN/$name is missing: run \`bash hack/install-tools.sh\` (or \`make tools\`) first"
         done
         [[ -f $PAUSE_TARBALL ]] || die "no pause image at $PAUSE_TARBALL: run \`bash hack/install-tools.sh\`"
         [[ -f $KUBECTL_DELIVERY_TARBALL ]] || die "no kubectl-delivery image at $KUBECTL_DELIVERY_TARBALL: run \`bash hack/install-tools.sh\`"
-        for name in containerd ctr runc socat unshare nsenter ip iptables-restore /usr/lib/cni/bridge; do
+        for name in containerd ctr runc iptables-restore /usr/lib/cni/bridge; do
             command -v "$name" >/dev/null || die "$name is missing: run \`bash hack/install-tools.sh\` (Debian: containerd runc containernetworking-plugins socat iptables)"
         done
         [[ $(id -u) == 0 ]] || die "the real node needs root (namespaces, mounts, cgroups): run as root, or TAC2SOL_REAL_NODE=0 for kwok only"
@@ -158,6 +163,7 @@ cmdline_of() {  # what the command line of a component contains
     case $1 in
     node) echo "$HACK/node.sh inside" ;;
     apiserver-socket) echo "UNIX-LISTEN:$NODE_DIR/apiserver.sock" ;;
+    training-operator-socket) echo "UNIX-LISTEN:$STATE/training-operator/apiserver.sock" ;;
     "$STATUS_FORWARDER") echo "TCP-LISTEN:$TAC2SOL_TRAINER_WEBHOOK_PORT,bind=127.0.0.1" ;;
     *) echo "$BIN/$1" ;;
     esac
@@ -241,9 +247,10 @@ wait_for() {  # wait_for WHAT COMPONENT CMD...: poll CMD until it succeeds; on t
     done
 }
 
-wait_readyz() {  # wait_readyz COMPONENT PORT WHAT [node]: until its /readyz on 127.0.0.1:PORT (in the node's namespace) answers
+wait_readyz() {  # wait_readyz COMPONENT PORT WHAT [node|own]: until its /readyz on 127.0.0.1:PORT (in the node's or its own namespace) answers
     local in=()
     [[ ${4:-} != node ]] || in=(node_exec)
+    [[ ${4:-} != own ]] || in=(to_exec)
     wait_for "$1 /readyz ($3)" "$1" "${in[@]}" curl -sf "http://127.0.0.1:$2/readyz"
 }
 
@@ -430,20 +437,58 @@ install_crds_and_rbac() {
 }
 
 start_training_operator() {
-    # Out of cluster nothing mounts the Secret: put the same certificates where it looks.
-    mkdir -p "$WEBHOOK_CERT_DIR"
-    local f
-    for f in tls.crt tls.key; do
-        cp "$PKI/webhook/$f" "$WEBHOOK_CERT_DIR/.$f.tmp" && mv -f "$WEBHOOK_CERT_DIR/.$f.tmp" "$WEBHOOK_CERT_DIR/$f"
-    done
-    KUBECONFIG=$STATE/training-operator.kubeconfig start training-operator \
+    # Its webhook server binds ":WEBHOOK_PORT", all interfaces (v1.9 has no flag for the host), so it
+    # runs as pid 1 of network, mount and pid namespaces of its own: that port exists only there.
+    # Nothing registers its webhook with the apiserver (no ValidatingWebhookConfiguration here), so
+    # nothing needs to reach it from outside; /readyz is polled from inside (to_exec). It reaches
+    # the apiserver as the real node does: its 127.0.0.1:APISERVER_PORT is a socat to a Unix socket
+    # whose other end (component training-operator-socket) connects to the apiserver. Its cert
+    # rotator writes the Secret's certificates to the fixed /tmp/k8s-webhook-server/serving-certs
+    # (pkg/cert/cert.go), where its webhook server reads them: a private bind mount of its own
+    # folder there, so that clusters running at once never share the files.
+    local dir=$STATE/training-operator userns=()
+    mkdir -p "$dir/serving-certs" "$WEBHOOK_CERT_DIR"  # the host's path: only a mount point
+    cp "$PKI/webhook/tls.crt" "$PKI/webhook/tls.key" "$dir/serving-certs/"
+    setsid socat "UNIX-LISTEN:$dir/apiserver.sock,fork,mode=600" "TCP:127.0.0.1:$TAC2SOL_APISERVER_PORT" \
+        >"$STATE/logs/training-operator-socket.log" 2>&1 </dev/null &
+    echo $! >"$STATE/pids/training-operator-socket.pid"
+    await_exec $! "$(command -v socat)"
+    [[ $(id -u) == 0 ]] || userns=(--user --map-root-user)  # unprivileged: a user namespace owns them
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    KUBECONFIG=$STATE/training-operator.kubeconfig TMPDIR=/tmp setsid \
+        unshare "${userns[@]}" --net --mount --pid --fork --propagation private -- bash -c '
+            dir=$1 port=$2 && shift 2
+            ip link set lo up
+            mount --bind "$dir/serving-certs" /tmp/k8s-webhook-server/serving-certs
+            socat "TCP-LISTEN:$port,bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:$dir/apiserver.sock" </dev/null &
+            until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do sleep 0.05; done
+            exec "$@"' training-operator "$dir" "$TAC2SOL_APISERVER_PORT" "$BIN/training-operator" \
         --enable-scheme=pytorchjob --enable-scheme=mpijob --leader-elect=false \
         --pytorch-init-container-template-file="$HACK/training-operator/init-pytorch.yaml" \
         --pytorch-init-container-image="$TRAINER_CPU_IMAGE" \
         --mpi-kubectl-delivery-image="$KUBECTL_DELIVERY_IMAGE" \
         --metrics-bind-address="127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_METRICS_PORT" \
         --health-probe-bind-address="127.0.0.1:$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT" \
-        --webhook-server-port="$TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT"
+        --webhook-server-port="$TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT" \
+        >"$STATE/logs/training-operator.log" 2>&1 </dev/null &
+    # Its pid 1, as the host sees it: when it exits, the kernel ends the socat inside too.
+    local unshare_pid=$! child="" i
+    for ((i = 0; i < 100; i++)); do
+        child=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null | awk '{print $1}')
+        [[ -n $child ]] && break
+        sleep 0.05
+    done
+    [[ -n $child ]] || { tail -n 25 "$STATE/logs/training-operator.log" >&2; die "the training-operator's namespaces did not start"; }
+    echo "$child" >"$STATE/pids/training-operator.pid"
+    await_exec "$child" "$BIN/training-operator"
+}
+
+to_exec() {  # to_exec CMD...: run CMD in the training-operator's network namespace
+    local pid userns=()
+    pid=$(pid_of training-operator)
+    [[ -n $pid ]] || die "the training-operator is not running"
+    [[ $(id -u) == 0 ]] || userns=(--user --preserve-credentials)
+    nsenter --target "$pid" "${userns[@]}" --net -- "$@"
 }
 
 start_kwok() {
@@ -858,7 +903,7 @@ cmd_up() {
     wait_for "the default ServiceAccount (service-account controller)" kube-controller-manager \
         kubectl -n default get serviceaccount default
     wait_for "2 Ready kwok nodes" kwok nodes_ready
-    wait_readyz training-operator "$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT" "webhook certs, controllers"
+    wait_readyz training-operator "$TAC2SOL_TRAINING_OPERATOR_HEALTH_PORT" "webhook certs, controllers" own
     if [[ $REAL_NODE != 0 ]]; then
         local t_node=$SECONDS
         say "starting the real node $NODE_NAME (containerd, kubelet, kube-proxy, CoreDNS; its own namespaces)"
@@ -910,7 +955,7 @@ cmd_down() {
     remove_cgroups
     rm -rf "$NODE_DIR"
     # Fresh data on the next `up`; logs stay for a look after a failure.
-    rm -rf "$STATE/etcd" "$STATE/pids" "$STATE/cluster.env" "$STATE/jobset" "$STATE/trainer"
+    rm -rf "$STATE/etcd" "$STATE/pids" "$STATE/cluster.env" "$STATE/jobset" "$STATE/trainer" "$STATE/training-operator"
     [[ -n $quiet ]] || say "down ($STATE)"
 }
 

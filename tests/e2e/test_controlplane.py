@@ -3,12 +3,16 @@ and kwok's fake GPU nodes each do their part (nothing here is mocked)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tac2sol import devtools
 
 pytestmark = pytest.mark.k8s
 
@@ -82,6 +86,50 @@ def test_server_is_the_pinned_release_with_two_fake_gpu_nodes(control_plane: Any
         assert node["status"]["allocatable"]["nvidia.com/gpu"] == "4"
         assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == "Quadro-RTX-8000"
         assert _condition(node, "Ready"), f"{node['metadata']['name']} is not Ready"
+
+
+def _of_cluster(pid: str, state: str) -> bool:
+    """Whether process `pid` names the cluster's state dir in its command line or environment."""
+    try:
+        return any(
+            state in Path(f"/proc/{pid}/{f}").read_bytes().decode(errors="replace")
+            for f in ("cmdline", "environ")
+        )
+    except OSError:
+        return False
+
+
+def test_nothing_listens_beyond_loopback_in_the_host_namespace(control_plane: Any) -> None:
+    """The network rule: every TCP/UDP listener of the cluster's processes (or on its ports) in the
+    host's network namespace is on 127.0.0.1, with or without the real node. training-operator
+    v1.9's webhook server binds ":PORT" (no host flag): it runs in a network namespace of its own,
+    where that port listens instead."""
+    state = str(control_plane.state_dir)
+    ports = {control_plane.env[name] for name in devtools.CLUSTER_PORTS}
+    out = subprocess.run(["ss", "-Hlntup"], capture_output=True, text=True, check=True).stdout
+    ours: list[tuple[str, str]] = []
+    for line in out.splitlines():
+        fields = line.split()
+        local, procs = fields[4], " ".join(fields[6:])
+        host, port = local.rsplit(":", 1)
+        pids = re.findall(r"pid=(\d+)", procs)
+        if port in ports or any(_of_cluster(pid, state) for pid in pids):
+            ours.append((host.split("%")[0], line))
+    assert any(
+        host == "127.0.0.1" and f":{control_plane.env['TAC2SOL_APISERVER_PORT']} " in line
+        for host, line in ours
+    )
+    beyond = [line for host, line in ours if host != "127.0.0.1"]
+    assert not beyond, f"listening beyond 127.0.0.1 in the host's network namespace: {beyond}"
+    webhook = control_plane.env["TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT"]
+    assert not [line for _, line in ours if f":{webhook} " in line]
+    pid = (control_plane.state_dir / "pids" / "training-operator.pid").read_text().strip()
+    # Unprivileged, its namespaces belong to a user namespace of its own (hack/cluster.sh to_exec).
+    userns = [] if os.geteuid() == 0 else ["--user", "--preserve-credentials"]
+    inside = subprocess.run(
+        ["nsenter", "--target", pid, *userns, "--net", "--", "ss", "-Hltnp"], capture_output=True, text=True
+    )
+    assert re.search(rf"\*:{webhook} .*training-operat", inside.stdout), inside.stdout + inside.stderr
 
 
 def test_rbac_denies_an_unprivileged_service_account(control_plane: Any, namespace: str) -> None:
