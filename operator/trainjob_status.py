@@ -38,8 +38,9 @@ CREATION_FAILED = "TrainJobResourcesCreationFailed"
 # The prefix of that Event's message ("TrainJob resources reconciliation failed: <error>").
 _CREATION_PREFIX = "TrainJob resources reconciliation failed: "
 
-# trainerStatus.metrics names (transformers' Kubeflow callback) -> status.progress fields.
-_METRIC_FIELDS = {"loss": "loss", "train_loss": "loss", "epoch": "epoch"}
+# trainerStatus.metrics names (transformers' KubeflowCallback) -> status.progress fields.
+_METRIC_FIELDS = {"loss": "loss", "train_loss": "loss", "epoch": "epoch", "current_epoch": "epoch"}
+_STEP_FIELDS = {"current_step": "step", "total_steps": "totalSteps"}
 
 
 def _conditions(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -104,13 +105,20 @@ def trainer_status_progress(job: dict[str, Any], current: dict[str, Any] | None)
     if ts.get("estimatedRemainingSeconds") is not None:
         progress["etaSeconds"] = float(ts["estimatedRemainingSeconds"])
     for metric in ts.get("metrics") or []:
-        field = _METRIC_FIELDS.get(metric.get("name", ""))
+        name = metric.get("name", "")
         try:
             value = float(metric.get("value", ""))
         except ValueError:
             continue
-        if field is not None:
-            progress[field] = round(value, 6)
+        if name in _STEP_FIELDS and value >= 0:
+            progress[_STEP_FIELDS[name]] = int(value)
+        elif name in _METRIC_FIELDS:
+            progress[_METRIC_FIELDS[name]] = round(value, 6)
+    # The callback's last push (100 %) carries only the logged metrics, not the step counts.
+    if "totalSteps" not in progress and current.get("totalSteps") is not None:
+        progress["totalSteps"] = current["totalSteps"]
+    if progress.get("percent") == 100 and "step" not in progress and "totalSteps" in progress:
+        progress["step"] = progress["totalSteps"]
     if set(progress) == {"source", "updatedAt"} or progress == current:
         return None
     return progress

@@ -125,6 +125,38 @@ def test_trainer_status_becomes_progress_with_its_source() -> None:
     }
 
 
+def test_trainer_status_steps_fill_the_step_column_through_the_last_push() -> None:
+    """transformers' KubeflowCallback sends current_step/total_steps while training; its last push
+    (100 %) has only the logged metrics: the step is then the total it already sent."""
+    during = _trainer_status(
+        progressPercentage=50,
+        metrics=[
+            {"name": "current_step", "value": "10"},
+            {"name": "total_steps", "value": "20"},
+            {"name": "current_epoch", "value": "0.45"},
+        ],
+    )
+    seen = trainer_status_progress(during, None)
+    assert seen == {
+        "source": "trainerStatus",
+        "updatedAt": T1,
+        "percent": 50,
+        "step": 10,
+        "totalSteps": 20,
+        "epoch": 0.45,
+    }
+    last = _job(
+        jobs=[_node(ready=1)],
+        trainerStatus={
+            "lastUpdatedTime": T2,
+            "progressPercentage": 100,
+            "metrics": [{"name": "loss", "value": "2"}],
+        },
+    )
+    done = trainer_status_progress(last, seen)
+    assert done is not None and (done["step"], done["totalSteps"], done["percent"]) == (20, 20, 100)
+
+
 def test_a_fresher_metrics_reading_wins_over_trainer_status() -> None:
     job = _trainer_status(progressPercentage=40)
     assert trainer_status_progress(job, {"source": "metrics", "percent": 41, "updatedAt": T2}) is None
