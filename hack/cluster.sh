@@ -7,7 +7,7 @@
 #   webhook server binds all interfaces; see start_training_operator), kwok running 2 fake nodes
 #   x 4 nvidia.com/gpu, and one real node (hack/node.sh: containerd, runc, the kubelet, kube-proxy
 #   and CoreDNS in network, mount and pid namespaces of its own; tainted tac2sol.dev/real-node=true:NoSchedule, labelled
-#   tac2sol.dev/node=real, no GPU; StorageClass tac2sol-local: 8 local PersistentVolumes on it).
+#   tac2sol.dev/node=real, no GPU; StorageClass tac2sol-local: 24 local PersistentVolumes on it).
 #   The host's network namespace gets nothing: the node reaches
 #   the apiserver through a Unix socket (socat on both sides), the apiserver reaches the kubelet
 #   and the pods through its egress selector (an HTTP CONNECT proxy on a Unix socket). The
@@ -100,7 +100,9 @@ POD_CIDR=10.244.0.0/16
 NODE_IP=10.244.0.1
 # Claims of this StorageClass bind to local PersistentVolumes on the node (NODE_DIR/volumes/pv-N).
 STORAGE_CLASS=tac2sol-local
-LOCAL_VOLUMES=8
+# One session's cluster serves every real-node test, two claims a run, and a used volume stays
+# Released (Retain), so the pool must hold all of them: 9 runs today; a volume is only a folder.
+LOCAL_VOLUMES=24
 # Its cgroups (cgroupfs), under a root named after this state dir: two clusters never share one.
 CGROUP_ROOT=/tac2sol-$(echo -n "$STATE" | sha256sum | cut -c1-10)
 # Start order; `down` stops them in reverse.
