@@ -13,6 +13,7 @@ import functools
 import hashlib
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -287,3 +288,23 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+@contextmanager
+def background(command: list[str], env: Mapping[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` in a session of its own, its output to ``log``; on exit SIGTERM its whole
+    process group (e.g. ``cluster.sh node-exec``'s nsenter and what it runs), SIGKILL after 30 s."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, env=dict(env), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

@@ -3,9 +3,11 @@ the `tools` marker and the check that fails a run on a skip that is not GPU-only
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,19 @@ def test_test_fast_leaves_out_tool_users_and_cluster_tests(pytester: pytest.Pyte
     result = _suite(pytester, body, "-m", "not tools", "--collect-only", "-q")
     result.stdout.fnmatch_lines(["*::test_plain", "1/4 tests collected (3 deselected)*"])
     assert "test_helm" not in result.stdout.str()
+
+
+def test_background_stops_the_whole_process_group(tmp_path: Path) -> None:
+    """A background command and what it forked end with the block (node-exec's nsenter and the
+    operator under it are one group)."""
+    log = tmp_path / "out.log"
+    script = "sleep 300 & echo child $!; wait"
+    with devtools.background(["bash", "-c", script], dict(os.environ), log) as proc:
+        for _ in range(100):
+            if "child" in log.read_text():
+                break
+            time.sleep(0.05)
+        child = int(log.read_text().split()[-1])
+    assert proc.returncode is not None
+    time.sleep(0.2)
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]

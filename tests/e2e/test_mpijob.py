@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tac2sol import devtools
 from tac2sol.devprometheus import NodePrometheus
 
 pytestmark = [pytest.mark.k8s, pytest.mark.image, pytest.mark.slow]
@@ -43,24 +43,6 @@ NODE = "tac2sol-node"
 RUN = "tiny-mpi"
 TRAINER_IMAGE = "localhost/tac2sol/trainer:cpu"  # tests/e2e/conftest.py imports it as this
 DELIVERY_IMAGE = "localhost/tac2sol/kubectl-delivery:1"  # hack/cluster.sh's KUBECTL_DELIVERY_IMAGE
-
-
-def _background(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
 
 
 def _node_exec(*command: str) -> list[str]:
@@ -91,11 +73,8 @@ def mpi_operator(control_plane: Any, mpi_namespace: str, tmp_path: Path) -> Iter
     log = tmp_path / "operator.log"
     command = _node_exec(str(TAC2SOL), "operator", "--namespace", mpi_namespace, "--metrics-port", "0")
     command += ["--trainer-image", TRAINER_IMAGE, "--progress-interval", "2"]
-    proc = _background(command, {**cp.env, "PYTHONSAFEPATH": "1"}, log)
-    try:
+    with devtools.background(command, {**cp.env, "PYTHONSAFEPATH": "1"}, log):
         yield log
-    finally:
-        _stop(proc)
 
 
 def _tiny_mpi_run() -> dict[str, Any]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tac2sol import devtools
 
 pytestmark = [pytest.mark.k8s, pytest.mark.image, pytest.mark.slow]
 
@@ -138,19 +139,8 @@ def operator_log(
     command += ["--namespace", ns, "--metrics-port", "0", "--trainer-image", trainer_image]
     command += ["--progress-interval", "2"]
     env = {**cp.env, "PYTHONSAFEPATH": "1", "TAC2SOL_TRAINJOB_RUNTIME": runtime}
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
+    with devtools.background(command, env, log_path):
         yield log_path
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 def test_tiny_cluster_trains_as_a_trainjob_on_the_real_node(

@@ -22,8 +22,6 @@ trainerStatus. Nothing is simulated."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -186,19 +184,8 @@ def operator_log(
     command = [str(TAC2SOL), "operator", "--namespace", ns, "--metrics-port", "0"]
     command += ["--trainer-image", trainer_image, "--progress-interval", "2"]
     env = {**cp.env, "PYTHONSAFEPATH": "1", "TAC2SOL_TRAINJOB_RUNTIME": runtime}
-    with log_path.open("wb") as out:
-        proc = subprocess.Popen(
-            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
+    with devtools.background(command, env, log_path):
         yield log_path
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
 
 
 @pytest.mark.image
