@@ -13,9 +13,7 @@ charts/tac2sol.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 import urllib.parse
@@ -27,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from tac2sol.devtools import HACK, REPO, DevCluster, DevToolsError, bin_dir, free_port
+from tac2sol.devtools import HACK, REPO, DevCluster, DevToolsError, bin_dir, free_port, stop_group
 from tac2sol.observability import names
 
 CHART = REPO / "charts" / "tac2sol"
@@ -225,18 +223,6 @@ def _service_account(cluster: DevCluster, namespaces: list[str], name: str) -> s
     return _kubectl(cluster, "-n", home, "create", "token", name, "--duration=1h").strip()
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """SIGTERM the process group, then SIGKILL."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout)
-
-
 @contextmanager
 def start(
     cluster: DevCluster, monitors: list[dict[str, Any]], workdir: Path, name: str = "prometheus"
@@ -276,4 +262,4 @@ def start(
             time.sleep(0.5)
         yield prom
     finally:
-        stop(proc)
+        stop_group(proc)

@@ -8,9 +8,7 @@ generated alert rules; it is stopped when the test (or module) that started it e
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.error
@@ -129,16 +127,7 @@ def _start(tmp: Path, targets: dict[str, list[str]]) -> Prometheus:
     raise AssertionError(f"prometheus did not become ready in 60 s: {log.read_text()[-2000:]}")
 
 
-def stop(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """Stop a process group this test started: SIGTERM, then SIGKILL."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout)
+stop = devtools.stop_group  # the test modules call obs.stop
 
 
 @pytest.fixture(scope="module")
