@@ -474,13 +474,8 @@ start_training_operator() {
         --webhook-server-port="$TAC2SOL_TRAINING_OPERATOR_WEBHOOK_PORT" \
         >"$STATE/logs/training-operator.log" 2>&1 </dev/null &
     # Its pid 1, as the host sees it: when it exits, the kernel ends the socat inside too.
-    local unshare_pid=$! child="" i
-    for ((i = 0; i < 100; i++)); do
-        child=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null | awk '{print $1}')
-        [[ -n $child ]] && break
-        sleep 0.05
-    done
-    [[ -n $child ]] || { tail -n 25 "$STATE/logs/training-operator.log" >&2; die "the training-operator's namespaces did not start"; }
+    local child
+    child=$(ns_pid1 $! "$STATE/logs/training-operator.log" "the training-operator's")
     echo "$child" >"$STATE/pids/training-operator.pid"
     await_exec "$child" "$BIN/training-operator"
 }
@@ -803,14 +798,20 @@ EOF
         PYTHON="$PYTHON" PAUSE_IMAGE="$PAUSE_IMAGE" PAUSE_TARBALL="$PAUSE_TARBALL" \
         KUBECTL_DELIVERY_TARBALL="$KUBECTL_DELIVERY_TARBALL" \
         bash "$HACK/node.sh" inside >"$STATE/logs/node.log" 2>&1 </dev/null &
-    local unshare_pid=$! child="" i
-    for ((i = 0; i < 100; i++)); do  # the node's pid 1, as the host sees it
-        child=$(cat "/proc/$unshare_pid/task/$unshare_pid/children" 2>/dev/null | awk '{print $1}')
+    local child
+    child=$(ns_pid1 $! "$STATE/logs/node.log" "the node's")
+    echo "$child" >"$STATE/pids/node.pid"
+}
+
+ns_pid1() {  # ns_pid1 UNSHARE_PID LOG WHAT: the pid 1 of `unshare --fork`'s namespaces, as the host sees it
+    local child="" i
+    for ((i = 0; i < 100; i++)); do
+        child=$(cat "/proc/$1/task/$1/children" 2>/dev/null | awk '{print $1}')
         [[ -n $child ]] && break
         sleep 0.05
     done
-    [[ -n $child ]] || { tail -n 25 "$STATE/logs/node.log" >&2; die "the node's namespaces did not start"; }
-    echo "$child" >"$STATE/pids/node.pid"
+    [[ -n $child ]] || { tail -n 25 "$2" >&2; die "$3 namespaces did not start"; }
+    echo "$child"
 }
 
 make_local_volumes() {  # a StorageClass and a pool of local PersistentVolumes on the node's disk
