@@ -18,6 +18,8 @@
 #   bash hack/cluster.sh up       start it (idempotent); prints KUBECONFIG=<path>
 #   bash hack/cluster.sh down     stop every process and delete the cluster's data
 #   bash hack/cluster.sh status   which processes run; exit 1 unless all of them do
+#   bash hack/cluster.sh reap     `down`, only if nothing of the cluster runs (one whose owner and
+#                                 watchdog died with the machine: its node's images go)
 #   bash hack/cluster.sh trainer-up   add Kubeflow Trainer v2 to the running cluster (idempotent)
 #
 # Kubeflow Trainer v2 (trainer-controller-manager v2.3.0) and the JobSet controller it drives
@@ -962,6 +964,20 @@ cmd_down() {
     [[ -n $quiet ]] || say "down ($STATE)"
 }
 
+cmd_reap() {  # down, unless a component or the watchdog still runs
+    local file=$STATE/pids/watchdog.pid pid
+    [[ -d $STATE ]] || return 0
+    if [[ -f $file ]]; then
+        pid=$(<"$file")
+        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^bash -c while kill -0"; then return 0; fi
+    fi
+    load_settings
+    [[ $(running_count) == 0 ]] || return 0
+    for file in "${TRAINER_COMPONENTS[@]}"; do [[ -z $(pid_of "$file") ]] || return 0; done
+    cmd_down quiet
+    say "reaped a cluster nothing ran of ($STATE)"
+}
+
 cmd_status() {
     local c pid missing=0
     for c in "${COMPONENTS[@]}"; do
@@ -1004,10 +1020,11 @@ case ${1:-} in
 up) cmd_up ;;
 down) cmd_down ;;
 status) cmd_status ;;
+reap) cmd_reap ;;
 trainer-up) cmd_trainer_up ;;
 node-exec)
     shift
     node_exec "$@"
     ;;
-*) die "usage: bash hack/cluster.sh up|down|status|trainer-up|node-exec CMD... (see the header of hack/cluster.sh)" ;;
+*) die "usage: bash hack/cluster.sh up|down|status|reap|trainer-up|node-exec CMD... (see the header of hack/cluster.sh)" ;;
 esac

@@ -251,6 +251,29 @@ def start_trainer_v2(cluster: DevCluster, timeout: float = 180, *, status: bool 
         raise DevToolsError(f"`hack/cluster.sh trainer-up` failed:\n{proc.stderr[-6000:]}")
 
 
+def reap_stale_clusters(root: Path) -> list[Path]:
+    """`hack/cluster.sh reap` each test cluster under `root` (pytest's pytest-of-<user>) that still
+    has a real node's data: one whose test run, watchdog and processes all died at once (a machine
+    restart) keeps its images (GBs) on disk. Live clusters are left alone. Returns those reaped."""
+    reaped = []
+    for node in sorted(root.glob("pytest-*/cluster*/node")):
+        state = node.parent
+        env = {
+            **os.environ,
+            "TAC2SOL_CLUSTER_DIR": str(state),
+            "PYTHONSAFEPATH": "1",
+            "TAC2SOL_PYTHON": sys.executable,
+        }
+        proc = subprocess.run(
+            ["bash", str(HACK / "cluster.sh"), "reap"], capture_output=True, text=True, env=env, timeout=180
+        )
+        if proc.returncode != 0:
+            raise DevToolsError(f"`hack/cluster.sh reap` of {state} failed:\n{proc.stderr[-3000:]}")
+        if not node.exists():
+            reaped.append(state)
+    return reaped
+
+
 @contextmanager
 def start_cluster(
     state_dir: Path, *, owner_pid: int | None = None, timeout: float = 300

@@ -214,6 +214,8 @@ def wait() -> Callable[..., Any]:
 def control_plane(tool_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
     try:
         devtools.ensure_tools(*CLUSTER_TOOLS)
+        for stale in devtools.reap_stale_clusters(tmp_path_factory.getbasetemp().parent):
+            print(f"\nreaped the stale cluster {stale} (its test run died with the machine)")
         # The owner pid: a killed pytest takes its cluster along.
         with devtools.start_cluster(tmp_path_factory.mktemp("cluster"), owner_pid=os.getpid()) as cluster:
             yield ControlPlane(

@@ -142,3 +142,34 @@ def test_background_stops_the_whole_process_group(tmp_path: Path) -> None:
     assert proc.returncode is not None
     time.sleep(0.2)
     assert not Path(f"/proc/{child}").exists() or "Z" in Path(f"/proc/{child}/stat").read_text().split()[2]
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_reap_removes_a_dead_clusters_node_and_keeps_a_live_one(tmp_path: Path) -> None:
+    """A cluster whose processes all died with the machine loses its node's data (its images);
+    one whose watchdog still runs keeps everything."""
+    dead, live = tmp_path / "pytest-1" / "cluster0", tmp_path / "pytest-2" / "cluster0"
+    for state in (dead, live):
+        (state / "node" / "containerd").mkdir(parents=True)
+        (state / "node" / "containerd" / "blob").write_bytes(b"layer")
+        (state / "pids").mkdir()
+        (state / "pids" / "etcd.pid").write_text(f"{_dead_pid()}\n")
+    # What hack/cluster.sh's watchdog runs, waiting on this test's pid.
+    watchdog = subprocess.Popen(
+        ["bash", "-c", 'while kill -0 "$1" 2>/dev/null; do sleep 2; done', "watchdog", str(os.getpid())],
+        start_new_session=True,
+    )
+    try:
+        (live / "pids" / "watchdog.pid").write_text(f"{watchdog.pid}\n")
+        assert devtools.reap_stale_clusters(tmp_path) == [dead]
+    finally:
+        watchdog.kill()
+        watchdog.wait()
+    assert not (dead / "node").exists() and not (dead / "pids").exists()
+    assert (live / "node" / "containerd" / "blob").read_bytes() == b"layer"
+    assert devtools.reap_stale_clusters(tmp_path / "pytest-1") == []  # nothing matches below a basetemp
