@@ -11,7 +11,9 @@ from __future__ import annotations
 import fcntl
 import functools
 import hashlib
+import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -223,6 +225,27 @@ class DevCluster:
             raise DevToolsError(
                 f"importing {tarball} into the node's containerd failed: {proc.stderr[-2000:]}"
             )
+        for digest in re.findall(r"^unpacking \S+ \((sha256:[0-9a-f]{64})\)", proc.stdout, re.MULTILINE):
+            self._drop_layer_blobs(cmd, digest, timeout)
+
+    @staticmethod
+    def _drop_layer_blobs(ctr: list[str], digest: str, timeout: float) -> None:
+        """Delete an unpacked image's layer archives from the content store, as the CRI plugin's
+        discard_unpacked_layers does for pulled images: pods run from the unpacked snapshots, so
+        the trainer image takes ~7 GB of the node's disk instead of ~15 GB."""
+        get = subprocess.run([*ctr, "content", "get", digest], capture_output=True, timeout=timeout)
+        if get.returncode != 0:
+            raise DevToolsError(f"ctr content get {digest} failed: {get.stderr.decode()[-2000:]}")
+        document = json.loads(get.stdout)
+        for manifest in document.get("manifests", []):  # an index: each platform's manifest
+            DevCluster._drop_layer_blobs(ctr, manifest["digest"], timeout)
+        layers = [layer["digest"] for layer in document.get("layers", [])]
+        if layers:
+            rm = subprocess.run(
+                [*ctr, "content", "rm", *layers], capture_output=True, text=True, timeout=timeout
+            )
+            if rm.returncode != 0:
+                raise DevToolsError(f"ctr content rm failed: {rm.stderr[-2000:]}")
 
     def node_exec(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `cmd` in the real node's network namespace (pod and node addresses exist only there)."""

@@ -60,3 +60,8 @@ def test_trainer_image_runs_on_the_real_node_as_non_root(
     assert logs[1] == f"tac2sol {__version__}"
     words = logs[2].split()
     assert words[0] == "torch" and words[2:] == ["gloo", "True", "cuda", "False"], logs
+    # The ~7 GB layer archive went once unpacked (DevCluster.import_image): the pod ran from the
+    # snapshot; what stays in the content store is manifests, configs and the small base images.
+    blobs = control_plane.state_dir / "node" / "containerd" / "io.containerd.content.v1.content" / "blobs"
+    stored = sum(f.stat().st_size for f in blobs.rglob("*") if f.is_file())
+    assert stored < 500 * 2**20, f"{stored / 2**30:.1f} GiB in the node's content store"
