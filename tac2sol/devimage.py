@@ -68,6 +68,9 @@ def _build(env: dict[str, str], target: str = "trainer") -> str:
     base_image = f"localhost/tac2sol-test-base:{base.stem}"  # one import per base: the layer cache keys on it
     if subprocess.run(["podman", "image", "exists", base_image], env=env).returncode != 0:
         _run("podman", "import", str(base), base_image, env=env)
+    # A build killed mid-RUN (a machine restart) leaves its working container and its layer
+    # (up to ~7 GB) behind; builds hold build.lock, so none of them is in use now.
+    subprocess.run(["buildah", "rm", "--all"], capture_output=True, env=env)
     images = ["buildah", "images", "--quiet", built]
     old = subprocess.run(images, capture_output=True, text=True, env=env)
     build_env = {
