@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -30,6 +31,9 @@ BUILT_IMAGE = "localhost/tac2sol-test/tac2sol-trainer:cpu"  # what hack/images.s
 OPERATOR_IMAGE = "localhost/tac2sol/operator:e2e"  # the chart's image.repository:tag in the tests
 BUILT_OPERATOR_IMAGE = "localhost/tac2sol-test/tac2sol-operator:e2e"
 BUILD_TIMEOUT_S = 1800
+# The node's peak while `ctr images import` unpacks the trainer image: its ~7 GB layer archive and
+# the ~7.5 GB snapshot (the archive goes afterwards: DevCluster.import_image).
+TRAINER_IMPORT_GIB = 16.0
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")  # the trust store this machine's pip uses
 
 
@@ -94,6 +98,17 @@ def _build(env: dict[str, str], target: str = "trainer") -> str:
     return built
 
 
+def _need_free_disk(path: Path, gib: float) -> None:
+    """Fail before an import that cannot fit, naming what to free, rather than halfway through."""
+    free = shutil.disk_usage(path).free / 2**30
+    if free < gib:
+        raise devtools.DevToolsError(
+            f"importing the trainer image into the real node ({path}) needs ~{gib:.0f} GiB free there "
+            f"while it unpacks; {free:.1f} GiB is: free some space (old runs' /tmp/pytest-of-*, "
+            f"images of buildah/podman) and run again"
+        )
+
+
 def build_and_load(cluster: devtools.DevCluster, fifo_dir: Path, target: str = "trainer") -> Timings:
     """Build the image (layers cached) and import it into the cluster's real node as
     TRAINER_IMAGE (or OPERATOR_IMAGE); pods run it with imagePullPolicy Never/IfNotPresent. One
@@ -105,6 +120,8 @@ def build_and_load(cluster: devtools.DevCluster, fifo_dir: Path, target: str = "
         start = time.monotonic()
         image = _build(env, target)
         built = time.monotonic()
+        if target == "trainer":
+            _need_free_disk(cluster.containerd_socket.parent, TRAINER_IMPORT_GIB)
         fifo = fifo_dir / f"{target}.tar"
         os.mkfifo(fifo)
         push = subprocess.Popen(

@@ -173,3 +173,15 @@ def test_reap_removes_a_dead_clusters_node_and_keeps_a_live_one(tmp_path: Path) 
     assert not (dead / "node").exists() and not (dead / "pids").exists()
     assert (live / "node" / "containerd" / "blob").read_bytes() == b"layer"
     assert devtools.reap_stale_clusters(tmp_path / "pytest-1") == []  # nothing matches below a basetemp
+
+
+def test_a_trainer_import_that_cannot_fit_fails_first_naming_the_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tac2sol import devimage
+
+    devimage._need_free_disk(tmp_path, 0.001)  # this disk has a MiB free
+    usage = devimage.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(devimage.shutil, "disk_usage", lambda _: usage._replace(free=3 * 2**30))
+    with pytest.raises(devtools.DevToolsError, match=rf"\({tmp_path}\) needs ~16 GiB free .* 3\.0 GiB is"):
+        devimage._need_free_disk(tmp_path, devimage.TRAINER_IMPORT_GIB)
