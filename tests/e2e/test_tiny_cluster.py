@@ -10,9 +10,9 @@ are on the output claim's local volume. A real Prometheus (tests/e2e/conftest.py
 PodMonitor selects them and scrapes tac2sol_train_steps_total from both ranks.
 
 Then the faults, on the same release, data and node, one run at a time (the node has 2 CPUs):
-- a worker pod and the operator pod deleted mid-run (one run: the training-operator re-creates the
-  trainer pods, which resume from the last checkpoint; the Deployment re-creates the operator, which
-  adopts the run: one job, exactly the planned steps, one adapter);
+- a worker pod and then the operator pod deleted mid-run (one run: the training-operator re-creates
+  the trainer pods, which resume from the last checkpoint; the Deployment re-creates the operator,
+  which adopts the run: one job, exactly the planned steps, one adapter);
 - a memory limit too small: OOMKilled, which pod, the limit and what to change, in the run's
   status, and it stays while the training-operator re-creates the pod.
 The missing-image fault is tests/e2e/test_helm_operator.py's (it needs no trainer image).
@@ -40,7 +40,7 @@ NODE = "tac2sol-node"  # hack/cluster.sh's NODE_NAME
 RUN = "tiny-cluster"
 
 # The fault runs: shorter than tiny-cluster (minutes each on 2 busy cores), a checkpoint every 4 steps.
-FAULT_STEPS = 16
+FAULT_STEPS = 24
 FAULT_RUN = {
     "spec.training.maxSteps": FAULT_STEPS,
     "spec.training.saveSteps": 4,
@@ -122,30 +122,20 @@ def test_tiny_cluster_trains_with_the_operator_pod(
 def test_worker_and_operator_pods_deleted_mid_run(
     release: Any, tiny_run: Callable[..., dict[str, Any]]
 ) -> None:
-    """Mid-run, `kubectl delete pod` of the operator, then of the trainer's worker after a checkpoint.
+    """Mid-run, `kubectl delete pod` of the trainer's worker after a checkpoint, then of the operator.
 
-    The Deployment starts another operator pod, which adopts the run (no second job) and reads its
-    progress again. The deleted worker's ranks and the master's (told by the all-reduce) checkpoint
-    on SIGTERM and exit 143; `tac2sol torchrun` exits 143 (torchrun said 1, which the ExitCode
-    policy treats as permanent); the training-operator re-creates the pods and training resumes
-    from the volume's last checkpoint. The run finishes once: exactly the planned steps, one job,
-    one adapter."""
+    The deleted worker's ranks and the master's (told by the all-reduce) checkpoint on SIGTERM and
+    exit 143; `tac2sol torchrun` exits 143 (torchrun said 1, which the ExitCode policy treats as
+    permanent); the training-operator re-creates the pods and training resumes from the volume's
+    last checkpoint. While the new pods start, the Deployment replaces the deleted operator pod,
+    and the new operator adopts the run (no second job) and follows it to the end. The run finishes
+    once: exactly the planned steps, one job, one adapter. (The worker goes first: on an idle
+    machine, ~1.3 s a step, the run would end while the operator pod is being replaced.)"""
     cp, ns, name = release.cp, release.ns, "tiny-pods-deleted"
     release.apply(tiny_run(name, FAULT_RUN))
     job = release.job_of(name)
     (job_uid,) = (j["metadata"]["uid"] for j in release.jobs_of(name))
     out = release.output_dir(name)
-
-    release.wait("progress", lambda: release.step(name) > 0, timeout=600)
-    (old,) = release.operator_pods()
-    cp.kubectl("-n", ns, "delete", "pod", old["metadata"]["name"], "--wait=false")
-
-    def new_operator() -> bool:
-        got = [p for p in release.operator_pods() if p["metadata"]["uid"] != old["metadata"]["uid"]]
-        statuses = got[0]["status"].get("containerStatuses") or [] if len(got) == 1 else []
-        return bool(statuses) and all(c["ready"] for c in statuses)
-
-    release.wait("a new operator pod, ready", new_operator, timeout=180)
 
     release.wait(
         "a checkpoint on the volume, and 2 steps past it",
@@ -162,6 +152,16 @@ def test_worker_and_operator_pods_deleted_mid_run(
         return now.get(worker, before[worker]) != before[worker]
 
     release.wait("the worker pod re-created", replaced, timeout=300)
+
+    (old,) = release.operator_pods()
+    cp.kubectl("-n", ns, "delete", "pod", old["metadata"]["name"], "--wait=false")
+
+    def new_operator() -> bool:
+        got = [p for p in release.operator_pods() if p["metadata"]["uid"] != old["metadata"]["uid"]]
+        statuses = got[0]["status"].get("containerStatuses") or [] if len(got) == 1 else []
+        return bool(statuses) and all(c["ready"] for c in statuses)
+
+    release.wait("a new operator pod, ready", new_operator, timeout=180)
     status = release.finished(name)
     assert status["phase"] == "Succeeded", release.diagnose(name)
     assert status["progress"]["step"] == FAULT_STEPS, status["progress"]
