@@ -23,6 +23,24 @@ def _one_torch_thread() -> None:
 
 
 @pytest.fixture(scope="session")
+def solc() -> Any:
+    """The pinned Solidity compiler, installed through hack/install-solc.sh when missing (npm
+    registry), never skipped. Any test whose evaluation reports facts or syntax validity asks for it:
+    without solc those scores are "not measured" (n = 0), on a cold machine as much as here."""
+    import subprocess
+
+    from tac2sol.trainer.solc import SOLC_VERSION, find_solc, install_script, missing_reason
+
+    found = find_solc()
+    if found is None:
+        subprocess.run(["bash", str(install_script())], check=True, timeout=600)
+        found = find_solc()
+    assert found is not None, missing_reason()
+    assert found.version == SOLC_VERSION
+    return found
+
+
+@pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny Llama (random weights, no pre-training: fast to build) + a tokenizer trained on the
     synthetic sample. No download."""

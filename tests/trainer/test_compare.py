@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,7 +36,8 @@ def _weak(i: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def evals(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def evals(tmp_path_factory: pytest.TempPathFactory, solc: Any) -> dict[str, Path]:
+    """Evaluations written by the real report writer; their facts come from solc."""
     root = tmp_path_factory.mktemp("evals")
     rows = [
         Row(

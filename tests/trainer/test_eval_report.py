@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from tac2sol.trainer.data import Row
 from tac2sol.trainer.evalfile import EVAL_KIND, EVAL_SCHEMA_VERSION, load_eval, row_ids
 from tac2sol.trainer.evaluate import write_report
 from tac2sol.trainer.facts import FACT_KINDS
-from tac2sol.trainer.solc import SOLC_DIR_ENV, find_solc, install_script
+from tac2sol.trainer.solc import SOLC_DIR_ENV
 
 SETTER = "function setFee(uint256 fee_) external onlyOwner {\n    require(fee_ < 100);\n    fee = fee_;\n}"
 LOOP = (
@@ -30,22 +31,13 @@ def _rows() -> list[Row]:
     ]
 
 
-@pytest.fixture(scope="module")
-def _solc_installed() -> None:
-    if find_solc() is None:
-        import subprocess
-
-        subprocess.run(["bash", str(install_script())], check=True, timeout=600)
-    assert find_solc() is not None
-
-
 def test_rows_ids_are_stable_and_unique() -> None:
     ids = row_ids([("a", "b"), ("c", "d"), ("a", "b")])
     assert ids[0] != ids[1] and ids[2] == ids[0] + "-2" and len(ids[0]) == 16
     assert row_ids([("c", "d")]) == [ids[1]]  # the same row has the same id at any position
 
 
-def test_report_carries_code_scores_rows_and_slices(tmp_path: Path, _solc_installed: None) -> None:
+def test_report_carries_code_scores_rows_and_slices(tmp_path: Path, solc: Any) -> None:
     predictions = [
         SETTER,
         LOOP.replace("for (", "for ("[:-1]),

@@ -7,7 +7,6 @@ never skipped: these tests are what says the parser wrapper works.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections import Counter
 from pathlib import Path
 
@@ -17,25 +16,11 @@ from tac2sol.trainer.facts import FACT_KINDS, extract, f1
 from tac2sol.trainer.scoring import score_code
 from tac2sol.trainer.solc import (
     SOLC_DIR_ENV,
-    SOLC_VERSION,
     Solc,
     find_solc,
-    install_script,
     missing_reason,
     parse_fragments,
 )
-
-
-@pytest.fixture(scope="module")
-def solc() -> Solc:
-    found = find_solc()
-    if found is None:
-        subprocess.run(["bash", str(install_script())], check=True, timeout=600)
-        found = find_solc()
-    assert found is not None, missing_reason()
-    assert found.version == SOLC_VERSION
-    return found
-
 
 KITCHEN_SINK = """function pay(uint a, address to) public onlyOwner returns (uint) {
     require(a > 1, "too small");
