@@ -940,14 +940,18 @@ start_watchdog() {  # start_watchdog PID: `down` once PID has exited
     echo $! >"$STATE/pids/watchdog.pid"
 }
 
-stop_watchdog() {  # unless this is the watchdog itself, going down
+watchdog_pid() {  # the watchdog's pid while it runs, or nothing
     local file=$STATE/pids/watchdog.pid pid
     [[ -f $file ]] || return 0
     pid=$(<"$file")
-    rm -f "$file"
-    if [[ $pid != "$$" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^bash -c while kill -0"; then
-        kill -TERM "$pid" 2>/dev/null || true
-    fi
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^bash -c while kill -0"; then echo "$pid"; fi
+}
+
+stop_watchdog() {  # unless this is the watchdog itself, going down
+    local pid
+    pid=$(watchdog_pid)
+    rm -f "$STATE/pids/watchdog.pid"
+    if [[ -n $pid && $pid != "$$" ]]; then kill -TERM "$pid" 2>/dev/null || true; fi
 }
 
 cmd_down() {
@@ -965,15 +969,11 @@ cmd_down() {
 }
 
 cmd_reap() {  # down, unless a component or the watchdog still runs
-    local file=$STATE/pids/watchdog.pid pid
-    [[ -d $STATE ]] || return 0
-    if [[ -f $file ]]; then
-        pid=$(<"$file")
-        if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "^bash -c while kill -0"; then return 0; fi
-    fi
+    local c
+    [[ -d $STATE && -z $(watchdog_pid) ]] || return 0
     load_settings
     [[ $(running_count) == 0 ]] || return 0
-    for file in "${TRAINER_COMPONENTS[@]}"; do [[ -z $(pid_of "$file") ]] || return 0; done
+    for c in "${TRAINER_COMPONENTS[@]}"; do [[ -z $(pid_of "$c") ]] || return 0; done
     cmd_down quiet
     say "reaped a cluster nothing ran of ($STATE)"
 }

@@ -274,6 +274,17 @@ def start_trainer_v2(cluster: DevCluster, timeout: float = 180, *, status: bool 
         raise DevToolsError(f"`hack/cluster.sh trainer-up` failed:\n{proc.stderr[-6000:]}")
 
 
+def _cluster_script_env(state_dir: Path) -> dict[str, str]:
+    """What hack/cluster.sh runs with for the cluster in `state_dir`: this interpreter for its
+    `cluster-env` (TAC2SOL_PYTHON)."""
+    return {
+        **os.environ,
+        "TAC2SOL_CLUSTER_DIR": str(state_dir),
+        "PYTHONSAFEPATH": "1",
+        "TAC2SOL_PYTHON": sys.executable,
+    }
+
+
 def reap_stale_clusters(root: Path) -> list[Path]:
     """`hack/cluster.sh reap` each test cluster under `root` (pytest's pytest-of-<user>) that still
     has a real node's data: one whose test run, watchdog and processes all died at once (a machine
@@ -281,14 +292,12 @@ def reap_stale_clusters(root: Path) -> list[Path]:
     reaped = []
     for node in sorted(root.glob("pytest-*/cluster*/node")):
         state = node.parent
-        env = {
-            **os.environ,
-            "TAC2SOL_CLUSTER_DIR": str(state),
-            "PYTHONSAFEPATH": "1",
-            "TAC2SOL_PYTHON": sys.executable,
-        }
         proc = subprocess.run(
-            ["bash", str(HACK / "cluster.sh"), "reap"], capture_output=True, text=True, env=env, timeout=180
+            ["bash", str(HACK / "cluster.sh"), "reap"],
+            capture_output=True,
+            text=True,
+            env=_cluster_script_env(state),
+            timeout=180,
         )
         if proc.returncode != 0:
             raise DevToolsError(f"`hack/cluster.sh reap` of {state} failed:\n{proc.stderr[-3000:]}")
@@ -304,8 +313,7 @@ def start_cluster(
     """`hack/cluster.sh up` in `state_dir` on free ports, so it never collides with a developer's
     `make cluster-up`; `down` when the block ends. With `owner_pid`, the cluster also stops once
     that process is gone (a killed test run leaves nothing behind)."""
-    env = {**os.environ, "TAC2SOL_CLUSTER_DIR": str(state_dir), "PYTHONSAFEPATH": "1"}
-    env["TAC2SOL_PYTHON"] = sys.executable  # the interpreter that runs this, for cluster-env
+    env = _cluster_script_env(state_dir)
     env.update(zip(CLUSTER_PORTS, map(str, free_ports(len(CLUSTER_PORTS))), strict=True))
     if owner_pid is not None:
         env["TAC2SOL_CLUSTER_OWNER_PID"] = str(owner_pid)
@@ -317,23 +325,6 @@ def start_cluster(
         yield DevCluster(state_dir, {**env, "KUBECONFIG": str(state_dir / "kubeconfig")})
     finally:
         subprocess.run([*script, "down"], capture_output=True, text=True, env=env, timeout=120)
-
-
-def main(argv: list[str]) -> int:
-    if argv != ["cluster-env"]:
-        print("usage: python -m tac2sol.devtools cluster-env", file=sys.stderr)
-        return 2
-    try:
-        env = cluster_env()
-    except DevToolsError as exc:
-        print(f"tac2sol.devtools: {exc}", file=sys.stderr)
-        return 2
-    print("\n".join(f"{name}={shlex.quote(value)}" for name, value in env.items()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
 
 
 @contextmanager
@@ -360,3 +351,20 @@ def stop_group(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout)
+
+
+def main(argv: list[str]) -> int:
+    if argv != ["cluster-env"]:
+        print("usage: python -m tac2sol.devtools cluster-env", file=sys.stderr)
+        return 2
+    try:
+        env = cluster_env()
+    except DevToolsError as exc:
+        print(f"tac2sol.devtools: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(f"{name}={shlex.quote(value)}" for name, value in env.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
